@@ -1,0 +1,233 @@
+"""Training state, checkpoint files and their naming policy.
+
+A checkpoint is a dict of tensors and plain Python values only, so `torch.load(weights_only=True)`
+reads it with no allow-list, and loading one from a shared tracking server can never run code. Files
+are written to a temporary name and renamed, so a crash never leaves a half-written checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import random
+import shutil
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from aqtrack.errors import ResumeError
+
+log = logging.getLogger(__name__)
+
+FORMAT = "aqtrack.checkpoint"
+FORMAT_VERSION = 1
+LAST = "last.pt"
+BEST = "best_action_quality_model.pt"
+MAX_BATCH_LOSSES_PER_EPOCH = 100
+ARTIFACT_DIR = "checkpoints"  # in the MLflow run
+CHECKPOINT_EPOCH_TAG = "aqtrack.checkpoint_epoch"  # run tag: newest epoch whose last.pt is uploaded
+
+
+def periodic_name(round_: int, epoch_in_round: int) -> str:
+    return f"action_quality_round_{round_}_epoch_{epoch_in_round}.pt"
+
+
+@dataclass
+class History:
+    """What was measured so far: per-epoch metrics (index = epoch - 1) and sampled batch losses."""
+
+    metrics: dict[str, list[float]] = field(default_factory=dict)
+    batch_losses: list[list[float]] = field(default_factory=list)  # <= 100 per epoch, evenly spaced
+    total_batches: int = 0
+
+    @property
+    def epochs(self) -> int:
+        return len(self.batch_losses)
+
+    def append(self, metrics: dict[str, float], batch_losses: list[float]) -> None:
+        for key, value in metrics.items():
+            self.metrics.setdefault(key, []).append(float(value))
+        self.batch_losses.append(sample_evenly(batch_losses, MAX_BATCH_LOSSES_PER_EPOCH))
+        self.total_batches += len(batch_losses)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "metrics": self.metrics,
+            "batch_losses": self.batch_losses,
+            "total_batches": self.total_batches,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> History:
+        return cls(dict(d["metrics"]), list(d["batch_losses"]), int(d["total_batches"]))
+
+
+@dataclass
+class TrainState:
+    """Everything needed to continue training exactly where it stopped."""
+
+    config: dict[str, Any]  # flat Config.to_dict()
+    model_spec: dict[str, Any]
+    epoch: int = 0  # completed global epochs, 1-based when counting
+    best_val_acc: float = -1.0
+    best_epoch: int = 0
+    history: History = field(default_factory=History)
+    run_id: str = ""
+    model: dict[str, Any] = field(default_factory=dict)
+    optimizer: dict[str, Any] = field(default_factory=dict)
+    scheduler: dict[str, Any] = field(default_factory=dict)
+    rng: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def round(self) -> int:
+        return (self.epoch - 1) // self.config["epochs_per_round"] + 1 if self.epoch else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "epoch": self.epoch,
+            "round": self.round,
+            "best_val_acc": self.best_val_acc,
+            "best_epoch": self.best_epoch,
+            "history": self.history.to_dict(),
+            "run_id": self.run_id,
+            "config": self.config,
+            "model_spec": self.model_spec,
+            "model": self.model,
+            "optimizer": self.optimizer,
+            "scheduler": self.scheduler,
+            "rng": self.rng,
+        }
+
+
+def sample_evenly(values: list[float], most: int) -> list[float]:
+    if len(values) <= most:
+        return list(values)
+    idx = np.linspace(0, len(values) - 1, most).round().astype(int)
+    return [values[i] for i in idx]
+
+
+def capture_rng(data_generator: torch.Generator) -> dict[str, Any]:
+    """Python, NumPy, torch (and CUDA) RNG states plus the data-order generator, as plain types."""
+    np_state = np.random.get_state(legacy=False)
+    state = {
+        "python": random.getstate(),
+        "numpy": {
+            "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+            "pos": int(np_state["state"]["pos"]),
+            "has_gauss": int(np_state["has_gauss"]),
+            "gauss": float(np_state["gauss"]),
+        },
+        "torch": torch.get_rng_state(),
+        "data": data_generator.get_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any], data_generator: torch.Generator) -> None:
+    """Undo what building the model and loaders consumed: call after both exist."""
+    random.setstate(state["python"])
+    np_state = state["numpy"]
+    np.random.set_state(
+        {
+            "bit_generator": "MT19937",
+            "state": {"key": np_state["key"].numpy().astype(np.uint32), "pos": np_state["pos"]},
+            "has_gauss": np_state["has_gauss"],
+            "gauss": np_state["gauss"],
+        }
+    )
+    torch.set_rng_state(state["torch"])
+    data_generator.set_state(state["data"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(state: TrainState, path: Path) -> Path:
+    """Write `state` to `path` atomically (temporary file in the same directory, fsync, rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state.to_dict(), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: Path) -> TrainState:
+    """Read a checkpoint safely: tensors and plain types only, never arbitrary pickled objects."""
+    try:
+        # weights_only is explicit so TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD cannot switch it off.
+        d = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, zipfile.BadZipFile, EOFError, OSError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ResumeError(
+            f"{path.name}: not a loadable aqtrack checkpoint (refused or corrupt: {reason})"
+        ) from e
+    if not isinstance(d, dict) or d.get("format") != FORMAT:
+        raise ResumeError(f"{path.name}: not an aqtrack checkpoint (no '{FORMAT}' format marker)")
+    if d.get("format_version") != FORMAT_VERSION:
+        raise ResumeError(
+            f"{path.name}: checkpoint format version {d.get('format_version')} is not supported "
+            f"(this aqtrack reads version {FORMAT_VERSION}); use the aqtrack release that wrote it"
+        )
+    return TrainState(
+        config=d["config"],
+        model_spec=d["model_spec"],
+        epoch=d["epoch"],
+        best_val_acc=d["best_val_acc"],
+        best_epoch=d["best_epoch"],
+        history=History.from_dict(d["history"]),
+        run_id=d["run_id"],
+        model=d["model"],
+        optimizer=d["optimizer"],
+        scheduler=d["scheduler"],
+        rng=d["rng"],
+    )
+
+
+@dataclass(frozen=True)
+class CheckpointPolicy:
+    """Which files an epoch's checkpoint goes to: last.pt always, best on improvement, periodic."""
+
+    interval: int
+    epochs_per_round: int
+
+    def names(self, epoch: int, improved: bool) -> list[str]:
+        names = []
+        if epoch % self.interval == 0:
+            round_, in_round = divmod(epoch - 1, self.epochs_per_round)
+            names.append(periodic_name(round_ + 1, in_round + 1))
+        if improved:
+            names.append(BEST)
+        names.append(LAST)  # last, so "last.pt is newest" holds even if a crash interrupts the others
+        return names
+
+
+def write_checkpoints(state: TrainState, directory: Path, names: list[str]) -> list[Path]:
+    """Serialise `state` once and publish it atomically under each of `names`."""
+    first = save_checkpoint(state, directory / names[0])
+    paths = [first]
+    for name in names[1:]:
+        tmp = directory / f".{name}.{os.getpid()}.tmp"
+        try:
+            try:
+                os.link(first, tmp)  # same bytes, no second serialisation or copy
+            except OSError:  # file systems without hard links
+                shutil.copyfile(first, tmp)
+            os.replace(tmp, directory / name)
+        finally:
+            tmp.unlink(missing_ok=True)
+        paths.append(directory / name)
+    return paths

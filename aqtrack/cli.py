@@ -1,0 +1,94 @@
+"""`aqtrack` command line. Flags are derived from the config dataclasses; heavy imports wait for a command.
+
+aqtrack train [--rounds 3 ...] [--resume RUN_ID|auto]
+aqtrack report RUN_ID -o DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from aqtrack.config import Config, config_fields, flag
+from aqtrack.errors import AqtrackError
+
+TYPES = {"int": int, "float": float, "str": str}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aqtrack", description="Train an action-quality classifier, tracked in MLflow."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser("train", help="train a new run, or resume one by run id")
+    train.add_argument(
+        "--resume", metavar="RUN_ID", default="",
+        help="continue this run from its last checkpoint ('auto': the newest unfinished run)",
+    )  # fmt: skip
+    # The MLproject entry point passes every parameter; this tells resume which ones were not typed.
+    train.add_argument("--from-mlproject", action="store_true", help=argparse.SUPPRESS)
+    train.add_argument("-q", "--quiet", action="store_true", help="only warnings and the final summary")
+    defaults = Config().to_dict()
+    for section, name, f in config_fields():
+        group_title = f"{section} settings"
+        group = next((g for g in train._action_groups if g.title == group_title), None)
+        group = group or train.add_argument_group(group_title)
+        group.add_argument(
+            flag(name), dest=name, type=TYPES[str(f.type)], choices=f.metadata["choices"],
+            default=argparse.SUPPRESS, metavar=None if f.metadata["choices"] else name.upper(),
+            help=f"{f.metadata['help']} (default: {defaults[name]!r})",
+        )  # fmt: skip
+
+    report = commands.add_parser("report", help="rebuild experiment_report.json from a run's MLflow metrics")
+    report.add_argument("run_id", metavar="RUN_ID")
+    report.add_argument("-o", "--output-dir", type=Path, default=Path("."), help="where to write it")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _configure_logging(quiet=getattr(args, "quiet", False))
+    try:
+        if args.command == "train":
+            return _train(args)
+        return _report(args)
+    except AqtrackError as e:
+        print(f"aqtrack: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("aqtrack: interrupted", file=sys.stderr)
+        return 130
+
+
+def _train(args: argparse.Namespace) -> int:
+    from aqtrack.pipeline import train
+
+    settings: dict[str, Any] = {
+        k: v for k, v in vars(args).items() if k not in {"command", "resume", "quiet", "from_mlproject"}
+    }
+    result = train(resume=args.resume or None, defaults_unset=args.from_mlproject, **settings)
+    print(
+        f"run {result.run_id}: {result.epochs} epochs, best val_acc {result.best_val_acc:.4f} "
+        f"(epoch {result.best_epoch}); report: {result.report_path}"
+    )
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from aqtrack.pipeline import rebuild_report
+
+    print(rebuild_report(args.run_id, args.output_dir))
+    return 0
+
+
+def _configure_logging(quiet: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger("aqtrack")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING if quiet else logging.INFO)
+    root.propagate = False

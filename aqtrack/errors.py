@@ -1,0 +1,29 @@
+"""Exceptions that carry a one-line, actionable message for the user.
+
+The CLI turns any `AqtrackError` into `aqtrack: error: <message>` and a non-zero exit; anything else is a
+bug and keeps its traceback.
+"""
+
+
+class AqtrackError(Exception):
+    """Base class: the message is complete and meant for the user as-is."""
+
+
+class ConfigError(AqtrackError, ValueError):
+    """A setting is invalid; the message names the flag."""
+
+
+class DataError(AqtrackError, ValueError):
+    """A data file is missing or malformed; the message names the file and the problem."""
+
+
+class ResumeError(AqtrackError):
+    """A run cannot be resumed (unknown id, no checkpoint, incompatible checkpoint)."""
+
+
+class TrackingError(AqtrackError):
+    """The tracking server or store cannot be used."""
+
+
+class TrainingDiverged(AqtrackError):
+    """The loss became NaN or infinite."""

@@ -1,0 +1,99 @@
+"""The legacy `experiment_report.json` read by the existing visualizer. Its keys are a frozen format.
+
+Legacy keys: control_losses (per-epoch mean train loss), batch_losses (flat, at most 100 per epoch),
+grad_norms, learning_rates, current_epoch, total_batches, dataset_stats, timestamp. The rest are
+extras. Values that were never measured are null, never filled in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from aqtrack.checkpoint import History
+from aqtrack.metrics import (
+    GRAD_NORM,
+    GRAD_NORM_MAX,
+    LR,
+    METRIC_KEYS,
+    TRAIN_ACC,
+    TRAIN_LOSS,
+    VAL_ACC,
+    VAL_LOSS,
+)
+
+REPORT_FILE = "experiment_report.json"
+LEGACY_KEYS = (
+    "control_losses",
+    "batch_losses",
+    "grad_norms",
+    "learning_rates",
+    "current_epoch",
+    "total_batches",
+    "dataset_stats",
+    "timestamp",
+)
+
+
+def build_report(
+    history: History, *, epochs: list[int], dataset_stats: dict, run_id: str, config: dict[str, Any]
+) -> dict[str, Any]:
+    """The report for `history`, whose metric lists run over `epochs` (None where not measured)."""
+    m = history.metrics
+
+    def series(key: str) -> list[float | None]:
+        return list(m.get(key, [None] * len(epochs)))
+
+    return {
+        "control_losses": series(TRAIN_LOSS),
+        "batch_losses": [loss for epoch_losses in history.batch_losses for loss in epoch_losses],
+        "grad_norms": series(GRAD_NORM),
+        "learning_rates": series(LR),
+        "current_epoch": max(epochs, default=0),
+        "total_batches": history.total_batches,
+        "dataset_stats": dataset_stats,
+        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        # Extras.
+        "epochs": epochs,
+        "train_acc": series(TRAIN_ACC),
+        "val_loss": series(VAL_LOSS),
+        "val_acc": series(VAL_ACC),
+        "grad_norms_max": series(GRAD_NORM_MAX),
+        "batch_losses_per_epoch": [len(losses) for losses in history.batch_losses],
+        "run_id": run_id,
+        "rounds": config.get("rounds"),
+        "epochs_per_round": config.get("epochs_per_round"),
+    }
+
+
+def history_from_points(
+    points: dict[str, dict[int, float]], batch_source: History | None
+) -> tuple[History, list[int]]:
+    """A History (and its epochs) from MLflow metric points {key: {step: value}}.
+
+    Batch losses are not MLflow metrics (one point per epoch per key is the rule); they come from the
+    run's checkpoint when one is given, for the epochs it covers.
+    """
+    epochs = sorted(set().union(*(steps.keys() for steps in points.values()))) if points else []
+    metrics = {key: [points.get(key, {}).get(e) for e in epochs] for key in METRIC_KEYS}
+    history = History(metrics=metrics)
+    if batch_source is not None:
+        history.batch_losses = batch_source.batch_losses[: len(epochs)]
+        history.total_batches = batch_source.total_batches
+    return history, epochs
+
+
+def write_report(report: dict[str, Any], directory: Path) -> Path:
+    """Write `report` to `directory/experiment_report.json` atomically."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / REPORT_FILE
+    tmp = directory / f".{REPORT_FILE}.{os.getpid()}.tmp"
+    try:
+        tmp.write_text(json.dumps(report, allow_nan=False))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

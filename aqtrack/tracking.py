@@ -1,0 +1,231 @@
+"""Everything that talks to MLflow: the `Tracker` the loop logs to, run lifecycle and resume helpers.
+
+This is the only module that imports mlflow, and it does so lazily, so `aqtrack --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from aqtrack.checkpoint import CHECKPOINT_EPOCH_TAG, History
+from aqtrack.errors import ResumeError, TrackingError
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+log = logging.getLogger(__name__)
+
+RUN_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
+# Bounded defaults instead of MLflow's (retries for up to ~20 minutes); the MLflow env vars still win.
+# No per-download progress bars either: they would interleave with the epoch lines.
+MLFLOW_ENV_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
+
+# Run tags.
+TAG_RESUMED_FROM = "aqtrack.resumed_from"
+TAG_CONTINUED_IN = "aqtrack.continued_in"
+TAG_RESUME_COUNT = "aqtrack.resume_count"
+TAG_ERROR = "aqtrack.error"
+TAG_DATA_SOURCE = "aqtrack.data_source"
+TAG_ROUNDS = "aqtrack.rounds"  # params are immutable; the current target when resumed with more rounds
+DATASET_STATS_ARTIFACT = "dataset_stats.json"
+
+
+class Tracker(Protocol):
+    """What the training loop reports to. Every metric carries its step."""
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None: ...
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
+
+    def set_tags(self, tags: Mapping[str, str]) -> None: ...
+
+
+class NullTracker:
+    """Tracking switched off: the loop stays the same, nothing is recorded."""
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        pass
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        pass
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        pass
+
+
+class MlflowTracker:
+    """Logs to one MLflow run. `skip` holds (key, step) pairs the run already has (see `sync_history`)."""
+
+    def __init__(self, client: MlflowClient, run_id: str, skip: set[tuple[str, int]] | None = None) -> None:
+        self.client, self.run_id, self.skip = client, run_id, skip or set()
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if (k, step) not in self.skip]
+        if batch:
+            self.client.log_batch(self.run_id, metrics=batch)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log params the run does not have yet (`mlflow run` logs its own, as the user typed them)."""
+        from mlflow.entities import Param
+
+        existing = self.client.get_run(self.run_id).data.params
+        new = [Param(k, str(v)) for k, v in params.items() if k not in existing]
+        for i in range(0, len(new), 100):
+            self.client.log_batch(self.run_id, params=new[i : i + 100])
+
+    def log_json(self, obj: Any, artifact_file: str) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / artifact_file
+            path.write_text(json.dumps(obj, indent=2))
+            self.log_artifact(path)
+
+
+def connect() -> MlflowClient:
+    """A client for MLFLOW_TRACKING_URI (or MLflow's embedded default), checked to answer now."""
+    for key, value in MLFLOW_ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = mlflow.get_tracking_uri()
+    client = MlflowClient(uri)
+    try:
+        client.search_experiments(max_results=1)
+    except Exception as e:  # any failure here means the store is unusable; say which and why
+        raise TrackingError(
+            f"cannot use tracking store {uri}: {_first_line(e)}; check MLFLOW_TRACKING_URI and the server"
+        ) from e
+    return client
+
+
+def experiment_id(client: MlflowClient, name: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name)
+    except Exception:  # another process created it first
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def get_run(client: MlflowClient, run_id: str):
+    """The run with `run_id`, or a ResumeError naming it."""
+    from mlflow.exceptions import MlflowException
+
+    if not RUN_ID_RE.match(run_id):
+        raise ResumeError(f"--resume {run_id!r}: not a run id (32 hex characters) nor 'auto'")
+    try:
+        return client.get_run(run_id)
+    except MlflowException as e:
+        raise ResumeError(f"--resume {run_id}: no such run in {client.tracking_uri}: {_first_line(e)}") from e
+
+
+def latest_unfinished_run(client: MlflowClient, experiment: str, exclude: str | None) -> str | None:
+    """Newest run of `experiment` that did not finish and has a checkpoint (for `--resume auto`)."""
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    runs = client.search_runs(
+        [found.experiment_id],
+        filter_string=f"tags.`{CHECKPOINT_EPOCH_TAG}` != '' and attributes.status != 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=10,
+    )
+    return next((r.info.run_id for r in runs if r.info.run_id != exclude), None)
+
+
+def download_artifact(client: MlflowClient, run_id: str, artifact: str, dst: Path) -> Path | None:
+    """Download one artifact of the run into `dst`; None if the run does not have it."""
+    from mlflow.exceptions import MlflowException
+
+    parent, _, name = artifact.rpartition("/")
+    if name not in {f.path.rpartition("/")[2] for f in client.list_artifacts(run_id, parent or None)}:
+        return None
+    try:
+        return Path(client.download_artifacts(run_id, artifact, str(dst)))
+    except (MlflowException, OSError) as e:
+        raise ResumeError(f"run {run_id}: could not download {artifact}: {_first_line(e)}") from e
+
+
+def sync_history(client: MlflowClient, run_id: str, history: History) -> set[tuple[str, int]]:
+    """Make the run's metrics match `history` (epochs 1..N) and return the (key, step) pairs it has.
+
+    Points the run lacks (a run resumed into a new run, or logged by a process that died before
+    logging) are logged from the checkpoint's measured history. Points it has past the checkpoint (a
+    process that logged an epoch and died before checkpointing it) are returned, so the re-run of
+    that epoch does not log them again: each key keeps exactly one point per epoch.
+    """
+    from mlflow.entities import Metric
+
+    have: set[tuple[str, int]] = set()
+    missing = []
+    now = int(time.time() * 1000)
+    for key, values in history.metrics.items():
+        steps = {m.step for m in client.get_metric_history(run_id, key)}
+        have |= {(key, s) for s in steps}
+        missing += [Metric(key, v, now, step) for step, v in enumerate(values, 1) if step not in steps]
+    for i in range(0, len(missing), MAX_METRICS_PER_BATCH):
+        client.log_batch(run_id, metrics=missing[i : i + MAX_METRICS_PER_BATCH])
+    if missing:
+        log.info("run %s: logged %d metric points from the checkpoint's history", run_id, len(missing))
+    return have
+
+
+def fetch_history(client: MlflowClient, run_id: str, keys: tuple[str, ...]) -> dict[str, dict[int, float]]:
+    """{key: {step: value}} of the run's metrics; the first point of a step wins."""
+    out: dict[str, dict[int, float]] = {}
+    for key in keys:
+        points = sorted(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))
+        out[key] = {}
+        for m in points:
+            out[key].setdefault(m.step, m.value)
+    return out
+
+
+@contextlib.contextmanager
+def terminating(client: MlflowClient, run_id: str) -> Iterator[None]:
+    """Mark the run FINISHED, KILLED (Ctrl-C) or FAILED (with the error as a tag) however the block ends."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        client.set_terminated(run_id, "KILLED")
+        raise
+    except BaseException as e:
+        client.set_tag(run_id, TAG_ERROR, f"{type(e).__name__}: {_first_line(e)}"[:5000])
+        client.set_terminated(run_id, "FAILED")
+        raise
+    else:
+        client.set_terminated(run_id, "FINISHED")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

@@ -1,0 +1,245 @@
+"""The training loop: build, restore, train an epoch, evaluate, log, checkpoint. No MLflow in here.
+
+The loop reports to a `Tracker` (MLflow or a no-op) and never branches on which one it has.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
+
+from aqtrack.checkpoint import (
+    ARTIFACT_DIR,
+    CHECKPOINT_EPOCH_TAG,
+    CheckpointPolicy,
+    TrainState,
+    capture_rng,
+    restore_rng,
+    write_checkpoints,
+)
+from aqtrack.config import Config
+from aqtrack.data import ActionQualityData
+from aqtrack.errors import ResumeError, TrainingDiverged
+from aqtrack.metrics import GRAD_NORM, GRAD_NORM_MAX, LR, TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_LOSS
+from aqtrack.model import ActionQualityNet, ModelSpec, build_model
+
+if TYPE_CHECKING:
+    from aqtrack.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class _Batches(torch.utils.data.Dataset):
+    """Tensors indexed a whole batch at a time: one gather per batch instead of one per sample."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x[idx], self.y[idx]
+
+
+def make_loader(
+    x: np.ndarray, y: np.ndarray, batch_size: int, generator: torch.Generator | None, num_workers: int
+) -> DataLoader:
+    """Batches of (x [B, T, C], y [B]); shuffled by `generator` when one is given."""
+    data = _Batches(torch.from_numpy(x), torch.from_numpy(y))
+    order = RandomSampler(data, generator=generator) if generator is not None else SequentialSampler(data)
+    return DataLoader(
+        data,
+        sampler=BatchSampler(order, batch_size, drop_last=False),
+        batch_size=None,
+        num_workers=num_workers,
+        generator=generator,
+    )
+
+
+@dataclass
+class Trainer:
+    """What the loop works on, built once per process."""
+
+    config: Config
+    model: ActionQualityNet
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.CosineAnnealingWarmRestarts
+    train_loader: DataLoader
+    val_loader: DataLoader
+    data_generator: torch.Generator
+    device: torch.device
+
+    def snapshot(self, state: TrainState) -> TrainState:
+        """`state` with the current weights, optimizer, schedule and RNG filled in."""
+        state.model = self.model.state_dict()
+        state.optimizer = self.optimizer.state_dict()
+        state.scheduler = self.scheduler.state_dict()
+        state.rng = capture_rng(self.data_generator)
+        return state
+
+
+def build_trainer(cfg: Config, data: ActionQualityData, device: torch.device) -> Trainer:
+    """Seed, then build model, optimizer, cosine schedule and loaders (in that order, every time)."""
+    t = cfg.train
+    seed_everything(t.seed)
+    spec = ModelSpec(data.channels, data.num_classes, cfg.model.hidden, cfg.model.dropout)
+    model = build_model(spec)
+    model.set_normalization(torch.from_numpy(data.x_train))
+    model.to(device)
+    optimizer_cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
+    optimizer = optimizer_cls(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    # With t0 = epochs_per_round the cycle restarts at each round; stepped once per epoch.
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
+        optimizer, T_0=t.t0 or t.epochs_per_round, T_mult=t.t_mult, eta_min=t.min_lr
+    )
+    generator = torch.Generator().manual_seed(t.seed)
+    return Trainer(
+        config=cfg,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        train_loader=make_loader(data.x_train, data.y_train, t.batch_size, generator, t.num_workers),
+        val_loader=make_loader(data.x_val, data.y_val, max(t.batch_size, 256), None, t.num_workers),
+        data_generator=generator,
+        device=device,
+    )
+
+
+def restore(trainer: Trainer, state: TrainState) -> None:
+    """Load a checkpoint's weights, optimizer, schedule and RNG into a freshly built trainer."""
+    spec = ModelSpec(**state.model_spec)
+    built = trainer.model.head[-1]
+    current = {"in_channels": trainer.model.mean.numel(), "num_classes": built.out_features}
+    for key, value in current.items():
+        if getattr(spec, key) != value:
+            raise ResumeError(
+                f"checkpoint model has {key}={getattr(spec, key)} but the data gives {value}; "
+                "resume with the data the run was trained on"
+            )
+    try:
+        trainer.model.load_state_dict(state.model)
+        trainer.optimizer.load_state_dict(state.optimizer)
+        trainer.scheduler.load_state_dict(state.scheduler)
+    except (RuntimeError, ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()[0]
+        raise ResumeError(f"checkpoint does not match the model this aqtrack builds: {first}") from e
+    restore_rng(state.rng, trainer.data_generator)
+
+
+def train_one_epoch(trainer: Trainer) -> tuple[dict[str, float], list[float]]:
+    """One pass over the training data. Metrics accumulate on the device: one host sync per epoch."""
+    model, optimizer, device = trainer.model, trainer.optimizer, trainer.device
+    model.train()
+    lr = optimizer.param_groups[0]["lr"]  # what every update of this epoch uses (stepped per epoch)
+    losses, norms, sizes = [], [], []
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    for x, y in trainer.train_loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norms.append(torch.nn.utils.clip_grad_norm_(model.parameters(), trainer.config.train.max_grad_norm))
+        optimizer.step()
+        losses.append(loss.detach())
+        correct += (logits.argmax(dim=1) == y).sum()
+        sizes.append(len(y))
+    seen = sum(sizes)
+    batch_losses = torch.stack(losses).double().cpu()
+    norms_t = torch.stack(norms).double().cpu()
+    metrics = {
+        TRAIN_LOSS: float((batch_losses * torch.tensor(sizes, dtype=torch.float64)).sum() / seen),
+        TRAIN_ACC: int(correct) / seen,
+        LR: float(lr),
+        GRAD_NORM: float(norms_t.mean()),
+        GRAD_NORM_MAX: float(norms_t.max()),
+    }
+    return metrics, batch_losses.tolist()
+
+
+@torch.inference_mode()
+def evaluate(model: torch.nn.Module, loader: Iterable, device: torch.device) -> tuple[float, float]:
+    """(mean loss, accuracy) over `loader`, in eval mode."""
+    model.eval()
+    total_loss = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    seen = 0
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        logits = model(x)
+        total_loss += F.cross_entropy(logits, y, reduction="sum").double()
+        correct += (logits.argmax(dim=1) == y).sum()
+        seen += len(y)
+    return float(total_loss) / seen, int(correct) / seen
+
+
+EpochHook = Callable[[TrainState], None]
+
+
+def fit(
+    trainer: Trainer,
+    state: TrainState,
+    tracker: Tracker,
+    checkpoint_dir: Path,
+    on_epoch_end: Iterable[EpochHook] = (),
+) -> TrainState:
+    """Train from `state.epoch + 1` to the configured total, one tracked, checkpointed epoch at a time."""
+    t = trainer.config.train
+    policy = CheckpointPolicy(t.checkpoint_interval, t.epochs_per_round)
+    for epoch in range(state.epoch + 1, t.total_epochs + 1):
+        metrics, batch_losses = train_one_epoch(trainer)
+        metrics[VAL_LOSS], metrics[VAL_ACC] = evaluate(trainer.model, trainer.val_loader, trainer.device)
+        trainer.scheduler.step()
+        _check_finite(metrics, epoch)
+
+        state.epoch = epoch
+        state.history.append(metrics, batch_losses)
+        improved = metrics[VAL_ACC] > state.best_val_acc
+        if improved:
+            state.best_val_acc, state.best_epoch = metrics[VAL_ACC], epoch
+
+        tracker.log_metrics(metrics, step=epoch)
+        log.info(progress_line(epoch, t.epochs_per_round, t.rounds, metrics))
+        paths = write_checkpoints(trainer.snapshot(state), checkpoint_dir, policy.names(epoch, improved))
+        for path in paths:
+            tracker.log_artifact(path, ARTIFACT_DIR)
+        tracker.set_tags({CHECKPOINT_EPOCH_TAG: str(epoch)})  # moves only once last.pt is uploaded
+        for hook in on_epoch_end:
+            hook(state)
+    return state
+
+
+def _check_finite(metrics: dict[str, float], epoch: int) -> None:
+    bad = [k for k in (TRAIN_LOSS, VAL_LOSS) if not math.isfinite(metrics[k])]
+    if bad:
+        raise TrainingDiverged(
+            f"{bad[0]} became {metrics[bad[0]]} in epoch {epoch}; the last good checkpoint is epoch "
+            f"{epoch - 1}: lower --lr or --max-grad-norm and start a new run"
+        )
+
+
+def progress_line(epoch: int, epochs_per_round: int, rounds: int, m: dict[str, float]) -> str:
+    round_, in_round = divmod(epoch - 1, epochs_per_round)
+    return (
+        f"Round [{round_ + 1}/{rounds}] Epoch [{in_round + 1}/{epochs_per_round}] | "
+        f"train_loss {m[TRAIN_LOSS]:.4f} | train_acc {m[TRAIN_ACC]:.4f} | "
+        f"val_loss {m[VAL_LOSS]:.4f} | val_acc {m[VAL_ACC]:.4f} | "
+        f"lr {m[LR]:.3e} | grad_norm {m[GRAD_NORM]:.4f}"
+    )
