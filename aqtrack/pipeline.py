@@ -24,7 +24,7 @@ from aqtrack.errors import ConfigError, ResumeError
 from aqtrack.metrics import METRIC_KEYS
 from aqtrack.model import ModelSpec
 from aqtrack.report import build_report, history_from_points, write_report
-from aqtrack.train import EpochHook, Trainer, build_trainer, fit, restore
+from aqtrack.loop import EpochHook, Trainer, build_trainer, fit, restore
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +65,13 @@ def train(resume: str | None = None, *, defaults_unset: bool = False, **settings
     client = tracking.connect()
     env_run = os.environ.get(MLFLOW_RUN_ENV) or None
     if resume == AUTO:
-        experiment = settings.get("experiment", Config().run.experiment)
-        resume = tracking.latest_unfinished_run(client, experiment, exclude=env_run)
+        # Under `mlflow run`, the experiment is the one MLflow put its run in.
+        experiment_id = (
+            client.get_run(env_run).info.experiment_id
+            if env_run
+            else tracking.find_experiment_id(client, settings.get("experiment", Config().run.experiment))
+        )
+        resume = tracking.latest_unfinished_run(client, experiment_id, exclude=env_run)
         log.info(
             "--resume auto: %s", f"continuing run {resume}" if resume else "no unfinished run, starting anew"
         )

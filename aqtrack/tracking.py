@@ -123,10 +123,16 @@ def connect() -> MlflowClient:
     return client
 
 
-def experiment_id(client: MlflowClient, name: str) -> str:
+def find_experiment_id(client: MlflowClient, name: str) -> str | None:
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
+    return experiment.experiment_id if experiment is not None else None
+
+
+def experiment_id(client: MlflowClient, name: str) -> str:
+    """The id of experiment `name`, created if it does not exist yet."""
+    found = find_experiment_id(client, name)
+    if found is not None:
+        return found
     try:
         return client.create_experiment(name)
     except Exception:  # another process created it first
@@ -148,13 +154,12 @@ def get_run(client: MlflowClient, run_id: str):
         raise ResumeError(f"--resume {run_id}: no such run in {client.tracking_uri}: {_first_line(e)}") from e
 
 
-def latest_unfinished_run(client: MlflowClient, experiment: str, exclude: str | None) -> str | None:
-    """Newest run of `experiment` that did not finish and has a checkpoint (for `--resume auto`)."""
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
+def latest_unfinished_run(client: MlflowClient, experiment_id: str | None, exclude: str | None) -> str | None:
+    """Newest run of the experiment that did not finish and has a checkpoint (for `--resume auto`)."""
+    if experiment_id is None:
         return None
     runs = client.search_runs(
-        [found.experiment_id],
+        [experiment_id],
         filter_string=f"tags.`{CHECKPOINT_EPOCH_TAG}` != '' and attributes.status != 'FINISHED'",
         order_by=["attributes.start_time DESC"],
         max_results=10,
