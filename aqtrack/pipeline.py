@@ -21,10 +21,10 @@ from aqtrack.checkpoint import ARTIFACT_DIR, BEST, LAST, History, TrainState, lo
 from aqtrack.config import Config, flag, resumed
 from aqtrack.data import ActionQualityData, load_data
 from aqtrack.errors import ConfigError, ResumeError
+from aqtrack.loop import EpochHook, Trainer, build_trainer, fit, restore
 from aqtrack.metrics import METRIC_KEYS
 from aqtrack.model import ModelSpec
 from aqtrack.report import build_report, history_from_points, write_report
-from aqtrack.loop import EpochHook, Trainer, build_trainer, fit, restore
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,7 @@ def build_report(
         "current_epoch": max(epochs, default=0),
         "total_batches": history.total_batches,
         "dataset_stats": dataset_stats,
-        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
         # Extras.
         "epochs": epochs,
         "train_acc": series(TRAIN_ACC),

@@ -1,4 +1,4 @@
-"""MLproject and conda.yaml stay in step with the CLI and pyproject; a real `mlflow run` trains and resumes."""
+"""MLproject and conda.yaml stay in step with CLI and pyproject; a real `mlflow run` trains and resumes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import sys
 import tomllib
 from pathlib import Path
 
-import pytest
 import yaml
 from mlflow import MlflowClient
 

@@ -16,9 +16,9 @@ from aqtrack import loop
 from aqtrack.checkpoint import BEST, LAST, TrainState
 from aqtrack.config import Config
 from aqtrack.data import load_data
+from aqtrack.loop import build_trainer, fit, train_one_epoch
 from aqtrack.metrics import GRAD_NORM, GRAD_NORM_MAX, LR, METRIC_KEYS
 from aqtrack.report import LEGACY_KEYS, REPORT_FILE
-from aqtrack.loop import build_trainer, fit, train_one_epoch
 
 
 def metric_points(run_id: str) -> dict[str, list[tuple[int, float]]]:
@@ -176,7 +176,8 @@ def test_legacy_report_has_the_visualizers_keys_and_the_whole_history(tiny, tmp_
         assert len(report[key]) == 4 and all(isinstance(v, float) for v in report[key]), key
     assert report["total_batches"] == 4 * 4  # 64 samples / 16 per batch, 4 epochs
     assert len(report["batch_losses"]) == 16 and all(isinstance(v, float) for v in report["batch_losses"])
-    assert report["dataset_stats"]["train"]["total"] == 64 and report["dataset_stats"]["source"] == "synthetic"
+    assert report["dataset_stats"]["train"]["total"] == 64
+    assert report["dataset_stats"]["source"] == "synthetic"
     assert report["run_id"] == first.run_id
     logged = MlflowClient().download_artifacts(first.run_id, REPORT_FILE, str(tmp_path / "dl"))
     assert json.loads(Path(logged).read_text())["control_losses"] == report["control_losses"]
