@@ -49,7 +49,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    hidden: int = option(64, "channels of the 1D-CNN's convolutions (the SVM feature size is 2x this)")
+    hidden: int = option(64, "channels of the 1D-CNN's convolutions (features() returns 2x this)")
     dropout: float = option(0.2, "dropout before the classifier head")
 
     def __post_init__(self) -> None:
@@ -65,7 +65,7 @@ class TrainConfig:
     min_lr: float = option(1e-6, "floor of the cosine schedule")
     t0: int = option(0, "epochs of the first cosine cycle (CosineAnnealingWarmRestarts T_0); 0 = one round")
     t_mult: int = option(1, "growth factor of the cosine cycle length (CosineAnnealingWarmRestarts T_mult)")
-    optimizer: str = option("adamw", "optimizer", choices=OPTIMIZERS)
+    optimizer: str = option("adamw", "optimizer: adamw or adam", choices=OPTIMIZERS)
     weight_decay: float = option(1e-2, "weight decay")
     batch_size: int = option(32, "training batch size")
     max_grad_norm: float = option(1.0, "gradient clipping: max total L2 norm")
@@ -98,7 +98,7 @@ class TrainConfig:
 @dataclass
 class RunConfig:
     experiment: str = option("action-quality", "MLflow experiment (under `mlflow run`, MLflow's choice wins)")
-    run_name: str = option("", "MLflow run name; empty = a readable generated name")
+    run_name: str = option("", "MLflow run name; empty = a readable generated one (renames a resumed run)")
     output_dir: str = option("outputs", "where experiment_report.json and local checkpoint copies go")
 
     def __post_init__(self) -> None:

@@ -120,7 +120,7 @@ def _open_run(client, start: _Start, env_run: str | None) -> str:
     """The run to train in: the resumed run itself, the run `mlflow run` made, or a new one."""
     source = start.source_run
     if source and env_run in (None, source):
-        client.update_run(source, status="RUNNING")
+        client.update_run(source, status="RUNNING", name=start.config.run.run_name or None)
         return source
     if env_run:
         return env_run
