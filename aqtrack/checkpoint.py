@@ -165,16 +165,21 @@ def save_checkpoint(state: TrainState, path: Path) -> Path:
     return path
 
 
+CHECKPOINT_KEYS = frozenset(TrainState(config={}, model_spec={}).to_dict()) - {"round"}
+
+
 def load_checkpoint(path: Path) -> TrainState:
     """Read a checkpoint safely: tensors and plain types only, never arbitrary pickled objects."""
     try:
         # weights_only is explicit so TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD cannot switch it off.
         d = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, zipfile.BadZipFile, EOFError, OSError) as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    except pickle.UnpicklingError as e:
         raise ResumeError(
-            f"{path.name}: not a loadable aqtrack checkpoint (refused or corrupt: {reason})"
+            f"{path.name}: refused to load: it holds objects other than tensors and plain values, which "
+            "could run code when unpickled; only load checkpoints written by aqtrack"
         ) from e
+    except (RuntimeError, zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
+        raise ResumeError(f"{path.name}: corrupt or truncated checkpoint ({type(e).__name__})") from e
     if not isinstance(d, dict) or d.get("format") != FORMAT:
         raise ResumeError(f"{path.name}: not an aqtrack checkpoint (no '{FORMAT}' format marker)")
     if d.get("format_version") != FORMAT_VERSION:
@@ -182,6 +187,9 @@ def load_checkpoint(path: Path) -> TrainState:
             f"{path.name}: checkpoint format version {d.get('format_version')} is not supported "
             f"(this aqtrack reads version {FORMAT_VERSION}); use the aqtrack release that wrote it"
         )
+    missing = sorted(CHECKPOINT_KEYS - set(d))
+    if missing:
+        raise ResumeError(f"{path.name}: incomplete checkpoint, missing {', '.join(missing)}")
     return TrainState(
         config=d["config"],
         model_spec=d["model_spec"],

@@ -27,6 +27,15 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def _check_types(settings: Any) -> None:
+    """Python callers can pass anything; refuse what argparse would have refused."""
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        expected = {"int": (int,), "float": (int, float), "str": (str,)}[str(f.type)]
+        if isinstance(value, bool) or not isinstance(value, expected):
+            raise ConfigError(f"{flag(f.name)} must be of type {f.type} (got {value!r})")
+
+
 def _check(ok: bool, name: str, requirement: str, value: Any) -> None:
     if not ok:
         raise ConfigError(f"{flag(name)} must be {requirement} (got {value!r})")
@@ -41,6 +50,7 @@ class DataConfig:
     data_seed: int = option(0, "seed of the synthetic data and of the train/val split of data files")
 
     def __post_init__(self) -> None:
+        _check_types(self)
         _check(bool(self.data), "data", "'synthetic' or a path", self.data)
         _check(self.n_train >= 1, "n_train", ">= 1", self.n_train)
         _check(self.n_val >= 1, "n_val", ">= 1", self.n_val)
@@ -53,6 +63,7 @@ class ModelConfig:
     dropout: float = option(0.2, "dropout before the classifier head")
 
     def __post_init__(self) -> None:
+        _check_types(self)
         _check(self.hidden >= 1, "hidden", ">= 1", self.hidden)
         _check(0.0 <= self.dropout < 1.0, "dropout", "in [0, 1)", self.dropout)
 
@@ -76,6 +87,7 @@ class TrainConfig:
     seed: int = option(42, "seed of model init, dropout and data order")
 
     def __post_init__(self) -> None:
+        _check_types(self)
         _check(self.rounds >= 1, "rounds", ">= 1", self.rounds)
         _check(self.epochs_per_round >= 1, "epochs_per_round", ">= 1", self.epochs_per_round)
         _check(self.lr > 0, "lr", "> 0", self.lr)
@@ -102,6 +114,7 @@ class RunConfig:
     output_dir: str = option("outputs", "where experiment_report.json and local checkpoint copies go")
 
     def __post_init__(self) -> None:
+        _check_types(self)
         _check(bool(self.experiment), "experiment", "a non-empty name", self.experiment)
         _check(bool(self.output_dir), "output_dir", "a directory path", self.output_dir)
 
@@ -128,10 +141,8 @@ class Config:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Config:
         """Build from a flat dict; missing fields take their defaults, unknown names are refused."""
+        check_known(values)
         known = {name: section for section, name, _ in config_fields()}
-        unknown = sorted(set(values) - set(known))
-        if unknown:
-            raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(known)}")
         grouped: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
         for name, value in values.items():
             grouped[known[name]][name] = value
@@ -139,6 +150,13 @@ class Config:
 
     def replace(self, **changes: Any) -> Config:
         return Config.from_dict({**self.to_dict(), **changes})
+
+
+def check_known(values: dict[str, Any]) -> None:
+    known = [name for _, name, _ in config_fields()]
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(known)}")
 
 
 def config_fields() -> Iterator[tuple[str, str, dataclasses.Field]]:
@@ -155,6 +173,7 @@ def resumed(saved: Config, given: dict[str, Any], *, defaults_unset: bool = Fals
     longer describe the run. `mlflow run` passes every MLproject parameter, typed or not, so under it
     (`defaults_unset`) a value equal to its default counts as not given.
     """
+    check_known(given)
     defaults, current = Config().to_dict(), saved.to_dict()
     given = {k: v for k, v in given.items() if v != current[k] and not (defaults_unset and v == defaults[k])}
     conflicts = [

@@ -1,0 +1,137 @@
+"""aqtrack.config: validation messages, the flat dict round-trip, field metadata and `resumed`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from aqtrack.config import RESUMABLE, Config, config_fields, flag, resumed
+from aqtrack.errors import ConfigError
+
+INVALID = [
+    ({"rounds": 0}, "rounds", 0),
+    ({"epochs_per_round": 0}, "epochs_per_round", 0),
+    ({"lr": -1}, "lr", -1),
+    ({"lr": 0}, "lr", 0),
+    ({"min_lr": -1}, "min_lr", -1),
+    ({"lr": 0.001, "min_lr": 0.01}, "min_lr", 0.01),
+    ({"batch_size": 0}, "batch_size", 0),
+    ({"checkpoint_interval": 0}, "checkpoint_interval", 0),
+    ({"max_grad_norm": 0}, "max_grad_norm", 0),
+    ({"num_workers": -1}, "num_workers", -1),
+    ({"dropout": 1.0}, "dropout", 1.0),
+    ({"val_fraction": 0}, "val_fraction", 0),
+    ({"val_fraction": 1}, "val_fraction", 1),
+    ({"optimizer": "sgd"}, "optimizer", "sgd"),
+    ({"t_mult": 0}, "t_mult", 0),
+    ({"hidden": 0}, "hidden", 0),
+]
+
+
+@pytest.mark.parametrize(
+    ("settings", "name", "value"), INVALID, ids=[f"{name}={value!r}" for _, name, value in INVALID]
+)
+def test_invalid_setting_is_refused_naming_flag_and_value(settings: dict, name: str, value: Any) -> None:
+    with pytest.raises(ConfigError) as info:
+        Config.from_dict(settings)
+    message = str(info.value)
+    assert message.startswith(flag(name) + " "), message
+    assert f"(got {value!r})" in message
+    assert "\n" not in message
+
+
+def test_min_lr_above_lr_message_names_both_flags() -> None:
+    with pytest.raises(ConfigError, match=r"--min-lr must be <= --lr \(0\.001\)"):
+        Config.from_dict({"lr": 0.001, "min_lr": 0.01})
+
+
+def test_from_dict_refuses_unknown_names() -> None:
+    with pytest.raises(ConfigError, match=r"unknown setting.*epochs") as info:
+        Config.from_dict({"epochs": 5, "rounds": 2})
+    assert "rounds" in str(info.value)  # the known names are listed, so the user can spot the typo
+
+
+def test_to_dict_from_dict_round_trips() -> None:
+    cfg = Config.from_dict(
+        {"data": "runs.npz", "hidden": 16, "lr": 0.01, "optimizer": "adam", "rounds": 5, "run_name": "x"}
+    )
+    flat = cfg.to_dict()
+    assert Config.from_dict(flat) == cfg
+    assert flat["hidden"] == 16 and flat["optimizer"] == "adam" and flat["run_name"] == "x"
+    assert list(flat) == [name for _, name, _ in config_fields()]
+
+
+def test_every_field_has_help_text() -> None:
+    missing = [name for _, name, f in config_fields() if not f.metadata.get("help", "").strip()]
+    assert missing == []
+
+
+def test_field_names_are_unique_across_sections() -> None:
+    names = [name for _, name, _ in config_fields()]
+    assert len(names) == len(set(names))
+
+
+def test_defaults_are_valid_and_match_field_defaults() -> None:
+    defaults = Config().to_dict()
+    assert defaults == {name: f.default for _, name, f in config_fields()}
+
+
+SAVED = {"lr": 0.01, "hidden": 16, "rounds": 2, "batch_size": 16}
+
+
+def test_resumed_keeps_the_checkpoint_settings() -> None:
+    saved = Config.from_dict(SAVED)
+    assert resumed(saved, {}) == saved
+
+
+def test_resumed_applies_a_raised_rounds() -> None:
+    saved = Config.from_dict(SAVED)
+    cfg = resumed(saved, {"rounds": 5})
+    assert cfg.train.rounds == 5
+    assert cfg == saved.replace(rounds=5)
+
+
+def test_resumed_accepts_unchanged_non_resumable_settings() -> None:
+    saved = Config.from_dict(SAVED)
+    assert resumed(saved, {"lr": 0.01, "hidden": 16}) == saved
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("lr", 0.02), ("hidden", 32), ("data", "other.npz"), ("batch_size", 64)]
+)
+def test_resumed_refuses_a_changed_non_resumable_setting(name: str, value: Any) -> None:
+    assert name not in RESUMABLE
+    saved = Config.from_dict(SAVED)
+    with pytest.raises(ConfigError, match="when resuming") as info:
+        resumed(saved, {name: value, "rounds": 5})
+    message = str(info.value)
+    assert f"{flag(name)}={value!r}" in message
+    assert f"(the run has {saved.to_dict()[name]!r})" in message
+    assert "\n" not in message
+
+
+def test_resumed_with_defaults_unset_ignores_a_value_equal_to_its_default() -> None:
+    saved = Config.from_dict(SAVED)
+    default_lr = Config().train.lr
+    assert default_lr == 0.001 != saved.train.lr
+    cfg = resumed(saved, {"lr": default_lr, "rounds": 4}, defaults_unset=True)
+    assert cfg.train.lr == 0.01
+    assert cfg.train.rounds == 4
+
+
+def test_resumed_without_defaults_unset_refuses_a_value_equal_to_its_default() -> None:
+    saved = Config.from_dict(SAVED)
+    with pytest.raises(ConfigError, match=r"--lr=0\.001 \(the run has 0\.01\)"):
+        resumed(saved, {"lr": Config().train.lr})
+
+
+def test_resumed_with_defaults_unset_still_refuses_a_typed_change() -> None:
+    saved = Config.from_dict(SAVED)
+    with pytest.raises(ConfigError, match=r"--lr=0\.05"):
+        resumed(saved, {"lr": 0.05}, defaults_unset=True)
+
+
+def test_resumed_refuses_unknown_names_with_config_error() -> None:
+    with pytest.raises(ConfigError, match="epochs"):
+        resumed(Config(), {"epochs": 5})
