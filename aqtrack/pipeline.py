@@ -21,10 +21,10 @@ from aqtrack.checkpoint import ARTIFACT_DIR, BEST, LAST, History, TrainState, lo
 from aqtrack.config import Config, flag, resumed
 from aqtrack.data import ActionQualityData, load_data
 from aqtrack.errors import ConfigError, ResumeError
-from aqtrack.loop import EpochHook, Trainer, build_trainer, fit, restore
+from aqtrack.loop import Trainer, build_trainer, fit, restore
 from aqtrack.metrics import METRIC_KEYS
 from aqtrack.model import ModelSpec
-from aqtrack.report import build_report, history_from_points, write_report
+from aqtrack.report import build_report, history_from_points, report_writer, write_report
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ def _train_in_run(client, run_id: str, start: _Start) -> TrainResult:
     state.run_id = run_id
 
     output_dir = Path(cfg.run.output_dir)
-    report_hook = _report_writer(tracker, output_dir, start.data.stats(), run_id)
+    report_hook = report_writer(tracker, output_dir, start.data.stats(), run_id)
     fit(start.trainer, state, tracker, output_dir / "checkpoints" / run_id, on_epoch_end=[report_hook])
     return TrainResult(
         run_id, state.epoch, state.best_val_acc, state.best_epoch, state.history,
@@ -170,16 +170,6 @@ def _carry_over(client, tracker: tracking.MlflowTracker, source: str, run_id: st
     if best is not None:
         tracker.log_artifact(best, ARTIFACT_DIR)
     client.set_tag(source, tracking.TAG_CONTINUED_IN, run_id)
-
-
-def _report_writer(tracker, directory: Path, stats: dict, run_id: str) -> EpochHook:
-    def write(state: TrainState) -> None:
-        epochs = list(range(1, state.history.epochs + 1))
-        report = build_report(state.history, epochs=epochs, dataset_stats=stats, run_id=run_id,
-                              config=state.config)  # fmt: skip
-        tracker.log_artifact(write_report(report, directory))
-
-    return write
 
 
 def rebuild_report(run_id: str, output_dir: Path) -> Path:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from aqtrack.checkpoint import History
+from aqtrack.checkpoint import History, TrainState
 from aqtrack.metrics import (
     GRAD_NORM,
     GRAD_NORM_MAX,
@@ -84,6 +85,19 @@ def history_from_points(
         history.batch_losses = batch_source.batch_losses[: len(epochs)]
         history.total_batches = batch_source.total_batches
     return history, epochs
+
+
+def report_writer(tracker, directory: Path, dataset_stats: dict, run_id: str) -> Callable[[TrainState], None]:
+    """An epoch-end hook that rewrites the report in `directory` and logs it to the run."""
+
+    def write(state: TrainState) -> None:
+        epochs = list(range(1, state.history.epochs + 1))
+        report = build_report(
+            state.history, epochs=epochs, dataset_stats=dataset_stats, run_id=run_id, config=state.config
+        )
+        tracker.log_artifact(write_report(report, directory))
+
+    return write
 
 
 def write_report(report: dict[str, Any], directory: Path) -> Path:

@@ -1,0 +1,104 @@
+"""What does tracking cost per epoch? Ratios from one run, median over alternating pairs.
+
+Three variants of the same seeded training on the default model and data:
+  compute  train_one_epoch + evaluate + scheduler step, nothing else (the loop's own work)
+  null     aqtrack's fit() with a NullTracker: adds last.pt (and periodic/best) written every epoch
+  tracked  fit() with MLflow on an embedded sqlite store: adds per-epoch metrics, checkpoint uploads,
+           the run tag, and the legacy report written and uploaded every epoch
+
+    python benchmarks/epoch_cost.py [--epochs 10] [--pairs 5] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def main() -> None:
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=raw)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--pairs", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="a tiny smoke run (no meaningful numbers)")
+    args = parser.parse_args()
+    settings = {"rounds": 1, "epochs_per_round": args.epochs}
+    if args.quick:
+        args.pairs, settings = 1, {"rounds": 1, "epochs_per_round": 2, "n_train": 64, "n_val": 32}
+
+    with tempfile.TemporaryDirectory(prefix="aqtrack-bench-") as tmp:
+        os.chdir(tmp)
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
+        measure(settings, args.pairs, Path(tmp))
+
+
+def measure(settings: dict, pairs: int, tmp: Path) -> None:
+    from aqtrack import tracking
+    from aqtrack.checkpoint import LAST, TrainState
+    from aqtrack.config import Config
+    from aqtrack.data import load_data
+    from aqtrack.loop import build_trainer, evaluate, fit, train_one_epoch
+    from aqtrack.report import report_writer
+
+    cfg = Config.from_dict(settings)
+    d = cfg.data
+    data = load_data(d.data, n_train=d.n_train, n_val=d.n_val, val_fraction=d.val_fraction, seed=d.data_seed)
+    client = tracking.connect()
+    experiment = tracking.experiment_id(client, "bench")
+
+    def compute() -> float:
+        trainer = build_trainer(cfg, data, torch.device("cpu"))
+        start = time.perf_counter()
+        for _ in range(cfg.train.total_epochs):
+            train_one_epoch(trainer)
+            evaluate(trainer.model, trainer.val_loader, trainer.device)
+            trainer.scheduler.step()
+        return time.perf_counter() - start
+
+    def run_fit(tracked: bool) -> float:
+        trainer = build_trainer(cfg, data, torch.device("cpu"))
+        state = TrainState(config=cfg.to_dict(), model_spec={})
+        out = Path(tempfile.mkdtemp(dir=tmp))
+        hooks, tracker = [], tracking.NullTracker()
+        if tracked:
+            run_id = client.create_run(experiment).info.run_id
+            tracker = tracking.MlflowTracker(client, run_id)
+            hooks = [report_writer(tracker, out, data.stats(), run_id)]
+        start = time.perf_counter()
+        fit(trainer, state, tracker, out / "checkpoints", on_epoch_end=hooks)
+        elapsed = time.perf_counter() - start
+        if tracked:
+            client.set_terminated(run_id)
+        run_fit.checkpoint_mb = (out / "checkpoints" / LAST).stat().st_size / 1e6
+        return elapsed
+
+    import logging
+
+    logging.getLogger("aqtrack").setLevel(logging.WARNING)
+    rows = []
+    for i in range(pairs):
+        order = ["compute", "null", "tracked"] if i % 2 == 0 else ["tracked", "null", "compute"]
+        t = {name: compute() if name == "compute" else run_fit(name == "tracked") for name in order}
+        rows.append(t)
+        print(f"pair {i + 1}: " + ", ".join(f"{k} {v:.3f}s" for k, v in t.items()), flush=True)
+
+    def median_ratio(a: str, b: str) -> float:
+        return statistics.median(r[a] / r[b] for r in rows)
+
+    epochs = cfg.train.total_epochs
+    print(f"\n{epochs} epochs x {pairs} pairs, default model, checkpoint {run_fit.checkpoint_mb:.2f} MB")
+    per_epoch_ms = statistics.median(r["compute"] for r in rows) / epochs * 1000
+    print(f"compute per epoch (median): {per_epoch_ms:.1f} ms")
+    print(f"null / compute    (checkpoint files every epoch): {median_ratio('null', 'compute'):.3f}x")
+    print(f"tracked / null    (MLflow metrics, uploads, report): {median_ratio('tracked', 'null'):.3f}x")
+    print(f"tracked / compute (everything aqtrack adds):        {median_ratio('tracked', 'compute'):.3f}x")
+
+
+if __name__ == "__main__":
+    main()
