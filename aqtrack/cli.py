@@ -7,6 +7,7 @@ aqtrack report RUN_ID -o DIR
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import sys
 from pathlib import Path
@@ -26,27 +27,39 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train a new run, or resume one by run id")
     train.add_argument(
-        "--resume", metavar="RUN_ID", default="",
+        "--resume",
+        metavar="RUN_ID",
+        default="",
         help="continue this run from its last checkpoint ('auto': the newest unfinished run)",
-    )  # fmt: skip
+    )
     # The MLproject entry point passes every parameter; this tells resume which ones were not typed.
     train.add_argument("--from-mlproject", action="store_true", help=argparse.SUPPRESS)
     train.add_argument("-q", "--quiet", action="store_true", help="only warnings and the final summary")
-    defaults = Config().to_dict()
-    for section, name, f in config_fields():
-        group_title = f"{section} settings"
-        group = next((g for g in train._action_groups if g.title == group_title), None)
-        group = group or train.add_argument_group(group_title)
-        group.add_argument(
-            flag(name), dest=name, type=TYPES[str(f.type)], choices=f.metadata["choices"],
-            default=argparse.SUPPRESS, metavar=None if f.metadata["choices"] else name.upper(),
-            help=f"{f.metadata['help']} (default: {defaults[name]!r})",
-        )  # fmt: skip
+    _add_settings(train)
 
     report = commands.add_parser("report", help="rebuild experiment_report.json from a run's MLflow metrics")
     report.add_argument("run_id", metavar="RUN_ID")
     report.add_argument("-o", "--output-dir", type=Path, default=Path("."), help="where to write it")
     return parser
+
+
+def _add_settings(parser: argparse.ArgumentParser) -> None:
+    """One flag per config field, grouped by section. Unset flags stay absent (SUPPRESS), so a resume
+    can tell what the user typed from what is the default."""
+    defaults = Config().to_dict()
+    for section, fields in itertools.groupby(config_fields(), key=lambda item: item[0]):
+        group = parser.add_argument_group(f"{section} settings")
+        for _, name, f in fields:
+            choices = f.metadata["choices"]
+            group.add_argument(
+                flag(name),
+                dest=name,
+                type=TYPES[str(f.type)],
+                choices=choices,
+                default=argparse.SUPPRESS,
+                metavar=None if choices else name.upper(),
+                help=f"{f.metadata['help']} (default: {defaults[name]!r})",
+            )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -227,11 +227,12 @@ def fit(
 
 
 def _check_finite(metrics: dict[str, float], epoch: int) -> None:
-    bad = [k for k in (TRAIN_LOSS, VAL_LOSS) if not math.isfinite(metrics[k])]
+    bad = next((k for k in (TRAIN_LOSS, VAL_LOSS) if not math.isfinite(metrics[k])), None)
     if bad:
+        kept = f"; checkpoints up to epoch {epoch - 1} are kept" if epoch > 1 else ""
         raise TrainingDiverged(
-            f"{bad[0]} became {metrics[bad[0]]} in epoch {epoch}; the last good checkpoint is epoch "
-            f"{epoch - 1}: lower --lr or --max-grad-norm and start a new run"
+            f"{bad} became {metrics[bad]} in epoch {epoch}{kept}: lower --lr or --max-grad-norm "
+            "and start a new run"
         )
 
 

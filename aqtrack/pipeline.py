@@ -6,6 +6,7 @@ any run is created or touched, so bad input never leaves a half-made run behind.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -19,12 +20,12 @@ import torch
 from aqtrack import tracking
 from aqtrack.checkpoint import ARTIFACT_DIR, BEST, LAST, History, TrainState, load_checkpoint
 from aqtrack.config import Config, flag, resumed
-from aqtrack.data import ActionQualityData, load_data
+from aqtrack.data import ActionQualityData, load_configured
 from aqtrack.errors import ConfigError, ResumeError
 from aqtrack.loop import Trainer, build_trainer, fit, restore
 from aqtrack.metrics import METRIC_KEYS
 from aqtrack.model import ModelSpec
-from aqtrack.report import build_report, history_from_points, report_writer, write_report
+from aqtrack.report import REPORT_FILE, build_report, history_from_points, report_writer, write_report
 
 log = logging.getLogger(__name__)
 
@@ -103,10 +104,7 @@ def _prepare(client, resume: str | None, settings: dict[str, Any], defaults_unse
         cfg = Config.from_dict(settings)
         state = None
     _check_writable(Path(cfg.run.output_dir))
-    data = load_data(
-        cfg.data.data, n_train=cfg.data.n_train, n_val=cfg.data.n_val,
-        val_fraction=cfg.data.val_fraction, seed=cfg.data.data_seed,
-    )  # fmt: skip
+    data = load_configured(cfg.data)
     trainer = build_trainer(cfg, data, torch.device("cpu"))
     if state is None:
         spec = ModelSpec(data.channels, data.num_classes, cfg.model.hidden, cfg.model.dropout)
@@ -144,9 +142,14 @@ def _train_in_run(client, run_id: str, start: _Start) -> TrainResult:
     report_hook = report_writer(tracker, output_dir, start.data.stats(), run_id)
     fit(start.trainer, state, tracker, output_dir / "checkpoints" / run_id, on_epoch_end=[report_hook])
     return TrainResult(
-        run_id, state.epoch, state.best_val_acc, state.best_epoch, state.history,
-        output_dir / "experiment_report.json", source,
-    )  # fmt: skip
+        run_id=run_id,
+        epochs=state.epoch,
+        best_val_acc=state.best_val_acc,
+        best_epoch=state.best_epoch,
+        history=state.history,
+        report_path=output_dir / REPORT_FILE,
+        resumed_from=source,
+    )
 
 
 def _tags(client, run_id: str, cfg: Config, data: ActionQualityData, source: str | None) -> dict[str, str]:
@@ -182,7 +185,7 @@ def rebuild_report(run_id: str, output_dir: Path) -> Path:
         ckpt = tracking.download_artifact(client, run_id, f"{ARTIFACT_DIR}/{LAST}", Path(tmp))
         batch_source = load_checkpoint(ckpt).history if ckpt else None
         stats_path = tracking.download_artifact(client, run_id, tracking.DATASET_STATS_ARTIFACT, Path(tmp))
-        stats = _read_json(stats_path) if stats_path else {}
+        stats = json.loads(stats_path.read_text()) if stats_path else {}
     history, epochs = history_from_points(points, batch_source)
     config = {k: _number(v) for k, v in run.data.params.items()}
     report = build_report(history, epochs=epochs, dataset_stats=stats, run_id=run_id, config=config)
@@ -198,12 +201,6 @@ def _check_writable(directory: Path) -> None:
         raise ConfigError(
             f"{flag('output_dir')} {directory}: not writable ({e.strerror or e}); choose another directory"
         ) from e
-
-
-def _read_json(path: Path) -> Any:
-    import json
-
-    return json.loads(path.read_text())
 
 
 def _number(value: str) -> Any:

@@ -153,3 +153,12 @@ def test_unreachable_tracking_server_fails_fast_with_the_uri(capsys, tiny, monke
     code, err = run_cli(capsys, "train", *flags(tiny))
     assert_one_line_error(code, err, "http://127.0.0.1:9", "MLFLOW_TRACKING_URI")
     assert not Path(tiny["output_dir"]).exists()
+
+
+def test_nan_loss_stops_training_marks_the_run_failed_and_logs_no_nan(capsys, tiny):
+    code, err = run_cli(capsys, "train", *flags({**tiny, "lr": "1e30"}))
+
+    assert_one_line_error(code, err, "became nan in epoch 1", "lower --lr")
+    (run,) = all_runs()
+    assert run.info.status == "FAILED" and "TrainingDiverged" in run.data.tags["aqtrack.error"]
+    assert MlflowClient().get_metric_history(run.info.run_id, "train_loss") == []

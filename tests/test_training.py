@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from mlflow import MlflowClient
 
 import aqtrack
-from aqtrack import loop
+from aqtrack import cli, loop
 from aqtrack.checkpoint import BEST, LAST, TrainState
 from aqtrack.config import Config
 from aqtrack.data import load_data
@@ -193,6 +193,14 @@ def test_report_rebuilt_from_mlflow_metrics_matches_the_one_written_in_training(
     for key in set(written) - {"timestamp"}:
         assert rebuilt[key] == pytest.approx(written[key]) if key != "dataset_stats" else True, key
     assert rebuilt["dataset_stats"] == written["dataset_stats"]
+
+
+def test_report_command_writes_the_report_of_a_run(capsys, tiny, tmp_path):
+    result = aqtrack.train(**tiny)
+    capsys.readouterr()
+    assert cli.main(["report", result.run_id, "-o", str(tmp_path / "rebuilt")]) == 0
+    written = Path(capsys.readouterr().out.strip())
+    assert written == tmp_path / "rebuilt" / "experiment_report.json" and written.is_file()
 
 
 class RecordingTracker:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from aqtrack.config import DataConfig
 from aqtrack.errors import DataError
 
 SYNTHETIC = "synthetic"
@@ -51,6 +52,13 @@ class ActionQualityData:
             "train": {"total": len(self.y_train), "per_class": counts(self.y_train)},
             "val": {"total": len(self.y_val), "per_class": counts(self.y_val)},
         }
+
+
+def load_configured(cfg: DataConfig) -> ActionQualityData:
+    """The dataset a run's `DataConfig` describes."""
+    return load_data(
+        cfg.data, n_train=cfg.n_train, n_val=cfg.n_val, val_fraction=cfg.val_fraction, seed=cfg.data_seed
+    )
 
 
 def load_data(source: str, *, n_train: int, n_val: int, val_fraction: float, seed: int) -> ActionQualityData:
