@@ -1,6 +1,8 @@
 """What does tracking cost per epoch? Ratios from one run, median over alternating pairs.
 
-Three variants of the same seeded training on the default model and data:
+Three variants of the same seeded training on the default model and data (alternating, so drift and
+noise hit all three alike), plus the share of the tracked run's wall time spent inside checkpoint writes
+and inside MLflow calls (timed in the same run, so machine noise cancels out):
   compute  train_one_epoch + evaluate + scheduler step, nothing else (the loop's own work)
   null     aqtrack's fit() with a NullTracker: adds last.pt (and periodic/best) written every epoch
   tracked  fit() with MLflow on an embedded sqlite store: adds per-epoch metrics, checkpoint uploads,
@@ -39,7 +41,7 @@ def main() -> None:
 
 
 def measure(settings: dict, pairs: int, tmp: Path) -> None:
-    from aqtrack import tracking
+    from aqtrack import loop, tracking
     from aqtrack.checkpoint import LAST, TrainState
     from aqtrack.config import Config
     from aqtrack.data import load_configured
@@ -60,6 +62,20 @@ def measure(settings: dict, pairs: int, tmp: Path) -> None:
             trainer.scheduler.step()
         return time.perf_counter() - start
 
+    spent = {"checkpoint": 0.0, "tracked_checkpoint": 0.0, "mlflow": 0.0, "tracked_total": 0.0}
+
+    def timed(key: str, fn):
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[key] += time.perf_counter() - start
+
+        return wrapper
+
+    loop.write_checkpoints = timed("checkpoint", loop.write_checkpoints)
+
     def run_fit(tracked: bool) -> float:
         trainer = build_trainer(cfg, data, torch.device("cpu"))
         state = TrainState(config=cfg.to_dict(), model_spec={})
@@ -68,12 +84,16 @@ def measure(settings: dict, pairs: int, tmp: Path) -> None:
         if tracked:
             run_id = client.create_run(experiment).info.run_id
             tracker = tracking.MlflowTracker(client, run_id)
+            for method in ("log_metrics", "log_artifact", "set_tags"):
+                setattr(tracker, method, timed("mlflow", getattr(tracker, method)))
             hooks = [report_writer(tracker, out, data.stats(), run_id)]
-        start = time.perf_counter()
+        checkpoint_before, start = spent["checkpoint"], time.perf_counter()
         fit(trainer, state, tracker, out / "checkpoints", on_epoch_end=hooks)
         elapsed = time.perf_counter() - start
         if tracked:
             client.set_terminated(run_id)
+            spent["tracked_total"] += elapsed
+            spent["tracked_checkpoint"] += spent["checkpoint"] - checkpoint_before
         run_fit.checkpoint_mb = (out / "checkpoints" / LAST).stat().st_size / 1e6
         return elapsed
 
@@ -98,6 +118,9 @@ def measure(settings: dict, pairs: int, tmp: Path) -> None:
     print(f"null / compute    (checkpoint files every epoch): {median_ratio('null', 'compute'):.3f}x")
     print(f"tracked / null    (MLflow metrics, uploads, report): {median_ratio('tracked', 'null'):.3f}x")
     print(f"tracked / compute (everything aqtrack adds):        {median_ratio('tracked', 'compute'):.3f}x")
+    total = spent["tracked_total"]
+    print(f"share of tracked wall time in checkpoint writes: {spent['tracked_checkpoint'] / total:.1%}")
+    print(f"share of tracked wall time in MLflow calls:      {spent['mlflow'] / total:.1%}")
 
 
 if __name__ == "__main__":

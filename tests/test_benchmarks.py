@@ -18,5 +18,5 @@ def test_benchmark_runs_quick(script: Path, tmp_path: Path):
         [sys.executable, str(script), "--quick"], cwd=tmp_path, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "x" in done.stdout.splitlines()[-1]  # ends with a ratio line
+    assert any(line.endswith("x") for line in done.stdout.splitlines())  # prints ratios
     assert set(tmp_path.iterdir()) == before  # its store and files live in its own temp dir
