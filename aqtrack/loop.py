@@ -78,6 +78,7 @@ class Trainer:
     """What the loop works on, built once per process."""
 
     config: Config
+    spec: ModelSpec
     model: ActionQualityNet
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.CosineAnnealingWarmRestarts
@@ -112,6 +113,7 @@ def build_trainer(cfg: Config, data: ActionQualityData, device: torch.device) ->
     generator = torch.Generator().manual_seed(t.seed)
     return Trainer(
         config=cfg,
+        spec=spec,
         model=model,
         optimizer=optimizer,
         scheduler=scheduler,
@@ -124,13 +126,11 @@ def build_trainer(cfg: Config, data: ActionQualityData, device: torch.device) ->
 
 def restore(trainer: Trainer, state: TrainState) -> None:
     """Load a checkpoint's weights, optimizer, schedule and RNG into a freshly built trainer."""
-    spec = ModelSpec(**state.model_spec)
-    built = trainer.model.head[-1]
-    current = {"in_channels": trainer.model.mean.numel(), "num_classes": built.out_features}
-    for key, value in current.items():
-        if getattr(spec, key) != value:
+    saved = state.model_spec
+    for key, value in trainer.spec.to_dict().items():
+        if saved.get(key) != value:
             raise ResumeError(
-                f"checkpoint model has {key}={getattr(spec, key)} but the data gives {value}; "
+                f"checkpoint model has {key}={saved.get(key)} but the data and settings give {value}; "
                 "resume with the data the run was trained on"
             )
     try:

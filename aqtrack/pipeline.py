@@ -24,7 +24,6 @@ from aqtrack.data import ActionQualityData, load_configured
 from aqtrack.errors import ConfigError, ResumeError
 from aqtrack.loop import Trainer, build_trainer, fit, restore
 from aqtrack.metrics import METRIC_KEYS
-from aqtrack.model import ModelSpec
 from aqtrack.report import REPORT_FILE, build_report, history_from_points, report_writer, write_report
 
 log = logging.getLogger(__name__)
@@ -107,8 +106,7 @@ def _prepare(client, resume: str | None, settings: dict[str, Any], defaults_unse
     data = load_configured(cfg.data)
     trainer = build_trainer(cfg, data, torch.device("cpu"))
     if state is None:
-        spec = ModelSpec(data.channels, data.num_classes, cfg.model.hidden, cfg.model.dropout)
-        state = TrainState(config=cfg.to_dict(), model_spec=spec.to_dict())
+        state = TrainState(config=cfg.to_dict(), model_spec=trainer.spec.to_dict())
     else:
         restore(trainer, state)
     return _Start(cfg, data, trainer, state, resume, tmp if resume else None)

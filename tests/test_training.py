@@ -110,6 +110,28 @@ def test_crash_after_logging_before_checkpoint_still_one_point_per_epoch(tiny, m
     assert client.get_run(resumed.run_id).info.status == "FINISHED"
 
 
+def test_ctrl_c_marks_the_run_killed_and_it_resumes(tiny, monkeypatch):
+    real_write = loop.write_checkpoints
+
+    def interrupt_at_epoch_3(state, directory, names):
+        if state.epoch == 3:
+            raise KeyboardInterrupt
+        return real_write(state, directory, names)
+
+    monkeypatch.setattr(loop, "write_checkpoints", interrupt_at_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        aqtrack.train(**tiny)
+    client = MlflowClient()
+    (run,) = client.search_runs([client.get_experiment_by_name("action-quality").experiment_id])
+    assert run.info.status == "KILLED"
+    monkeypatch.setattr(loop, "write_checkpoints", real_write)
+
+    resumed = aqtrack.train(resume=run.info.run_id)
+
+    assert resumed.epochs == 4 and client.get_run(run.info.run_id).info.status == "FINISHED"
+    assert [s for s, _ in metric_points(run.info.run_id)["lr"]] == [1, 2, 3, 4]
+
+
 def test_resume_auto_continues_the_newest_unfinished_run(tiny, monkeypatch):
     def crash_at_epoch_2(state, directory, names):
         if state.epoch == 2:
