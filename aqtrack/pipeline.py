@@ -177,7 +177,7 @@ def rebuild_report(run_id: str, output_dir: Path) -> Path:
     """Rebuild `experiment_report.json` for any run from its MLflow metrics (plus its checkpoint's
     batch losses and dataset stats, where the run has them)."""
     client = tracking.connect()
-    run = tracking.get_run(client, run_id)
+    run = tracking.get_run(client, run_id, label="report")
     points = tracking.fetch_history(client, run_id, METRIC_KEYS)
     with tempfile.TemporaryDirectory(prefix="aqtrack-report-") as tmp:
         ckpt = tracking.download_artifact(client, run_id, f"{ARTIFACT_DIR}/{LAST}", Path(tmp))
@@ -186,6 +186,7 @@ def rebuild_report(run_id: str, output_dir: Path) -> Path:
         stats = json.loads(stats_path.read_text()) if stats_path else {}
     history, epochs = history_from_points(points, batch_source)
     config = {k: _number(v) for k, v in run.data.params.items()}
+    config["rounds"] = _number(run.data.tags.get(tracking.TAG_ROUNDS, config.get("rounds")))
     report = build_report(history, epochs=epochs, dataset_stats=stats, run_id=run_id, config=config)
     return write_report(report, output_dir)
 

@@ -142,16 +142,22 @@ def experiment_id(client: MlflowClient, name: str) -> str:
         return experiment.experiment_id
 
 
-def get_run(client: MlflowClient, run_id: str):
-    """The run with `run_id`, or a ResumeError naming it."""
+def get_run(client: MlflowClient, run_id: str, label: str = "--resume"):
+    """The (not deleted) run with `run_id`, or a ResumeError that starts with `label`."""
     from mlflow.exceptions import MlflowException
 
     if not RUN_ID_RE.match(run_id):
-        raise ResumeError(f"--resume {run_id!r}: not a run id (32 hex characters) nor 'auto'")
+        raise ResumeError(f"{label} {run_id!r}: not a run id (32 lowercase hex characters)")
     try:
-        return client.get_run(run_id)
+        run = client.get_run(run_id)
     except MlflowException as e:
-        raise ResumeError(f"--resume {run_id}: no such run in {client.tracking_uri}: {_first_line(e)}") from e
+        raise ResumeError(f"{label} {run_id}: no such run in {client.tracking_uri}: {_first_line(e)}") from e
+    if run.info.lifecycle_stage == "deleted":
+        raise ResumeError(
+            f"{label} {run_id}: the run is deleted; "
+            f"restore it first with `mlflow runs restore --run-id {run_id}`"
+        )
+    return run
 
 
 def latest_unfinished_run(client: MlflowClient, experiment_id: str | None, exclude: str | None) -> str | None:

@@ -100,6 +100,16 @@ def test_malformed_run_id_is_refused_before_any_lookup(capsys):
     assert_one_line_error(code, err, "not a run id")
 
 
+def test_deleted_run_is_refused_with_how_to_restore_it(capsys, tiny):
+    result = aqtrack.train(**{**tiny, "rounds": 1})
+    MlflowClient().delete_run(result.run_id)
+
+    code, err = run_cli(capsys, "train", "--resume", result.run_id, "--rounds", "2")
+
+    assert_one_line_error(code, err, "is deleted", "mlflow runs restore")
+    assert MlflowClient().get_run(result.run_id).info.lifecycle_stage == "deleted"
+
+
 def test_run_without_checkpoint_is_refused_and_left_untouched(capsys):
     client = MlflowClient()
     run = client.create_run(client.create_experiment("elsewhere"))
