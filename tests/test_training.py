@@ -212,9 +212,11 @@ def test_report_rebuilt_from_mlflow_metrics_matches_the_one_written_in_training(
     path = aqtrack.rebuild_report(result.run_id, tmp_path / "rebuilt")
 
     rebuilt = json.loads(path.read_text())
-    for key in set(written) - {"timestamp"}:
-        assert rebuilt[key] == pytest.approx(written[key]) if key != "dataset_stats" else True, key
+    assert set(rebuilt) == set(written)
+    for key in set(written) - {"timestamp", "dataset_stats", "run_id"}:
+        assert rebuilt[key] == pytest.approx(written[key]), key
     assert rebuilt["dataset_stats"] == written["dataset_stats"]
+    assert rebuilt["run_id"] == written["run_id"] == result.run_id
 
 
 def test_report_command_writes_the_report_of_a_run(capsys, tiny, tmp_path):
