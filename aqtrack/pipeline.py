@@ -127,17 +127,18 @@ def _open_run(client, start: _Start, env_run: str | None) -> str:
 
 def _train_in_run(client, run_id: str, start: _Start) -> TrainResult:
     cfg, state, source = start.config, start.state, start.source_run
+    stats = start.data.stats()
     tracker = tracking.MlflowTracker(client, run_id)
     tracker.log_params(cfg.to_dict())
     tracker.set_tags(_tags(client, run_id, cfg, start.data, source))
-    tracker.log_json(start.data.stats(), tracking.DATASET_STATS_ARTIFACT)
+    tracker.log_json(stats, tracking.DATASET_STATS_ARTIFACT)
     if source and source != run_id:
         _carry_over(client, tracker, source, run_id, start.checkpoint_dir)
     tracker.skip = tracking.sync_history(client, run_id, state.history)
     state.run_id = run_id
 
     output_dir = Path(cfg.run.output_dir)
-    report_hook = report_writer(tracker, output_dir, start.data.stats(), run_id)
+    report_hook = report_writer(tracker, output_dir, stats, run_id)
     fit(start.trainer, state, tracker, output_dir / "checkpoints" / run_id, on_epoch_end=[report_hook])
     return TrainResult(
         run_id=run_id,

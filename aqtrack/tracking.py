@@ -136,10 +136,10 @@ def experiment_id(client: MlflowClient, name: str) -> str:
     try:
         return client.create_experiment(name)
     except Exception:  # another process created it first
-        experiment = client.get_experiment_by_name(name)
-        if experiment is None:
+        found = find_experiment_id(client, name)
+        if found is None:
             raise
-        return experiment.experiment_id
+        return found
 
 
 def get_run(client: MlflowClient, run_id: str, label: str = "--resume"):
