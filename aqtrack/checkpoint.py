@@ -3,10 +3,18 @@
 A checkpoint is a dict of tensors and plain Python values only, so `torch.load(weights_only=True)`
 reads it with no allow-list, and loading one from a shared tracking server can never run code. Files
 are written to a temporary name and renamed, so a crash never leaves a half-written checkpoint.
+
+Each checkpoint file `X.pt` is published in two steps: the file, then its manifest `X.pt.manifest.json`
+(size, sha256, epoch) as the commit marker. Only a file whose manifest exists and matches is ever
+resumed from: `torch.load` does not check the zip's CRCs, so a flipped byte would otherwise load silently,
+and an upload cut short would look like an older checkpoint.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import logging
 import os
 import pickle
@@ -31,6 +39,8 @@ BEST = "best_action_quality_model.pt"
 MAX_BATCH_LOSSES_PER_EPOCH = 100
 ARTIFACT_DIR = "checkpoints"  # in the MLflow run
 CHECKPOINT_EPOCH_TAG = "aqtrack.checkpoint_epoch"  # run tag: newest epoch whose last.pt is uploaded
+MANIFEST_SUFFIX = ".manifest.json"
+MANIFEST_FORMAT = "aqtrack.checkpoint.manifest"
 
 
 def periodic_name(round_: int, epoch_in_round: int) -> str:
@@ -224,18 +234,90 @@ class CheckpointPolicy:
 
 
 def write_checkpoints(state: TrainState, directory: Path, names: list[str]) -> list[Path]:
-    """Serialise `state` once and publish it atomically under each of `names`."""
+    """Serialise `state` once and publish it atomically under each of `names`, each file followed by
+    its manifest. Returns the paths in publishing order (file, manifest, file, manifest, ...)."""
     first = save_checkpoint(state, directory / names[0])
-    paths = [first]
-    for name in names[1:]:
-        tmp = directory / f".{name}.{os.getpid()}.tmp"
+    manifest = Manifest.of(first, state.epoch, state.run_id)
+    paths = []
+    for name in names:
+        if name != names[0]:
+            _publish_copy(first, directory / name)
+        paths += [directory / name, dataclasses.replace(manifest, file=name).write(directory)]
+    return paths
+
+
+def _publish_copy(source: Path, dest: Path) -> None:
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    try:
         try:
-            try:
-                os.link(first, tmp)  # same bytes, no second serialisation or copy
-            except OSError:  # file systems without hard links
-                shutil.copyfile(first, tmp)
-            os.replace(tmp, directory / name)
+            os.link(source, tmp)  # same bytes, no second serialisation or copy
+        except OSError:  # file systems without hard links
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def manifest_path(checkpoint: Path) -> Path:
+    return checkpoint.with_name(checkpoint.name + MANIFEST_SUFFIX)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The commit marker of one checkpoint file: what its bytes must be."""
+
+    file: str
+    size: int
+    sha256: str
+    epoch: int
+    run_id: str
+
+    @classmethod
+    def of(cls, path: Path, epoch: int, run_id: str) -> Manifest:
+        return cls(path.name, path.stat().st_size, _sha256(path), epoch, run_id)
+
+    def write(self, directory: Path) -> Path:
+        """Write this manifest next to its file in `directory` (atomically); return its path."""
+        path = manifest_path(directory / self.file)
+        body = {"format": MANIFEST_FORMAT, "format_version": FORMAT_VERSION, **dataclasses.asdict(self)}
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "w") as f:
+                json.dump(body, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
-        paths.append(directory / name)
-    return paths
+        return path
+
+    @classmethod
+    def read(cls, path: Path) -> Manifest:
+        try:
+            d = json.loads(path.read_text())
+            if d.get("format") != MANIFEST_FORMAT or d.get("format_version") != FORMAT_VERSION:
+                raise ValueError(f"not a version-{FORMAT_VERSION} aqtrack manifest")
+            return cls(str(d["file"]), int(d["size"]), str(d["sha256"]), int(d["epoch"]), str(d["run_id"]))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ResumeError(f"{path.name}: unreadable manifest ({e})") from e
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_checkpoint(path: Path, manifest: Manifest) -> TrainState:
+    """Load `path` only if its bytes are what `manifest` committed (size, sha256, epoch)."""
+    size = path.stat().st_size
+    if size != manifest.size:
+        raise ResumeError(f"{path.name}: {size} bytes, its manifest says {manifest.size} (truncated upload?)")
+    if _sha256(path) != manifest.sha256:
+        raise ResumeError(f"{path.name}: sha256 does not match its manifest (corrupted)")
+    state = load_checkpoint(path)
+    if state.epoch != manifest.epoch:
+        raise ResumeError(f"{path.name}: holds epoch {state.epoch}, its manifest says {manifest.epoch}")
+    return state

@@ -112,11 +112,17 @@ class RunConfig:
     experiment: str = option("action-quality", "MLflow experiment (under `mlflow run`, MLflow's choice wins)")
     run_name: str = option("", "MLflow run name; empty = a readable generated one (renames a resumed run)")
     output_dir: str = option("outputs", "where experiment_report.json and local checkpoint copies go")
+    tracking_patience: float = option(
+        600.0,
+        "seconds training goes on while the tracking server is unreachable (metrics and checkpoints "
+        "wait locally and are sent when it is back) before it stops; 0 = stop at the first failure",
+    )
 
     def __post_init__(self) -> None:
         _check_types(self)
         _check(bool(self.experiment), "experiment", "a non-empty name", self.experiment)
         _check(bool(self.output_dir), "output_dir", "a directory path", self.output_dir)
+        _check(self.tracking_patience >= 0, "tracking_patience", ">= 0", self.tracking_patience)
 
 
 SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "run": RunConfig}
@@ -124,6 +130,7 @@ SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": 
 # Settings that may change when a run is resumed; all others must match the checkpoint (see `resumed`).
 RESUMABLE = frozenset(
     {"rounds", "checkpoint_interval", "num_workers", "output_dir", "experiment", "run_name"}
+    | {"tracking_patience"}
 )
 
 

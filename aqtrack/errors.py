@@ -25,5 +25,9 @@ class TrackingError(AqtrackError):
     """The tracking server or store cannot be used."""
 
 
+class TrackingLost(TrackingError):
+    """The tracking server stayed unreachable longer than the patience allows."""
+
+
 class TrainingDiverged(AqtrackError):
     """The loss became NaN or infinite."""

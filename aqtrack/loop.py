@@ -30,6 +30,7 @@ from aqtrack.checkpoint import (
 from aqtrack.config import Config
 from aqtrack.data import ActionQualityData
 from aqtrack.errors import ResumeError, TrainingDiverged
+from aqtrack.interrupts import deferred
 from aqtrack.metrics import GRAD_NORM, GRAD_NORM_MAX, LR, TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_LOSS
 from aqtrack.model import ActionQualityNet, ModelSpec, build_model
 
@@ -207,33 +208,40 @@ def fit(
         metrics, batch_losses = train_one_epoch(trainer)
         metrics[VAL_LOSS], metrics[VAL_ACC] = evaluate(trainer.model, trainer.val_loader, trainer.device)
         trainer.scheduler.step()
-        _check_finite(metrics, epoch)
+        _check_finite(metrics, batch_losses, epoch)
 
-        state.epoch = epoch
-        state.history.append(metrics, batch_losses)
-        improved = metrics[VAL_ACC] > state.best_val_acc
-        if improved:
-            state.best_val_acc, state.best_epoch = metrics[VAL_ACC], epoch
+        with deferred():  # a stop signal waits until this epoch is fully published
+            state.epoch = epoch
+            state.history.append(metrics, batch_losses)
+            improved = metrics[VAL_ACC] > state.best_val_acc
+            if improved:
+                state.best_val_acc, state.best_epoch = metrics[VAL_ACC], epoch
 
-        tracker.log_metrics(metrics, step=epoch)
-        log.info(progress_line(epoch, t.epochs_per_round, t.rounds, metrics))
-        paths = write_checkpoints(trainer.snapshot(state), checkpoint_dir, policy.names(epoch, improved))
-        for path in paths:
-            tracker.log_artifact(path, ARTIFACT_DIR)
-        tracker.set_tags({CHECKPOINT_EPOCH_TAG: str(epoch)})  # moves only once last.pt is uploaded
-        for hook in on_epoch_end:
-            hook(state)
+            tracker.log_metrics(metrics, step=epoch)
+            log.info(progress_line(epoch, t.epochs_per_round, t.rounds, metrics))
+            names = policy.names(epoch, improved)
+            for path in write_checkpoints(trainer.snapshot(state), checkpoint_dir, names):
+                tracker.log_artifact(path, ARTIFACT_DIR)  # each file, then its manifest
+            tracker.set_tags({CHECKPOINT_EPOCH_TAG: str(epoch)})  # moves only once last.pt is uploaded
+            for hook in on_epoch_end:
+                hook(state)
     return state
 
 
-def _check_finite(metrics: dict[str, float], epoch: int) -> None:
-    bad = next((k for k in (TRAIN_LOSS, VAL_LOSS) if not math.isfinite(metrics[k])), None)
-    if bad:
-        kept = f"; checkpoints up to epoch {epoch - 1} are kept" if epoch > 1 else ""
-        raise TrainingDiverged(
-            f"{bad} became {metrics[bad]} in epoch {epoch}{kept}: lower --lr or --max-grad-norm "
-            "and start a new run"
-        )
+def _check_finite(metrics: dict[str, float], batch_losses: list[float], epoch: int) -> None:
+    """Stop before a diverged epoch is logged or checkpointed, saying where it went wrong."""
+    bad = next((k for k in (TRAIN_LOSS, GRAD_NORM, VAL_LOSS) if not math.isfinite(metrics[k])), None)
+    if bad is None:
+        return
+    where = f"in epoch {epoch}"
+    first = next((i for i, loss in enumerate(batch_losses) if not math.isfinite(loss)), None)
+    if first is not None:
+        where += f" (first at batch {first + 1} of {len(batch_losses)})"
+    kept = f"; the checkpoints of epochs 1-{epoch - 1} are kept" if epoch > 1 else ""
+    raise TrainingDiverged(
+        f"{bad} became {metrics[bad]} {where}{kept}: lower --lr or --max-grad-norm, or check the data "
+        "for extreme values, and start a new run"
+    )
 
 
 def progress_line(epoch: int, epochs_per_round: int, rounds: int, m: dict[str, float]) -> str:

@@ -6,10 +6,15 @@ any run is created or touched, so bad input never leaves a half-made run behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import shutil
+import socket
 import tempfile
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -18,18 +23,34 @@ from typing import Any
 import torch
 
 from aqtrack import tracking
-from aqtrack.checkpoint import ARTIFACT_DIR, BEST, LAST, History, TrainState, load_checkpoint
+from aqtrack.checkpoint import (
+    ARTIFACT_DIR,
+    BEST,
+    CHECKPOINT_EPOCH_TAG,
+    LAST,
+    MANIFEST_SUFFIX,
+    History,
+    Manifest,
+    TrainState,
+    manifest_path,
+    verify_checkpoint,
+)
 from aqtrack.config import Config, flag, resumed
 from aqtrack.data import ActionQualityData, load_configured
-from aqtrack.errors import ConfigError, ResumeError
-from aqtrack.loop import Trainer, build_trainer, fit, restore
+from aqtrack.errors import ConfigError, ResumeError, TrackingLost
+from aqtrack.interrupts import stop_signals
+from aqtrack.lock import run_lock
+from aqtrack.loop import EpochHook, Trainer, build_trainer, fit, restore
 from aqtrack.metrics import METRIC_KEYS
 from aqtrack.report import REPORT_FILE, build_report, history_from_points, report_writer, write_report
+from aqtrack.resume import Found, find_checkpoint
 
 log = logging.getLogger(__name__)
 
 AUTO = "auto"
 MLFLOW_RUN_ENV = "MLFLOW_RUN_ID"  # set by `mlflow run` for the run it created
+# A RUNNING run whose owner on another machine published nothing for this long is taken to be dead.
+STALE_AFTER_S = 900
 
 
 @dataclass
@@ -52,52 +73,66 @@ class _Start:
     trainer: Trainer
     state: TrainState
     source_run: str | None  # the run whose checkpoint we resume, if any
-    checkpoint_dir: Path | None  # where that checkpoint was downloaded
+    found: Found | None  # that checkpoint
 
 
-def train(resume: str | None = None, *, defaults_unset: bool = False, **settings: Any) -> TrainResult:
+def train(
+    resume: str | None = None,
+    *,
+    defaults_unset: bool = False,
+    callbacks: Iterable[EpochHook] = (),
+    **settings: Any,
+) -> TrainResult:
     """Train a new run, or resume one by id (or "auto": the newest unfinished run of the experiment).
 
     `settings` are Config fields by name, e.g. `train(rounds=1, epochs_per_round=5)`. When resuming,
     the run's own settings apply and only `config.RESUMABLE` ones (rounds, ...) may change;
     `defaults_unset` treats settings equal to their defaults as not given (what `mlflow run` needs).
+    `callbacks` are called with the training state after each epoch is published.
     """
     client = tracking.connect()
     env_run = os.environ.get(MLFLOW_RUN_ENV) or None
     if resume == AUTO:
-        # Under `mlflow run`, the experiment is the one MLflow put its run in.
-        experiment_id = (
-            client.get_run(env_run).info.experiment_id
-            if env_run
-            else tracking.find_experiment_id(client, settings.get("experiment", Config().run.experiment))
-        )
-        resume = tracking.latest_unfinished_run(client, experiment_id, exclude=env_run)
-        log.info(
-            "--resume auto: %s", f"continuing run {resume}" if resume else "no unfinished run, starting anew"
-        )
-    with tempfile.TemporaryDirectory(prefix="aqtrack-resume-") as tmp:
+        resume = _newest_unfinished(client, env_run, settings)
+    with tempfile.TemporaryDirectory(prefix="aqtrack-resume-") as tmp, contextlib.ExitStack() as held:
+        if resume:  # before anything is read: a second resumer must not even download
+            held.enter_context(run_lock(client.tracking_uri, resume))
         start = _prepare(client, resume or None, settings, defaults_unset, Path(tmp))
         run_id = _open_run(client, start, env_run)
-        with tracking.terminating(client, run_id):
-            return _train_in_run(client, run_id, start)
+        if run_id != resume:
+            held.enter_context(run_lock(client.tracking_uri, run_id))
+        with stop_signals(), tracking.terminating(client, run_id):
+            return _train_in_run(client, run_id, start, callbacks)
+
+
+def _newest_unfinished(client, env_run: str | None, settings: dict[str, Any]) -> str | None:
+    # Under `mlflow run`, the experiment is the one MLflow put its run in.
+    experiment_id = (
+        client.get_run(env_run).info.experiment_id
+        if env_run
+        else tracking.find_experiment_id(client, settings.get("experiment", Config().run.experiment))
+    )
+    resume = tracking.latest_unfinished_run(client, experiment_id, exclude=env_run)
+    log.info("--resume auto: %s", f"continuing run {resume}" if resume else "no unfinished run: a new one")
+    return resume
 
 
 def _prepare(client, resume: str | None, settings: dict[str, Any], defaults_unset: bool, tmp: Path) -> _Start:
+    found = None
     if resume:
         run = tracking.get_run(client, resume)
-        path = tracking.download_artifact(client, resume, f"{ARTIFACT_DIR}/{LAST}", tmp)
-        if path is None:
-            raise ResumeError(
-                f"--resume {resume}: the run has no {ARTIFACT_DIR}/{LAST} (it stopped before its first "
-                "epoch ended, or was not made by aqtrack); start a new run instead"
-            )
-        state = load_checkpoint(path)
+        _check_experiment(client, run, settings, defaults_unset)
+        _check_not_running_elsewhere(run)
+        local = checkpoint_dir(_given(run, "output_dir", settings, defaults_unset), resume)
+        found = find_checkpoint(client, resume, local, tmp)
+        state = found.state
         cfg = resumed(Config.from_dict(state.config), settings, defaults_unset=defaults_unset)
         if cfg.train.total_epochs <= state.epoch:
             raise ResumeError(
                 f"--resume {resume}: the run has trained {state.epoch} of {cfg.train.total_epochs} epochs "
                 f"({run.info.status}); pass {flag('rounds')} above {cfg.train.rounds} to train longer"
             )
+        _say_what_is_rerun(run, state.epoch)
         state.config = cfg.to_dict()
     else:
         cfg = Config.from_dict(settings)
@@ -109,7 +144,64 @@ def _prepare(client, resume: str | None, settings: dict[str, Any], defaults_unse
         state = TrainState(config=cfg.to_dict(), model_spec=trainer.spec.to_dict())
     else:
         restore(trainer, state)
-    return _Start(cfg, data, trainer, state, resume, tmp if resume else None)
+    return _Start(cfg, data, trainer, state, resume, found)
+
+
+def _given(run, name: str, settings: dict[str, Any], defaults_unset: bool) -> str:
+    """A setting as this resume will use it: typed now, else the run's param, else the default."""
+    if _typed(settings, name, defaults_unset):
+        return settings[name]
+    return run.data.params.get(name) or getattr(Config().run, name)
+
+
+def _typed(settings: dict[str, Any], name: str, defaults_unset: bool) -> bool:
+    """Whether the user gave this setting (under `mlflow run`, a default value counts as not given)."""
+    return name in settings and not (defaults_unset and settings[name] == Config().to_dict()[name])
+
+
+def _check_experiment(client, run, settings: dict[str, Any], defaults_unset: bool) -> None:
+    """A run id from another experiment than the one asked for is a mistake, not a wish to move it."""
+    env_run = os.environ.get(MLFLOW_RUN_ENV)
+    if env_run:  # under `mlflow run`, the experiment is the one MLflow's run is in
+        wanted = client.get_experiment(client.get_run(env_run).info.experiment_id).name
+    elif _typed(settings, "experiment", defaults_unset):
+        wanted = settings["experiment"]
+    else:
+        return
+    actual = client.get_experiment(run.info.experiment_id).name
+    if actual != wanted:
+        raise ResumeError(
+            f"--resume {run.info.run_id}: the run is in experiment {actual!r}, not {wanted!r}; "
+            "resume it in its own experiment, or check the run id"
+        )
+
+
+def _check_not_running_elsewhere(run) -> None:
+    """The lock covers this machine; a RUNNING run whose owner on another machine showed signs of life
+    recently is taken to be training still."""
+    tags, run_id = run.data.tags, run.info.run_id
+    host = tags.get(tracking.TAG_OWNER, "").rpartition(":")[0]
+    if run.info.status != "RUNNING" or not host or host == socket.gethostname():
+        return
+    quiet = time.time() - float(tags.get(tracking.TAG_HEARTBEAT, 0))
+    if quiet < STALE_AFTER_S:
+        raise ResumeError(
+            f"--resume {run_id}: the run is RUNNING on {host} (last epoch published {quiet:.0f} s ago); if "
+            f"that process is gone, mark the run KILLED (MlflowClient().set_terminated('{run_id}', "
+            f"'KILLED')) or wait {STALE_AFTER_S - quiet:.0f} s"
+        )
+
+
+def _say_what_is_rerun(run, epoch: int) -> None:
+    published = int(run.data.tags.get(CHECKPOINT_EPOCH_TAG, epoch))
+    if published > epoch:
+        log.warning(
+            "run %s: resuming from epoch %d; epochs %d-%d are trained again (their metrics are kept)",
+            run.info.run_id,
+            epoch,
+            epoch + 1,
+            published,
+        )
 
 
 def _open_run(client, start: _Start, env_run: str | None) -> str:
@@ -125,21 +217,29 @@ def _open_run(client, start: _Start, env_run: str | None) -> str:
     return run.info.run_id
 
 
-def _train_in_run(client, run_id: str, start: _Start) -> TrainResult:
+def _train_in_run(client, run_id: str, start: _Start, callbacks: Iterable[EpochHook]) -> TrainResult:
     cfg, state, source = start.config, start.state, start.source_run
     stats = start.data.stats()
-    tracker = tracking.MlflowTracker(client, run_id)
+    tracker = tracking.MlflowTracker(client, run_id, patience=cfg.run.tracking_patience)
     tracker.log_params(cfg.to_dict())
     tracker.set_tags(_tags(client, run_id, cfg, start.data, source))
     tracker.log_json(stats, tracking.DATASET_STATS_ARTIFACT)
     if source and source != run_id:
-        _carry_over(client, tracker, source, run_id, start.checkpoint_dir)
+        _carry_over(client, tracker, source, run_id, start.found)
     tracker.skip = tracking.sync_history(client, run_id, state.history)
     state.run_id = run_id
 
     output_dir = Path(cfg.run.output_dir)
-    report_hook = report_writer(tracker, output_dir, stats, run_id)
-    fit(start.trainer, state, tracker, output_dir / "checkpoints" / run_id, on_epoch_end=[report_hook])
+    local = checkpoint_dir(cfg.run.output_dir, run_id)
+    hooks = [report_writer(tracker, output_dir, stats, run_id), *callbacks]
+    try:
+        fit(start.trainer, state, tracker, local, on_epoch_end=hooks)
+    except TrackingLost as e:
+        epoch = Manifest.read(manifest_path(local / LAST)).epoch if (local / LAST).exists() else 0
+        raise TrackingLost(
+            f"{e}: training stopped; the checkpoint of epoch {epoch} is in {local}, and "
+            f"`aqtrack train --resume {run_id}` continues from it once the server is back"
+        ) from e
     return TrainResult(
         run_id=run_id,
         epochs=state.epoch,
@@ -151,11 +251,17 @@ def _train_in_run(client, run_id: str, start: _Start) -> TrainResult:
     )
 
 
+def checkpoint_dir(output_dir: str | Path, run_id: str) -> Path:
+    """Where training writes the run's checkpoint files before uploading them."""
+    return Path(output_dir) / "checkpoints" / run_id
+
+
 def _tags(client, run_id: str, cfg: Config, data: ActionQualityData, source: str | None) -> dict[str, str]:
     tags = {
         tracking.TAG_DATA_SOURCE: data.source,
         tracking.TAG_ROUNDS: str(cfg.train.rounds),
         "aqtrack.version": _version(),
+        tracking.TAG_OWNER: f"{socket.gethostname()}:{os.getpid()}",
     }
     if source == run_id:
         count = client.get_run(run_id).data.tags.get(tracking.TAG_RESUME_COUNT, "0")
@@ -165,12 +271,25 @@ def _tags(client, run_id: str, cfg: Config, data: ActionQualityData, source: str
     return tags
 
 
-def _carry_over(client, tracker: tracking.MlflowTracker, source: str, run_id: str, downloaded: Path) -> None:
-    """Resumed into a new run (under `mlflow run`): give it the source's checkpoints and link the two."""
-    tracker.log_artifact(downloaded / LAST, ARTIFACT_DIR)
-    best = tracking.download_artifact(client, source, f"{ARTIFACT_DIR}/{BEST}", downloaded / "best")
-    if best is not None:
-        tracker.log_artifact(best, ARTIFACT_DIR)
+def _carry_over(client, tracker: tracking.MlflowTracker, source: str, run_id: str, found: Found) -> None:
+    """Resumed into a new run (under `mlflow run`): give it the checkpoint it starts from, as its
+    last.pt, and the source's best checkpoint (when it verifies), and link the two runs."""
+    carry = found.path.parent / "carry-over"
+    carry.mkdir()
+    shutil.copyfile(found.path, carry / LAST)
+    files = [carry / LAST, Manifest.of(carry / LAST, found.state.epoch, run_id).write(carry)]
+    best = tracking.download_artifact(client, source, f"{ARTIFACT_DIR}/{BEST}", carry / "best")
+    best_manifest = tracking.download_artifact(
+        client, source, f"{ARTIFACT_DIR}/{BEST}{MANIFEST_SUFFIX}", carry / "best"
+    )
+    if best and best_manifest:
+        try:
+            verify_checkpoint(best, Manifest.read(best_manifest))
+            files += [best, best_manifest]
+        except ResumeError as e:
+            log.warning("run %s: not carrying over its best checkpoint: %s", source, e)
+    for path in files:
+        tracker.log_artifact(path, ARTIFACT_DIR)
     client.set_tag(source, tracking.TAG_CONTINUED_IN, run_id)
 
 
@@ -181,8 +300,11 @@ def rebuild_report(run_id: str, output_dir: Path) -> Path:
     run = tracking.get_run(client, run_id, label="report")
     points = tracking.fetch_history(client, run_id, METRIC_KEYS)
     with tempfile.TemporaryDirectory(prefix="aqtrack-report-") as tmp:
-        ckpt = tracking.download_artifact(client, run_id, f"{ARTIFACT_DIR}/{LAST}", Path(tmp))
-        batch_source = load_checkpoint(ckpt).history if ckpt else None
+        try:
+            batch_source = find_checkpoint(client, run_id, None, Path(tmp), label="report").state.history
+        except ResumeError as e:
+            log.warning("%s: the report has no batch losses", e)
+            batch_source = None
         stats_path = tracking.download_artifact(client, run_id, tracking.DATASET_STATS_ARTIFACT, Path(tmp))
         stats = json.loads(stats_path.read_text()) if stats_path else {}
     history, epochs = history_from_points(points, batch_source)

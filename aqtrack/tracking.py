@@ -12,12 +12,13 @@ import os
 import re
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from aqtrack.checkpoint import CHECKPOINT_EPOCH_TAG, History
-from aqtrack.errors import ResumeError, TrackingError
+from aqtrack.errors import ResumeError, TrackingError, TrackingLost
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -40,8 +41,13 @@ TAG_CONTINUED_IN = "aqtrack.continued_in"
 TAG_RESUME_COUNT = "aqtrack.resume_count"
 TAG_ERROR = "aqtrack.error"
 TAG_DATA_SOURCE = "aqtrack.data_source"
+TAG_HEARTBEAT = "aqtrack.heartbeat"  # unix time of the run's last epoch-end tag update
+TAG_OWNER = "aqtrack.owner"  # host:pid of the process training the run
 TAG_ROUNDS = "aqtrack.rounds"  # params are immutable; the current target when resumed with more rounds
 DATASET_STATS_ARTIFACT = "dataset_stats.json"
+# While the server is unreachable: how often to look whether it is back, and how long one look waits.
+PROBE_INTERVAL_S = 10.0
+PROBE_TIMEOUT_S = 3.0
 
 
 class Tracker(Protocol):
@@ -68,26 +74,109 @@ class NullTracker:
 
 
 class MlflowTracker:
-    """Logs to one MLflow run. `skip` holds (key, step) pairs the run already has (see `sync_history`)."""
+    """Logs to one MLflow run, riding out a tracking server that stops answering.
 
-    def __init__(self, client: MlflowClient, run_id: str, skip: set[tuple[str, int]] | None = None) -> None:
-        self.client, self.run_id, self.skip = client, run_id, skip or set()
+    `skip` holds (key, step) pairs the run already has (see `sync_history`). When a call fails for a
+    reason that can pass (connection refused or timed out, a 5xx answer), training goes on: metric
+    points, artifact uploads and tags wait here (files stay on local disk, newest version of each
+    name) and are sent, in order, once the server answers again: metrics first, without the points
+    the server already took, then files, then tags, so the checkpoint-epoch tag still moves last.
+    After `patience` seconds without the server it raises `TrackingLost`.
+    """
+
+    def __init__(self, client: MlflowClient, run_id: str, patience: float = 600) -> None:
+        self.client, self.run_id, self.patience = client, run_id, patience
+        self.skip: set[tuple[str, int]] = set()
+        self._metrics: dict[tuple[str, int], float] = {}
+        self._files: dict[tuple[str | None, str], Path] = {}  # (artifact dir, name) -> local file
+        self._tags: dict[str, str] = {}
+        self._offline_since: float | None = None
+        self._last_try = 0.0
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if (k, step) not in self.skip]
-        if batch:
-            self.client.log_batch(self.run_id, metrics=batch)
+        self._metrics.update({(k, step): float(v) for k, v in metrics.items() if (k, step) not in self.skip})
+        self._flush()
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), artifact_path)
+        self._files.pop((artifact_path, path.name), None)  # re-queue at the end: the order is the point
+        self._files[(artifact_path, path.name)] = path
+        self._flush()
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
-        from mlflow.entities import RunTag
+        self._tags.update({k: str(v) for k, v in tags.items()})
+        self._tags[TAG_HEARTBEAT] = str(int(time.time()))
+        self._flush()
 
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+    @property
+    def offline(self) -> bool:
+        return self._offline_since is not None
+
+    def _flush(self) -> None:
+        now = time.monotonic()
+        if self.offline and (now - self._last_try < PROBE_INTERVAL_S or not self._server_answers()):
+            self._check_patience(now)
+            return
+        try:
+            self._send()
+        except Exception as e:
+            if not is_transient(e):
+                raise
+            self._last_try = time.monotonic()
+            if not self.offline:
+                self._offline_since = self._last_try
+                log.warning(
+                    "tracking server unreachable (%s); training goes on, metrics and checkpoints are kept "
+                    "locally and sent when it answers again (for up to %.0f s)",
+                    _first_line(e),
+                    self.patience,
+                )
+            self._check_patience(self._last_try)
+        else:
+            if self.offline:
+                log.warning("tracking server back after %.0f s: caught up", now - self._offline_since)
+                self._offline_since = None
+
+    def _send(self) -> None:
+        from mlflow.entities import Metric, RunTag
+
+        if self.offline:  # a batch that failed may still have landed: never send a point twice
+            for key in {k for k, _ in self._metrics}:
+                for m in self.client.get_metric_history(self.run_id, key):
+                    self._metrics.pop((key, m.step), None)
+        stamp = int(time.time() * 1000)
+        points = [Metric(k, v, stamp, step) for (k, step), v in self._metrics.items()]
+        for i in range(0, len(points), MAX_METRICS_PER_BATCH):
+            chunk = points[i : i + MAX_METRICS_PER_BATCH]
+            self.client.log_batch(self.run_id, metrics=chunk)
+            for m in chunk:
+                del self._metrics[(m.key, m.step)]
+        while self._files:
+            (artifact_path, _), path = next(iter(self._files.items()))
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+            del self._files[(artifact_path, path.name)]
+        if self._tags:
+            self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in self._tags.items()])
+            self._tags.clear()
+
+    def _server_answers(self) -> bool:
+        """A quick look (one request, short timeout) before the slow retrying calls."""
+        self._last_try = time.monotonic()
+        uri = self.client.tracking_uri
+        if not uri.startswith(("http://", "https://")):
+            return True
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=PROBE_TIMEOUT_S):
+                return True
+        except OSError:
+            return False
+
+    def _check_patience(self, now: float) -> None:
+        waited = now - self._offline_since
+        if waited >= self.patience:
+            raise TrackingLost(
+                f"tracking server {self.client.tracking_uri} unreachable for {waited:.0f} s "
+                f"(patience {self.patience:g} s)"
+            )
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log params the run does not have yet (`mlflow run` logs its own, as the user typed them)."""
@@ -103,6 +192,18 @@ class MlflowTracker:
             path = Path(tmp) / artifact_file
             path.write_text(json.dumps(obj, indent=2))
             self.log_artifact(path)
+
+
+def is_transient(e: BaseException) -> bool:
+    """A failure that may pass: no connection, a timeout, a 5xx answer (not a 4xx: that is our bug)."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(e, MlflowException):
+        return e.get_http_status_code() >= 500
+    if isinstance(e, requests.HTTPError):
+        return e.response is None or e.response.status_code >= 500
+    return isinstance(e, (requests.RequestException, OSError))
 
 
 def connect() -> MlflowClient:
@@ -173,17 +274,27 @@ def latest_unfinished_run(client: MlflowClient, experiment_id: str | None, exclu
     return next((r.info.run_id for r in runs if r.info.run_id != exclude), None)
 
 
-def download_artifact(client: MlflowClient, run_id: str, artifact: str, dst: Path) -> Path | None:
-    """Download one artifact of the run into `dst`; None if the run does not have it."""
+def artifact_names(client: MlflowClient, run_id: str, directory: str) -> set[str]:
+    """Names of the files directly in the run's artifact `directory`."""
+    return {f.path.rpartition("/")[2] for f in client.list_artifacts(run_id, directory) if not f.is_dir}
+
+
+def download(client: MlflowClient, run_id: str, artifact: str, dst: Path) -> Path:
+    """Download one artifact of the run into `dst` (a directory of ours, never a shared one)."""
     from mlflow.exceptions import MlflowException
 
-    parent, _, name = artifact.rpartition("/")
-    if name not in {f.path.rpartition("/")[2] for f in client.list_artifacts(run_id, parent or None)}:
-        return None
     try:
         return Path(client.download_artifacts(run_id, artifact, str(dst)))
     except (MlflowException, OSError) as e:
         raise ResumeError(f"run {run_id}: could not download {artifact}: {_first_line(e)}") from e
+
+
+def download_artifact(client: MlflowClient, run_id: str, artifact: str, dst: Path) -> Path | None:
+    """Download one artifact of the run into `dst`; None if the run does not have it."""
+    parent, _, name = artifact.rpartition("/")
+    if name not in artifact_names(client, run_id, parent or None):
+        return None
+    return download(client, run_id, artifact, dst)
 
 
 def sync_history(client: MlflowClient, run_id: str, history: History) -> set[tuple[str, int]]:
@@ -223,18 +334,31 @@ def fetch_history(client: MlflowClient, run_id: str, keys: tuple[str, ...]) -> d
 
 @contextlib.contextmanager
 def terminating(client: MlflowClient, run_id: str) -> Iterator[None]:
-    """Mark the run FINISHED, KILLED (Ctrl-C) or FAILED (with the error as a tag) however the block ends."""
+    """Mark the run FINISHED, KILLED (Ctrl-C, SIGTERM) or FAILED (with the error as a tag) however the
+    block ends. A run whose server was lost stays RUNNING: there is no one to tell, and resume accepts it.
+    """
     try:
         yield
+    except TrackingLost:
+        raise
     except KeyboardInterrupt:
-        client.set_terminated(run_id, "KILLED")
+        _mark(client, run_id, "KILLED")
         raise
     except BaseException as e:
-        client.set_tag(run_id, TAG_ERROR, f"{type(e).__name__}: {_first_line(e)}"[:5000])
-        client.set_terminated(run_id, "FAILED")
+        _mark(client, run_id, "FAILED", {TAG_ERROR: f"{type(e).__name__}: {_first_line(e)}"[:5000]})
         raise
     else:
         client.set_terminated(run_id, "FINISHED")
+
+
+def _mark(client: MlflowClient, run_id: str, status: str, tags: Mapping[str, str] | None = None) -> None:
+    """Best effort, on the way out of a failure: never hide the error that got us here."""
+    try:
+        for key, value in (tags or {}).items():
+            client.set_tag(run_id, key, value)
+        client.set_terminated(run_id, status)
+    except Exception as e:
+        log.warning("run %s: could not mark it %s: %s", run_id, status, _first_line(e))
 
 
 def _first_line(e: BaseException) -> str:

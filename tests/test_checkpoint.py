@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import os
 import pathlib
 import random
@@ -16,15 +18,18 @@ from aqtrack.checkpoint import (
     FORMAT,
     FORMAT_VERSION,
     LAST,
+    MANIFEST_SUFFIX,
     MAX_BATCH_LOSSES_PER_EPOCH,
     CheckpointPolicy,
     History,
+    Manifest,
     TrainState,
     capture_rng,
     load_checkpoint,
     periodic_name,
     restore_rng,
     save_checkpoint,
+    verify_checkpoint,
     write_checkpoints,
 )
 from aqtrack.config import Config
@@ -275,7 +280,7 @@ def test_policy_periodic_name_at_a_round_end_uses_the_epoch_within_the_round() -
     assert policy.names(8, improved=False)[0] == "action_quality_round_2_epoch_4.pt"
 
 
-def test_write_checkpoints_publishes_identical_files_with_last_pt_last(tmp_path: Path) -> None:
+def test_write_checkpoints_publishes_each_file_then_its_manifest_with_last_pt_last(tmp_path: Path) -> None:
     names = CheckpointPolicy(interval=3, epochs_per_round=4).names(3, improved=True)
     directory = tmp_path / "ckpt"
     directory.mkdir()
@@ -283,12 +288,53 @@ def test_write_checkpoints_publishes_identical_files_with_last_pt_last(tmp_path:
 
     paths = write_checkpoints(_state(), directory, names)
 
-    assert [p.name for p in paths] == names
-    assert paths[-1].name == LAST
-    contents = {p.read_bytes() for p in paths}
-    assert len(contents) == 1
-    assert _files(directory) == sorted(names)  # no temporary files left behind
-    assert load_checkpoint(directory / LAST).epoch == 2
+    assert [p.name for p in paths] == [n for name in names for n in (name, name + MANIFEST_SUFFIX)]
+    assert paths[-2].name == LAST
+    assert len({p.read_bytes() for p in paths[::2]}) == 1  # one serialisation, published under each name
+    assert _files(directory) == sorted(p.name for p in paths)  # no temporary files left behind
+    for checkpoint, manifest in zip(paths[::2], paths[1::2], strict=True):
+        m = Manifest.read(manifest)
+        assert (m.file, m.epoch, m.size) == (checkpoint.name, 2, checkpoint.stat().st_size)
+        assert m.sha256 == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+        assert verify_checkpoint(checkpoint, m).epoch == 2
+
+
+def _published(tmp_path: Path) -> tuple[Path, Manifest]:
+    path, manifest = write_checkpoints(_state(), tmp_path, [LAST])
+    return path, Manifest.read(manifest)
+
+
+def test_verify_refuses_a_truncated_checkpoint_by_its_size(tmp_path: Path) -> None:
+    path, manifest = _published(tmp_path)
+    path.write_bytes(path.read_bytes()[: manifest.size // 2])
+    with pytest.raises(ResumeError, match=r"last.pt: \d+ bytes, its manifest says \d+ \(truncated"):
+        verify_checkpoint(path, manifest)
+
+
+def test_a_flipped_byte_loads_silently_with_torch_but_verify_refuses_it(tmp_path: Path) -> None:
+    path, manifest = _published(tmp_path)
+    data = bytearray(path.read_bytes())
+    offset = data.index(b"/data/0") + 200  # past the zip entry's header: inside the first tensor's bytes
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+    assert load_checkpoint(path).epoch == 2  # torch does not check the zip's CRCs
+    with pytest.raises(ResumeError, match="sha256 does not match its manifest"):
+        verify_checkpoint(path, manifest)
+
+
+def test_verify_refuses_a_manifest_of_another_epoch(tmp_path: Path) -> None:
+    path, manifest = _published(tmp_path)
+    with pytest.raises(ResumeError, match="holds epoch 2, its manifest says 5"):
+        verify_checkpoint(path, dataclasses.replace(manifest, epoch=5))
+
+
+@pytest.mark.parametrize("body", ["", "{", '{"format": "other"}', "[1]"])
+def test_unreadable_manifest_is_refused_naming_it(tmp_path: Path, body: str) -> None:
+    path = tmp_path / (LAST + MANIFEST_SUFFIX)
+    path.write_text(body)
+    with pytest.raises(ResumeError, match=r"last.pt.manifest.json: unreadable manifest"):
+        Manifest.read(path)
 
 
 def test_history_samples_batch_losses_evenly_keeping_first_and_last() -> None:

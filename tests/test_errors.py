@@ -118,7 +118,7 @@ def test_run_without_checkpoint_is_refused_and_left_untouched(capsys):
 
     code, err = run_cli(capsys, "train", "--resume", run.info.run_id)
 
-    assert_one_line_error(code, err, run.info.run_id, "no checkpoints/last.pt")
+    assert_one_line_error(code, err, run.info.run_id, "the run has no checkpoint")
     assert snapshot(run.info.run_id) == before
 
 

@@ -1,0 +1,69 @@
+"""Ctrl-C and SIGTERM stop training between steps, never in the middle of publishing a checkpoint.
+
+While `stop_signals()` is active, SIGINT and SIGTERM raise `Interrupted` (a KeyboardInterrupt, so the
+run is marked KILLED) at once, except inside `deferred()`, the block that writes and uploads an epoch's
+checkpoint, metrics and tags: there the stop waits until the block is done, so the last complete epoch
+is always fully published. A second signal inside the block stops at once: the user insists, and the
+manifests still keep a half-published checkpoint from being resumed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+from collections.abc import Iterator
+
+log = logging.getLogger(__name__)
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(KeyboardInterrupt):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class _State:
+    active = False
+    depth = 0  # nesting of deferred() blocks
+    pending: int | None = None  # a signal that arrived inside one
+
+
+def _handle(signum: int, frame) -> None:
+    if _State.depth and _State.pending is None:
+        _State.pending = signum
+        log.warning("%s: stopping once this epoch's checkpoint is published", signal.Signals(signum).name)
+        return
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def stop_signals() -> Iterator[None]:
+    """Install the handlers for the block (main thread only: elsewhere Python owns the signals)."""
+    if threading.current_thread() is not threading.main_thread() or _State.active:
+        yield
+        return
+    previous = {s: signal.signal(s, _handle) for s in SIGNALS}
+    _State.active, _State.pending = True, None
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        _State.active, _State.depth, _State.pending = False, 0, None
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """A block that a stop signal does not cut short (outside `stop_signals()`, a plain block)."""
+    _State.depth += 1
+    try:
+        yield
+    finally:
+        _State.depth -= 1
+    if _State.depth == 0 and _State.pending is not None:
+        signum, _State.pending = _State.pending, None
+        raise Interrupted(signum)
