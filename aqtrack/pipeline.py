@@ -127,7 +127,7 @@ def _prepare(client, resume: str | None, settings: dict[str, Any], defaults_unse
         found = find_checkpoint(client, resume, local, tmp)
         state = found.state
         cfg = resumed(Config.from_dict(state.config), settings, defaults_unset=defaults_unset)
-        if cfg.train.total_epochs <= state.epoch:
+        if cfg.train.total_epochs <= state.epoch and run.info.status == "FINISHED":
             raise ResumeError(
                 f"--resume {resume}: the run has trained {state.epoch} of {cfg.train.total_epochs} epochs "
                 f"({run.info.status}); pass {flag('rounds')} above {cfg.train.rounds} to train longer"
@@ -232,8 +232,12 @@ def _train_in_run(client, run_id: str, start: _Start, callbacks: Iterable[EpochH
     output_dir = Path(cfg.run.output_dir)
     local = checkpoint_dir(cfg.run.output_dir, run_id)
     hooks = [report_writer(tracker, output_dir, stats, run_id), *callbacks]
+    trained_before = state.epoch
     try:
         fit(start.trainer, state, tracker, local, on_epoch_end=hooks)
+        if state.epoch == trained_before:  # killed after its last epoch: only the wrapping-up is left
+            log.info("run %s: all %d epochs were already trained; finishing it", run_id, state.epoch)
+            hooks[0](state)
     except TrackingLost as e:
         epoch = Manifest.read(manifest_path(local / LAST)).epoch if (local / LAST).exists() else 0
         raise TrackingLost(
