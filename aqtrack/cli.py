@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -72,9 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     except AqtrackError as e:
         print(f"aqtrack: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("aqtrack: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        print(f"aqtrack: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
+        return 128 + signum  # what a shell reports for a process the signal ended
 
 
 def _train(args: argparse.Namespace) -> int:

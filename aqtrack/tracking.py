@@ -12,6 +12,7 @@ import os
 import re
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -159,16 +160,8 @@ class MlflowTracker:
             self._tags.clear()
 
     def _server_answers(self) -> bool:
-        """A quick look (one request, short timeout) before the slow retrying calls."""
         self._last_try = time.monotonic()
-        uri = self.client.tracking_uri
-        if not uri.startswith(("http://", "https://")):
-            return True
-        try:
-            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=PROBE_TIMEOUT_S):
-                return True
-        except OSError:
-            return False
+        return server_answers(self.client.tracking_uri)
 
     def _check_patience(self, now: float) -> None:
         waited = now - self._offline_since
@@ -194,6 +187,20 @@ class MlflowTracker:
             self.log_artifact(path)
 
 
+def server_answers(uri: str) -> bool:
+    """One quick look (a single request, short timeout) at an HTTP tracking server; other stores
+    have no server to look at. Any HTTP answer counts: only silence means it is down."""
+    if not uri.startswith(("http://", "https://")):
+        return True
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=PROBE_TIMEOUT_S):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False
+
+
 def is_transient(e: BaseException) -> bool:
     """A failure that may pass: no connection, a timeout, a 5xx answer (not a 4xx: that is our bug)."""
     import requests
@@ -215,6 +222,11 @@ def connect() -> MlflowClient:
 
     uri = mlflow.get_tracking_uri()
     client = MlflowClient(uri)
+    if not server_answers(uri):  # one short look first: MLflow's own calls retry for much longer
+        raise TrackingError(
+            f"cannot use tracking store {uri}: no answer within {PROBE_TIMEOUT_S:g} s; "
+            "check MLFLOW_TRACKING_URI and that the server is up"
+        )
     try:
         client.search_experiments(max_results=1)
     except Exception as e:  # any failure here means the store is unusable; say which and why
@@ -343,6 +355,7 @@ def terminating(client: MlflowClient, run_id: str) -> Iterator[None]:
         raise
     except KeyboardInterrupt:
         _mark(client, run_id, "KILLED")
+        log.warning("run %s stopped; continue it with `aqtrack train --resume %s`", run_id, run_id)
         raise
     except BaseException as e:
         _mark(client, run_id, "FAILED", {TAG_ERROR: f"{type(e).__name__}: {_first_line(e)}"[:5000]})
