@@ -17,6 +17,7 @@ import torch
 from mlflow import MlflowClient
 
 import aqtrack
+import aqtrack.cli
 from aqtrack import interrupts, tracking
 from aqtrack.checkpoint import CHECKPOINT_EPOCH_TAG, LAST, Manifest, manifest_path, verify_checkpoint
 from aqtrack.errors import ResumeError, TrackingError, TrainingDiverged
@@ -240,3 +241,36 @@ def test_a_server_that_accepts_and_never_answers_fails_fast_at_start(tiny, monke
         with pytest.raises(TrackingError, match=f"cannot use tracking store {url}: no answer within 3 s"):
             aqtrack.train(**tiny)
     assert not Path(tiny["output_dir"]).exists()
+
+
+class _TouchMarker:
+    """Unpickling this creates a file: what a booby-trapped checkpoint would do, harmlessly."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_booby_trapped_checkpoints_with_matching_manifests_are_refused_and_never_run(tiny, tmp_path, capsys):
+    first = aqtrack.train(**{**tiny, "rounds": 1})
+    client, marker = MlflowClient(), tmp_path / "pwned"
+    trap = tmp_path / "trap"
+    for name in (LAST, "best_action_quality_model.pt", "action_quality_round_1_epoch_2.pt"):
+        path = trap / name
+        path.parent.mkdir(exist_ok=True)
+        torch.save({"format": "aqtrack.checkpoint", "config": _TouchMarker(marker)}, path)
+        manifest = Manifest.of(path, epoch=2, run_id=first.run_id).write(trap)  # an attacker can hash too
+        client.log_artifact(first.run_id, str(path), "checkpoints")
+        client.log_artifact(first.run_id, str(manifest), "checkpoints")
+
+    code = aqtrack.cli.main(
+        ["train", "--resume", first.run_id, "--rounds", "2", "--output-dir", str(tmp_path / "b")]
+    )
+
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and error.startswith(f"aqtrack: error: --resume {first.run_id}: no valid checkpoint (")
+    assert error.count("refused to load: it holds objects other than tensors and plain values") == 3
+    assert not marker.exists()
+    assert val_acc_steps(first.run_id) == [1, 2]

@@ -1,0 +1,131 @@
+"""aqtrack.tracking.MlflowTracker while the server is away: what waits, in which order it is sent, and
+when it gives up. A small fake client stands in for the server here; tests/test_server_outage.py does
+the same against a real `mlflow server`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import requests
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
+
+from aqtrack import tracking
+from aqtrack.errors import TrackingLost
+
+
+class FakeClient:
+    """Records what reaches the 'server'; while `down`, every call fails like a refused connection."""
+
+    tracking_uri = "sqlite:///fake.db"
+
+    def __init__(self) -> None:
+        self.down, self.sent, self.metrics = False, [], {}
+
+    def _call(self, what) -> None:
+        if self.down:
+            raise MlflowException("API request to http://x failed with exception ConnectionError")
+        self.sent.append(what)
+
+    def log_batch(self, run_id, metrics=(), params=(), tags=()):
+        self._call(
+            ("metrics", [(m.key, m.step) for m in metrics])
+            if metrics
+            else ("tags", dict((t.key, t.value) for t in tags))
+        )
+        for m in metrics:
+            self.metrics.setdefault(m.key, []).append(SimpleNamespace(step=m.step, value=m.value))
+
+    def log_artifact(self, run_id, path, artifact_path=None):
+        self._call(("file", Path(path).name))
+
+    def get_metric_history(self, run_id, key):
+        self._call(("history", key))
+        return self.metrics.get(key, [])
+
+
+@pytest.fixture
+def tracker(monkeypatch) -> tuple[tracking.MlflowTracker, FakeClient]:
+    monkeypatch.setattr(tracking, "PROBE_INTERVAL_S", 0.0)
+    client = FakeClient()
+    return tracking.MlflowTracker(client, "r" * 32, patience=60), client
+
+
+def publish(tracker: tracking.MlflowTracker, epoch: int) -> None:
+    tracker.log_metrics({"val_acc": 0.5, "lr": 0.1}, step=epoch)
+    tracker.log_artifact(Path("last.pt"), "checkpoints")
+    tracker.log_artifact(Path("last.pt.manifest.json"), "checkpoints")
+    tracker.set_tags({"aqtrack.checkpoint_epoch": str(epoch)})
+
+
+def test_what_waited_is_sent_in_order_once_the_server_is_back(tracker):
+    tracker, client = tracker
+    publish(tracker, 1)
+    client.down = True
+    publish(tracker, 2)
+    publish(tracker, 3)
+    assert tracker.offline
+    client.down, client.sent = False, []
+
+    tracker.log_metrics({"val_acc": 0.7, "lr": 0.1}, step=4)
+
+    kinds = [what[0] for what in client.sent]
+    assert kinds == ["history", "history", "metrics", "file", "file", "tags"]
+    assert sorted(client.sent[2][1]) == [(k, s) for k in ("lr", "val_acc") for s in (2, 3, 4)]
+    assert [what[1] for what in client.sent[3:5]] == ["last.pt", "last.pt.manifest.json"]  # each file once
+    assert client.sent[5][1]["aqtrack.checkpoint_epoch"] == "3"
+    assert not tracker.offline
+
+
+def test_points_the_server_took_before_the_failure_are_not_sent_twice(tracker):
+    tracker, client = tracker
+    client.metrics["val_acc"] = [SimpleNamespace(step=2, value=0.5)]  # landed, but the answer was lost
+    client.down = True
+    tracker.log_metrics({"val_acc": 0.5}, step=2)
+    client.down = False
+
+    tracker.log_metrics({"val_acc": 0.6}, step=3)
+
+    assert [s for s in client.metrics["val_acc"] if s.step == 2] == [client.metrics["val_acc"][0]]
+    assert sorted(m.step for m in client.metrics["val_acc"]) == [2, 3]
+
+
+def test_past_the_patience_it_gives_up_with_tracking_lost(tracker, monkeypatch):
+    tracker, client = tracker
+    tracker.patience = 0.0
+    client.down = True
+    with pytest.raises(
+        TrackingLost, match=r"tracking server sqlite:///fake.db unreachable for 0 s \(patience 0 s\)"
+    ):
+        publish(tracker, 1)
+
+
+def test_a_refused_request_is_not_waited_out_it_is_raised(tracker):
+    tracker, client = tracker
+
+    def invalid(*args, **kwargs):
+        raise MlflowException("bad metric name", error_code=INVALID_PARAMETER_VALUE)
+
+    client.log_batch = invalid
+    with pytest.raises(MlflowException, match="bad metric name"):
+        tracker.log_metrics({"val_acc": 0.5}, step=1)
+    assert not tracker.offline
+
+
+@pytest.mark.parametrize(
+    ("error", "transient"),
+    [
+        (MlflowException("API request failed with exception ConnectionError"), True),
+        (MlflowException("busy", error_code=TEMPORARILY_UNAVAILABLE), True),
+        (MlflowException("bad", error_code=INVALID_PARAMETER_VALUE), False),
+        (requests.ConnectionError("refused"), True),
+        (requests.HTTPError("500", response=SimpleNamespace(status_code=503)), True),
+        (requests.HTTPError("404", response=SimpleNamespace(status_code=404)), False),
+        (ConnectionRefusedError(), True),
+        (ValueError("a bug"), False),
+    ],
+)
+def test_only_failures_that_can_pass_count_as_the_server_being_away(error, transient):
+    assert tracking.is_transient(error) is transient
