@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -172,3 +176,25 @@ def test_nan_loss_stops_training_marks_the_run_failed_and_logs_no_nan(capsys, ti
     (run,) = all_runs()
     assert run.info.status == "FAILED" and "TrainingDiverged" in run.data.tags["aqtrack.error"]
     assert MlflowClient().get_metric_history(run.info.run_id, "train_loss") == []
+
+
+def test_read_only_output_dir_is_refused_before_any_run_exists(tiny, tmp_path):
+    """A real read-only directory: mode 0555 for a normal user; root ignores modes, so for root a
+    read-only tmpfs mounted in a private mount namespace (`unshare -m`)."""
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    command = [sys.executable, "-m", "aqtrack", "train", *flags({**tiny, "output_dir": read_only})]
+    if os.geteuid() == 0:
+        mount = f"mount -t tmpfs -o ro none {shlex.quote(str(read_only))}"
+        command = ["unshare", "-m", "sh", "-c", f"{mount} && exec {shlex.join(command)}"]
+    else:
+        read_only.chmod(0o555)
+
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
+
+    assert done.returncode == EXIT_ERROR, done.stderr[-2000:]
+    reason = "Read-only file system" if os.geteuid() == 0 else "Permission denied"
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"aqtrack: error: --output-dir {read_only}: not writable ({reason}); choose another directory"
+    )
+    assert all_runs() == []
