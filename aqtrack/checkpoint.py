@@ -21,9 +21,10 @@ import pickle
 import random
 import shutil
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -161,12 +162,18 @@ def restore_rng(state: dict[str, Any], data_generator: torch.Generator) -> None:
 
 
 def save_checkpoint(state: TrainState, path: Path) -> Path:
-    """Write `state` to `path` atomically (temporary file in the same directory, fsync, rename)."""
+    """Write `state` to `path` atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    return _write_atomically(path, lambda f: torch.save(state.to_dict(), f))
+
+
+def _write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> Path:
+    """Write to a temporary file in the same directory, fsync, rename: a crash leaves the old file
+    or the new one, never a torn one."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
-            torch.save(state.to_dict(), f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -278,18 +285,10 @@ class Manifest:
 
     def write(self, directory: Path) -> Path:
         """Write this manifest next to its file in `directory` (atomically); return its path."""
-        path = manifest_path(directory / self.file)
         body = {"format": MANIFEST_FORMAT, "format_version": FORMAT_VERSION, **dataclasses.asdict(self)}
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "w") as f:
-                json.dump(body, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
+        return _write_atomically(
+            manifest_path(directory / self.file), lambda f: f.write(json.dumps(body).encode())
+        )
 
     @classmethod
     def read(cls, path: Path) -> Manifest:

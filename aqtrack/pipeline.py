@@ -95,9 +95,10 @@ def train(
     if resume == AUTO:
         resume = _newest_unfinished(client, env_run, settings)
     with tempfile.TemporaryDirectory(prefix="aqtrack-resume-") as tmp, contextlib.ExitStack() as held:
-        if resume:  # before anything is read: a second resumer must not even download
-            held.enter_context(run_lock(client.tracking_uri, resume))
-        start = _prepare(client, resume or None, settings, defaults_unset, Path(tmp))
+        run = tracking.get_run(client, resume) if resume else None  # checks the id before any use
+        if run:  # before its checkpoint is read: a second resumer must not even download it
+            held.enter_context(run_lock(client.tracking_uri, run.info.run_id))
+        start = _prepare(client, run, settings, defaults_unset, Path(tmp))
         run_id = _open_run(client, start, env_run)
         if run_id != resume:
             held.enter_context(run_lock(client.tracking_uri, run_id))
@@ -117,10 +118,11 @@ def _newest_unfinished(client, env_run: str | None, settings: dict[str, Any]) ->
     return resume
 
 
-def _prepare(client, resume: str | None, settings: dict[str, Any], defaults_unset: bool, tmp: Path) -> _Start:
-    found = None
-    if resume:
-        run = tracking.get_run(client, resume)
+def _prepare(client, run, settings: dict[str, Any], defaults_unset: bool, tmp: Path) -> _Start:
+    """Check everything and build the trainer; `run` is the run to resume, if any."""
+    found = resume = None
+    if run:
+        resume = run.info.run_id
         _check_experiment(client, run, settings, defaults_unset)
         _check_not_running_elsewhere(run)
         local = checkpoint_dir(_given(run, "output_dir", settings, defaults_unset), resume)

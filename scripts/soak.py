@@ -36,6 +36,11 @@ SETTINGS = {
     "batch_size": 32,
     "checkpoint_interval": 3,
 }
+# How often a run reaches a kill point: once per epoch, but per batch and only once ("reopened").
+VISITS = {
+    "batch": SETTINGS["epochs_per_round"] * 2 * SETTINGS["n_train"] // SETTINGS["batch_size"],
+    "reopened": 1,
+}
 QUICK = {**SETTINGS, "n_train": 64, "n_val": 32, "hidden": 8, "epochs_per_round": 3, "batch_size": 16}
 
 
@@ -83,7 +88,7 @@ def soak(tmp: Path, settings: dict, kills: int, rng: random.Random) -> int:
             how, done = "to the end", run(tmp, args)
         elif rng.random() < 0.7:
             point = rng.choice(POINTS)
-            count = rng.randint(1, epochs * 4 if point == "batch" else epochs)
+            count = rng.randint(1, VISITS.get(point, epochs))
             how, done = f"kill_at {point}:{count}", run(tmp, args, kill_at=f"{point}:{count}")
         else:
             delay = rng.uniform(0.5, full_time)
