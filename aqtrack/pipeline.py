@@ -185,7 +185,8 @@ def _check_not_running_elsewhere(run) -> None:
     host = tags.get(tracking.TAG_OWNER, "").rpartition(":")[0]
     if run.info.status != "RUNNING" or not host or host == socket.gethostname():
         return
-    quiet = time.time() - float(tags.get(tracking.TAG_HEARTBEAT, 0))
+    heartbeat = tags.get(tracking.TAG_HEARTBEAT, "")
+    quiet = time.time() - (float(heartbeat) if heartbeat.isdigit() else 0.0)
     if quiet < STALE_AFTER_S:
         raise ResumeError(
             f"--resume {run_id}: the run is RUNNING on {host} (last epoch published {quiet:.0f} s ago); if "
