@@ -217,14 +217,15 @@ def fit(
             if improved:
                 state.best_val_acc, state.best_epoch = metrics[VAL_ACC], epoch
 
-            tracker.log_metrics(metrics, step=epoch)
             log.info(progress_line(epoch, t.epochs_per_round, t.rounds, metrics))
             names = policy.names(epoch, improved)
             for path in write_checkpoints(trainer.snapshot(state), checkpoint_dir, names):
                 tracker.log_artifact(path, ARTIFACT_DIR)  # each file, then its manifest
-            tracker.set_tags({CHECKPOINT_EPOCH_TAG: str(epoch)})  # moves only once last.pt is uploaded
+            tracker.log_metrics(metrics, step=epoch)
+            tracker.set_tags({CHECKPOINT_EPOCH_TAG: str(epoch)})  # sent after the files
             for hook in on_epoch_end:
                 hook(state)
+            tracker.flush()
     return state
 
 

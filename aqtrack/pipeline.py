@@ -229,6 +229,7 @@ def _train_in_run(client, run_id: str, start: _Start, callbacks: Iterable[EpochH
     tracker.log_json(stats, tracking.DATASET_STATS_ARTIFACT)
     if source and source != run_id:
         _carry_over(client, tracker, source, run_id, start.found)
+    tracker.flush()
     tracker.skip = tracking.sync_history(client, run_id, state.history)
     state.run_id = run_id
 
@@ -241,6 +242,7 @@ def _train_in_run(client, run_id: str, start: _Start, callbacks: Iterable[EpochH
         if state.epoch == trained_before:  # killed after its last epoch: only the wrapping-up is left
             log.info("run %s: all %d epochs were already trained; finishing it", run_id, state.epoch)
             hooks[0](state)
+        tracker.drain()  # the run is closed only once everything it should hold is sent
     except TrackingLost as e:
         epoch = Manifest.read(manifest_path(local / LAST)).epoch if (local / LAST).exists() else 0
         raise TrackingLost(

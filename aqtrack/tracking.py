@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 import time
 import urllib.error
@@ -52,13 +53,16 @@ PROBE_TIMEOUT_S = 3.0
 
 
 class Tracker(Protocol):
-    """What the training loop reports to. Every metric carries its step."""
+    """What the training loop reports to. Every metric carries its step. Calls may be queued until
+    `flush()`, which the loop calls once at the end of each epoch."""
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None: ...
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
 
     def set_tags(self, tags: Mapping[str, str]) -> None: ...
+
+    def flush(self) -> None: ...
 
 
 class NullTracker:
@@ -73,16 +77,23 @@ class NullTracker:
     def set_tags(self, tags: Mapping[str, str]) -> None:
         pass
 
+    def flush(self) -> None:
+        pass
+
 
 class MlflowTracker:
-    """Logs to one MLflow run, riding out a tracking server that stops answering.
+    """Logs to one MLflow run in one round per epoch, riding out a tracking server that stops answering.
+
+    Calls are queued and sent by `flush()`: first the files (each checkpoint, then its manifest), then
+    the metrics and tags in one `log_batch`, so the checkpoint-epoch tag moves only once its files
+    are uploaded, and an epoch costs one metadata write instead of two. Metrics logged without their
+    checkpoint cannot happen; a checkpoint uploaded without its metrics is caught up on resume.
 
     `skip` holds (key, step) pairs the run already has (see `sync_history`). When a call fails for a
-    reason that can pass (connection refused or timed out, a 5xx answer), training goes on: metric
-    points, artifact uploads and tags wait here (files stay on local disk, newest version of each
-    name) and are sent, in order, once the server answers again: metrics first, without the points
-    the server already took, then files, then tags, so the checkpoint-epoch tag still moves last.
-    After `patience` seconds without the server it raises `TrackingLost`.
+    reason that can pass (connection refused or timed out, a 5xx answer), training goes on: everything
+    waits here (files stay on local disk, newest version of each name) and is sent once the server
+    answers again, without the metric points it already took. After `patience` seconds without the
+    server, `flush()` raises `TrackingLost`.
     """
 
     def __init__(self, client: MlflowClient, run_id: str, patience: float = 600) -> None:
@@ -93,26 +104,21 @@ class MlflowTracker:
         self._tags: dict[str, str] = {}
         self._offline_since: float | None = None
         self._last_try = 0.0
+        self._staging: Path | None = None
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         self._metrics.update({(k, step): float(v) for k, v in metrics.items() if (k, step) not in self.skip})
-        self._flush()
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self._files.pop((artifact_path, path.name), None)  # re-queue at the end: the order is the point
         self._files[(artifact_path, path.name)] = path
-        self._flush()
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         self._tags.update({k: str(v) for k, v in tags.items()})
         self._tags[TAG_HEARTBEAT] = str(int(time.time()))
-        self._flush()
 
-    @property
-    def offline(self) -> bool:
-        return self._offline_since is not None
-
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Send what is queued, or keep it for later if the server is away (within the patience)."""
         now = time.monotonic()
         if self.offline and (now - self._last_try < PROBE_INTERVAL_S or not self._server_answers()):
             self._check_patience(now)
@@ -137,27 +143,41 @@ class MlflowTracker:
                 log.warning("tracking server back after %.0f s: caught up", now - self._offline_since)
                 self._offline_since = None
 
+    def drain(self) -> None:
+        """Before the run is closed: wait, within the patience, until everything queued is sent."""
+        self.flush()
+        while self.offline:
+            time.sleep(PROBE_INTERVAL_S)
+            self.flush()
+        if self._staging is not None:
+            shutil.rmtree(self._staging, ignore_errors=True)
+            self._staging = None
+
+    @property
+    def offline(self) -> bool:
+        return self._offline_since is not None
+
     def _send(self) -> None:
         from mlflow.entities import Metric, RunTag
 
+        while self._files:
+            (artifact_path, _), path = next(iter(self._files.items()))
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+            del self._files[(artifact_path, path.name)]
         if self.offline:  # a batch that failed may still have landed: never send a point twice
             for key in {k for k, _ in self._metrics}:
                 for m in self.client.get_metric_history(self.run_id, key):
                     self._metrics.pop((key, m.step), None)
         stamp = int(time.time() * 1000)
-        points = [Metric(k, v, stamp, step) for (k, step), v in self._metrics.items()]
-        for i in range(0, len(points), MAX_METRICS_PER_BATCH):
-            chunk = points[i : i + MAX_METRICS_PER_BATCH]
-            self.client.log_batch(self.run_id, metrics=chunk)
+        metrics = [Metric(k, v, stamp, step) for (k, step), v in self._metrics.items()]
+        tags = [RunTag(k, v) for k, v in self._tags.items()]
+        while metrics or tags:  # at most 1000 metrics per call; the few tags go with the last chunk
+            chunk, metrics = metrics[:MAX_METRICS_PER_BATCH], metrics[MAX_METRICS_PER_BATCH:]
+            tag_chunk, tags = (tags, []) if not metrics else ([], tags)
+            self.client.log_batch(self.run_id, metrics=chunk, tags=tag_chunk)
             for m in chunk:
                 del self._metrics[(m.key, m.step)]
-        while self._files:
-            (artifact_path, _), path = next(iter(self._files.items()))
-            self.client.log_artifact(self.run_id, str(path), artifact_path)
-            del self._files[(artifact_path, path.name)]
-        if self._tags:
-            self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in self._tags.items()])
-            self._tags.clear()
+        self._tags.clear()
 
     def _server_answers(self) -> bool:
         self._last_try = time.monotonic()
@@ -181,10 +201,12 @@ class MlflowTracker:
             self.client.log_batch(self.run_id, params=new[i : i + 100])
 
     def log_json(self, obj: Any, artifact_file: str) -> None:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / artifact_file
-            path.write_text(json.dumps(obj, indent=2))
-            self.log_artifact(path)
+        """Queue `obj` as a JSON artifact; the file lives in the tracker's own directory until sent."""
+        if self._staging is None:
+            self._staging = Path(tempfile.mkdtemp(prefix="aqtrack-staging-"))
+        path = self._staging / artifact_file
+        path.write_text(json.dumps(obj, indent=2))
+        self.log_artifact(path)
 
 
 def server_answers(uri: str) -> bool:
@@ -210,7 +232,7 @@ def is_transient(e: BaseException) -> bool:
         return e.get_http_status_code() >= 500
     if isinstance(e, requests.HTTPError):
         return e.response is None or e.response.status_code >= 500
-    return isinstance(e, (requests.RequestException, OSError))
+    return isinstance(e, (requests.RequestException, ConnectionError, TimeoutError))
 
 
 def connect() -> MlflowClient:

@@ -8,16 +8,16 @@ epoch reaches them:
 
   batch             before the N-th optimizer step (mid-epoch)
   evaluate          as the N-th validation pass begins
-  logged            right after the N-th epoch's metrics were logged
   checkpoint-write  halfway through writing the N-th local checkpoint file (a torn temporary file)
   checkpoint-local  after the N-th epoch's checkpoint files were written, before any upload
+  report            as the N-th legacy report is written (before the epoch is sent)
   upload-periodic   halfway through uploading the N-th periodic checkpoint (a truncated artifact)
   upload-best       halfway through uploading the N-th best checkpoint (a truncated artifact)
   upload-last       halfway through uploading the N-th last.pt (a truncated artifact)
   uploaded-last     after the N-th last.pt upload, before its manifest's
-  uploaded-manifest after the N-th last.pt manifest upload, before the checkpoint-epoch tag
-  tagged            after the N-th checkpoint-epoch tag, before the legacy report
-  report            as the N-th legacy report is written
+  uploaded-manifest after the N-th last.pt manifest upload, before the epoch's metrics and tag
+  logged            right after the N-th batch of epoch metrics (and checkpoint-epoch tag) was logged
+  tagged            right after the N-th checkpoint-epoch tag was set (with the metrics, as a rule)
   reopened          right after a resumed run was marked RUNNING again, before any epoch
 
 Used by tests/test_kill_anywhere.py and scripts/soak.py. Exits like the process it wraps otherwise.
@@ -36,16 +36,16 @@ from pathlib import Path
 POINTS = (
     "batch",
     "evaluate",
-    "logged",
     "checkpoint-write",
     "checkpoint-local",
+    "report",
     "upload-periodic",
     "upload-best",
     "upload-last",
     "uploaded-last",
     "uploaded-manifest",
+    "logged",
     "tagged",
-    "report",
     "reopened",
 )
 

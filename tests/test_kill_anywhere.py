@@ -121,16 +121,16 @@ def first_epoch_trained(said: str) -> int | None:
     [
         (f"batch:{2 * BATCHES_PER_EPOCH + 2}", 3, ""),  # mid-epoch 3
         ("evaluate:4", 4, ""),  # as epoch 4's validation begins
-        ("logged:3", 3, ""),  # epoch 3's metrics are in the run, its checkpoint is not
         ("checkpoint-write:5", 5, ""),  # a torn local temporary file
         ("checkpoint-local:2", 2, ""),  # epoch 2's files written, nothing uploaded
+        ("report:3", 3, ""),  # the report written, nothing of epoch 3 sent yet
         ("upload-periodic:2", 4, ""),  # epoch 4's periodic checkpoint cut off halfway
         ("upload-best:1", 2, ""),  # nothing valid uploaded yet: resumes from the local copy
         ("upload-last:3", 3, "last.pt: refused: .*truncated"),  # back to epoch 2's periodic one
         ("uploaded-last:4", 5, "last.pt: refused: .*manifest"),  # new last.pt, old manifest
-        ("uploaded-manifest:5", 6, ""),  # all uploaded, the checkpoint-epoch tag still says 4
-        ("tagged:2", 3, ""),  # all published, the report not yet
-        ("report:6", None, "all 6 epochs were already trained; finishing it"),  # the last report
+        ("uploaded-manifest:5", 6, ""),  # epoch 5's files are in, its metrics and tag are not
+        ("logged:3", 4, ""),  # epoch 3 wholly published
+        ("logged:6", None, "all 6 epochs were already trained; finishing it"),  # not yet FINISHED
     ],
 )
 def test_killed_at_a_point_then_resumed_ends_as_if_never_killed(

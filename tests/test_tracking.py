@@ -30,11 +30,7 @@ class FakeClient:
         self.sent.append(what)
 
     def log_batch(self, run_id, metrics=(), params=(), tags=()):
-        self._call(
-            ("metrics", [(m.key, m.step) for m in metrics])
-            if metrics
-            else ("tags", dict((t.key, t.value) for t in tags))
-        )
+        self._call(("batch", [(m.key, m.step) for m in metrics], {t.key: t.value for t in tags}))
         for m in metrics:
             self.metrics.setdefault(m.key, []).append(SimpleNamespace(step=m.step, value=m.value))
 
@@ -58,6 +54,7 @@ def publish(tracker: tracking.MlflowTracker, epoch: int) -> None:
     tracker.log_artifact(Path("last.pt"), "checkpoints")
     tracker.log_artifact(Path("last.pt.manifest.json"), "checkpoints")
     tracker.set_tags({"aqtrack.checkpoint_epoch": str(epoch)})
+    tracker.flush()
 
 
 def test_what_waited_is_sent_in_order_once_the_server_is_back(tracker):
@@ -71,11 +68,14 @@ def test_what_waited_is_sent_in_order_once_the_server_is_back(tracker):
 
     tracker.log_metrics({"val_acc": 0.7, "lr": 0.1}, step=4)
 
+    assert [what[0] for what in client.sent] == []  # queued until the epoch's flush
+    tracker.flush()
+
     kinds = [what[0] for what in client.sent]
-    assert kinds == ["history", "history", "metrics", "file", "file", "tags"]
-    assert sorted(client.sent[2][1]) == [(k, s) for k in ("lr", "val_acc") for s in (2, 3, 4)]
-    assert [what[1] for what in client.sent[3:5]] == ["last.pt", "last.pt.manifest.json"]  # each file once
-    assert client.sent[5][1]["aqtrack.checkpoint_epoch"] == "3"
+    assert kinds == ["file", "file", "history", "history", "batch"]  # files first, each once
+    assert [what[1] for what in client.sent[:2]] == ["last.pt", "last.pt.manifest.json"]
+    assert sorted(client.sent[4][1]) == [(k, s) for k in ("lr", "val_acc") for s in (2, 3, 4)]
+    assert client.sent[4][2]["aqtrack.checkpoint_epoch"] == "3"  # the tag, with the metrics, last
     assert not tracker.offline
 
 
@@ -84,9 +84,11 @@ def test_points_the_server_took_before_the_failure_are_not_sent_twice(tracker):
     client.metrics["val_acc"] = [SimpleNamespace(step=2, value=0.5)]  # landed, but the answer was lost
     client.down = True
     tracker.log_metrics({"val_acc": 0.5}, step=2)
+    tracker.flush()
     client.down = False
 
     tracker.log_metrics({"val_acc": 0.6}, step=3)
+    tracker.flush()
 
     assert [s for s in client.metrics["val_acc"] if s.step == 2] == [client.metrics["val_acc"][0]]
     assert sorted(m.step for m in client.metrics["val_acc"]) == [2, 3]
@@ -109,8 +111,9 @@ def test_a_refused_request_is_not_waited_out_it_is_raised(tracker):
         raise MlflowException("bad metric name", error_code=INVALID_PARAMETER_VALUE)
 
     client.log_batch = invalid
+    tracker.log_metrics({"val_acc": 0.5}, step=1)
     with pytest.raises(MlflowException, match="bad metric name"):
-        tracker.log_metrics({"val_acc": 0.5}, step=1)
+        tracker.flush()
     assert not tracker.offline
 
 
@@ -124,6 +127,8 @@ def test_a_refused_request_is_not_waited_out_it_is_raised(tracker):
         (requests.HTTPError("500", response=SimpleNamespace(status_code=503)), True),
         (requests.HTTPError("404", response=SimpleNamespace(status_code=404)), False),
         (ConnectionRefusedError(), True),
+        (TimeoutError(), True),
+        (FileNotFoundError("last.pt"), False),
         (ValueError("a bug"), False),
     ],
 )
