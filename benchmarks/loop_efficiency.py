@@ -98,7 +98,7 @@ def measure(settings: dict, epochs: int, pairs: int) -> None:
     print(f"aqtrack's loaders alone, per epoch (median): {h.median(rows, 'loaders') / epochs * 1000:.2f} ms")
     print(f"loaders alone / aqtrack epoch: {h.median_ratio(rows, 'loaders', 'aqtrack'):.3f}x")
     r = h.median_ratio(rows, "bound", "aqtrack")
-    print(f"bound / aqtrack: {r:.3f}x  (pairs {h.ratio_range(rows, 'bound', 'aqtrack')}; target >= 0.90x)")
+    print(f"bound / aqtrack (target >= 0.90x; pairs {h.ratio_range(rows, 'bound', 'aqtrack')}): {r:.3f}x")
 
 
 if __name__ == "__main__":

@@ -16,8 +16,9 @@ state) is ~50 MB. Then, alternating the two:
               trains one more epoch of its own run).
 
 It prints medians, ratios (resume / one epoch of the default model, 50 MB / default, HTTP / sqlite)
-against the target (default resume < 1 s after imports), and where the resume time goes: every MLflow
-client call and the local steps, timed inside the same resumes.
+against the target (default resume < 1 s after imports), where the resume time goes (every MLflow
+client call and the local steps, timed inside the same resumes), and where a fresh CLI process spends
+its time before that (interpreter, torch + aqtrack imports, mlflow import, connecting to the store).
 
     python benchmarks/resume_latency.py [--pairs 5] [--hidden 640] [--quick]
 """
@@ -178,14 +179,34 @@ def measure(uri: str, variants: dict[str, dict], pairs: int, out: Path) -> dict:
 
     rows = h.alternate({name: timed(name) for name in variants}, pairs)
     cli_rows = h.alternate({f"cli {name}": (lambda name=name: cli(name)) for name in variants}, pairs)
+    startup = h.alternate(
+        {step: (lambda c=code: _python(c, out)) for step, code in CLI_STARTUP.items()}, pairs
+    )
     return {
         "rows": rows,
         "steps": steps,
         "cli": cli_rows,
+        "startup": startup,
         "spent": probe.spent,
         "pairs": pairs,
         "mb": size_mb,
     }
+
+
+# Where a fresh `aqtrack train` process spends its time before resuming: cumulative steps, each a fresh
+# interpreter (MLFLOW_TRACKING_URI is the store being measured).
+CLI_STARTUP = {
+    "python -c pass": "pass",
+    "import aqtrack.pipeline (torch)": "import aqtrack.pipeline",
+    "+ import mlflow": "import aqtrack.pipeline, mlflow",
+    "+ tracking.connect()": "import aqtrack.pipeline; from aqtrack import tracking; tracking.connect()",
+}
+
+
+def _python(code: str, cwd: Path) -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, cwd=cwd)
+    return time.perf_counter() - start
 
 
 def summarise(results: dict, epoch_s: float) -> None:
@@ -206,6 +227,9 @@ def summarise(results: dict, epoch_s: float) -> None:
                 f"to first optimizer step {statistics.median(steps[name]) * 1000:6.0f} ms, "
                 f"CLI wall (start to exit, one epoch trained) {h.median(r['cli'], 'cli ' + name):5.2f} s"
             )
+        print(f"[{store}] a fresh process before any resume work (medians, cumulative):")
+        for step in CLI_STARTUP:
+            print(f"  {step:<34} {h.median(r['startup'], step):5.2f} s")
         target = "met" if forward[store] < 1.0 else "NOT met"
         print(f"[{store}] default resume < 1 s after imports: {target}")
         print(f"[{store}] default resume / one epoch: {h.median(rows, 'default') / epoch_s:.2f}x")

@@ -103,7 +103,7 @@ def measure(settings: dict, pairs: int, tmp: Path, url: str) -> None:
         s = spent[name]
         mlflow_share = s.total("mlflow.") / s.seconds["wall"]
         spread = h.ratio_range(rows, name, "null")
-        print(f"\n[{name}] tracked / null: {r:.3f}x  (pairs {spread}; target <= {target}x)")
+        print(f"\n[{name}] tracked / null (target <= {target}x; pairs {spread}): {r:.3f}x")
         print(f"[{name}] share of tracked wall time inside MLflow calls: {mlflow_share:.1%}")
         print(f"[{name}] estimate from that share, wall / (wall - MLflow): {1 / (1 - mlflow_share):.3f}x")
         runs = s.calls["wall"]

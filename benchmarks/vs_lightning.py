@@ -190,9 +190,7 @@ def measure(settings: dict, pairs: int, tmp: Path) -> None:
     print(f"aqtrack run (median):   {h.median(rows, 'aqtrack'):.2f} s")
     print(f"lightning run (median): {h.median(rows, 'lightning'):.2f} s")
     r = h.median_ratio(rows, "aqtrack", "lightning")
-    print(
-        f"aqtrack / lightning: {r:.3f}x  (pairs {h.ratio_range(rows, 'aqtrack', 'lightning')}; target < 1x)"
-    )
+    print(f"aqtrack / lightning (target < 1x; pairs {h.ratio_range(rows, 'aqtrack', 'lightning')}): {r:.3f}x")
     print(f"aqtrack logged:   {logged(client, runs['aqtrack'])}")
     print(f"lightning logged: {logged(client, runs['lightning'])}")
 
