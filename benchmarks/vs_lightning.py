@@ -18,7 +18,7 @@ metric keys x points and the artifacts (files, MB) in its run.
 
 Needs the `bench` extra: pip install -e '.[bench]' (lightning; it does not change torch).
 
-    python benchmarks/vs_lightning.py [--rounds 3] [--epochs-per-round 10] [--pairs 5] [--quick]
+    python benchmarks/vs_lightning.py [--rounds 3] [--epochs-per-round 10] [--pairs 9] [--quick]
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def main() -> None:
     p = h.parser(__doc__)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--epochs-per-round", type=int, default=10)
-    p.add_argument("--pairs", type=int, default=5)
+    p.add_argument("--pairs", type=int, default=9)
     args = p.parse_args()
     h.set_threads(args.threads)
     settings = {"rounds": args.rounds, "epochs_per_round": args.epochs_per_round}
