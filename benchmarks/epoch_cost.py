@@ -8,7 +8,7 @@ and inside MLflow calls (timed in the same run, so machine noise cancels out):
   tracked  fit() with MLflow on an embedded sqlite store: adds per-epoch metrics, checkpoint uploads,
            the run tag, and the legacy report written and uploaded every epoch
 
-    python benchmarks/epoch_cost.py [--epochs 10] [--pairs 7] [--quick]
+    python benchmarks/epoch_cost.py [--epochs 10] [--pairs 7] [--threads 1] [--quick]
 """
 
 from __future__ import annotations
@@ -29,7 +29,15 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--pairs", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="a tiny smoke run (no meaningful numbers)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (see benchmarks/README.md); 0 = default",
+    )
     args = parser.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     settings = {"rounds": 1, "epochs_per_round": args.epochs}
     if args.quick:
         args.pairs, settings = 1, {"rounds": 1, "epochs_per_round": 2, "n_train": 64, "n_val": 32}
