@@ -92,13 +92,14 @@ def measure(settings: dict, pairs: int, tmp: Path) -> None:
         if tracked:
             run_id = client.create_run(experiment).info.run_id
             tracker = tracking.MlflowTracker(client, run_id)
-            for method in ("log_metrics", "log_artifact", "set_tags"):
+            for method in ("log_metrics", "log_artifact", "set_tags", "flush"):
                 setattr(tracker, method, timed("mlflow", getattr(tracker, method)))
             hooks = [report_writer(tracker, out, data.stats(), run_id)]
         checkpoint_before, start = spent["checkpoint"], time.perf_counter()
         fit(trainer, state, tracker, out / "checkpoints", on_epoch_end=hooks)
         elapsed = time.perf_counter() - start
         if tracked:
+            tracker.drain()
             client.set_terminated(run_id)
             spent["tracked_total"] += elapsed
             spent["tracked_checkpoint"] += spent["checkpoint"] - checkpoint_before

@@ -110,6 +110,7 @@ def per_epoch_growth(client, store: str, settings: dict, args, tmp: Path) -> Non
         before_tracking = _tracking(spent[name])
         start = time.perf_counter()
         loop.fit(trainer, state, tracker, out / "checkpoints", on_epoch_end=[hook])
+        tracker.drain()
         elapsed = time.perf_counter() - start
         client.set_terminated(run_id)
         spent[name].add("wall", elapsed)

@@ -79,7 +79,7 @@ class Probe:
 
         connect = tracking.connect
         tracking.connect = lambda: h.TimedClient(self.wrap("mlflow.connect()", connect)(), self)
-        for name in ("load_checkpoint", "load_configured", "build_trainer", "restore"):
+        for name in ("find_checkpoint", "load_configured", "build_trainer", "restore"):
             setattr(pipeline, name, self.wrap(f"local: {name}", getattr(pipeline, name)))
 
     def wrap(self, key, fn):

@@ -83,6 +83,7 @@ def measure(settings: dict, pairs: int, tmp: Path, url: str) -> None:
             tracker.log_json(stats, tracking.DATASET_STATS_ARTIFACT)
             hook = report.report_writer(tracker, out, stats, run_id)
             loop.fit(trainer, state, tracker, out / "checkpoints", on_epoch_end=[hook])
+            tracker.drain()
             client.set_terminated(run_id)
         elapsed = time.perf_counter() - start
         spent[name].add("wall", elapsed)
