@@ -88,7 +88,8 @@ def train(
     `settings` are Config fields by name, e.g. `train(rounds=1, epochs_per_round=5)`. When resuming,
     the run's own settings apply and only `config.RESUMABLE` ones (rounds, ...) may change;
     `defaults_unset` treats settings equal to their defaults as not given (what `mlflow run` needs).
-    `callbacks` are called with the training state after each epoch is published.
+    `callbacks` are called with the training state at the end of each epoch, once its checkpoint is
+    written, just before the epoch is sent to MLflow.
     """
     client = tracking.connect()
     env_run = os.environ.get(MLFLOW_RUN_ENV) or None

@@ -117,11 +117,11 @@ def test_a_server_hung_past_the_patience_stops_training_and_resume_uses_the_loca
     local_epoch = int(message.split("the checkpoint of epoch ")[1].split()[0])
     assert 3 < local_epoch < 30  # trained on without the server, stopped before the end
     assert run.info.status == "RUNNING"  # nobody to tell; resume accepts it
-    assert run.data.tags[CHECKPOINT_EPOCH_TAG] == "3"
+    assert run.data.tags[CHECKPOINT_EPOCH_TAG] == "2"  # the callback froze it before epoch 3 was sent
 
     trained: list[int] = []
     resumed = aqtrack.train(resume=run_id, callbacks=[lambda state: trained.append(state.epoch)])
 
-    assert trained[0] == local_epoch + 1  # from the local checkpoint, not the run's epoch 3
+    assert trained[0] == local_epoch + 1  # from the local checkpoint, not the run's epoch 2
     assert resumed.epochs == 30 and client.get_run(run_id).info.status == "FINISHED"
     assert_same_training((client, run_id), reference, tmp_path, epochs=30)
