@@ -21,7 +21,6 @@ from aqtrack.checkpoint import (
     MANIFEST_SUFFIX,
     Manifest,
     TrainState,
-    manifest_path,
     verify_checkpoint,
 )
 from aqtrack.errors import ResumeError
@@ -31,12 +30,10 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Found:
-    """A verified checkpoint: its state, the file and its manifest on local disk."""
+    """A verified checkpoint: its state and the file on local disk."""
 
     state: TrainState
     path: Path
-    manifest: Path
-    label: str  # where it came from, for messages
 
 
 class _Source:
@@ -98,7 +95,7 @@ def find_checkpoint(client, run_id: str, local_dir: Path | None, tmp: Path, labe
                 continue
             if refused:
                 log.warning("resuming from %s (epoch %d) instead", where, state.epoch)
-            return Found(state, path, manifest_path(path), where)
+            return Found(state, path)
     if not refused:
         raise ResumeError(
             f"{label} {run_id}: the run has no checkpoint (it stopped before its first epoch ended, or "
