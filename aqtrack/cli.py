@@ -14,10 +14,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from aqtrack.config import Config, config_fields, flag
+from aqtrack.config import Config, config_fields, flag, parse_bool, show
 from aqtrack.errors import AqtrackError
 
-TYPES = {"int": int, "float": float, "str": str}
+
+def _boolean(text: str) -> bool:
+    try:
+        return parse_bool(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+TYPES = {"int": int, "float": float, "str": str, "bool": _boolean}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,6 +60,17 @@ def _add_settings(parser: argparse.ArgumentParser) -> None:
         group = parser.add_argument_group(f"{section} settings")
         for _, name, f in fields:
             choices = f.metadata["choices"]
+            help = f"{f.metadata['help']} (default: {show(defaults[name])})"
+            if str(f.type) == "bool":  # `--svm`, `--svm false` (what MLproject passes) and `--no-svm`
+                group.add_argument(
+                    flag(name), dest=name, type=_boolean, nargs="?", const=True, metavar="true|false",
+                    default=argparse.SUPPRESS, help=help,
+                )  # fmt: skip
+                group.add_argument(
+                    "--no-" + flag(name)[2:], dest=name, action="store_false", default=argparse.SUPPRESS,
+                    help=f"same as {flag(name)} false",
+                )  # fmt: skip
+                continue
             group.add_argument(
                 flag(name),
                 dest=name,
@@ -59,7 +78,7 @@ def _add_settings(parser: argparse.ArgumentParser) -> None:
                 choices=choices,
                 default=argparse.SUPPRESS,
                 metavar=None if choices else name.upper(),
-                help=f"{f.metadata['help']} (default: {defaults[name]!r})",
+                help=help,
             )
 
 

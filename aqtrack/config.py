@@ -16,6 +16,10 @@ from typing import Any
 from aqtrack.errors import ConfigError
 
 OPTIMIZERS = ("adamw", "adam")
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("none", "bf16", "fp16")
+SVM_KERNELS = ("rbf", "linear", "poly", "sigmoid")
+TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
 
 def option(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -27,12 +31,26 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def parse_bool(text: str) -> bool:
+    """A boolean setting as typed on the command line or as an MLproject parameter (`-P svm=false`)."""
+    if text.lower() in TRUE:
+        return True
+    if text.lower() in FALSE:
+        return False
+    raise ValueError(f"expected true or false (got {text!r})")
+
+
+def show(value: Any) -> str:
+    """A setting's value as the CLI and MLproject spell it: `true`, not `True`."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def _check_types(settings: Any) -> None:
     """Python callers can pass anything; refuse what argparse would have refused."""
     for f in dataclasses.fields(settings):
         value = getattr(settings, f.name)
-        expected = {"int": (int,), "float": (int, float), "str": (str,)}[str(f.type)]
-        if isinstance(value, bool) or not isinstance(value, expected):
+        expected = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}[str(f.type)]
+        if isinstance(value, bool) != (expected == (bool,)) or not isinstance(value, expected):
             raise ConfigError(f"{flag(f.name)} must be of type {f.type} (got {value!r})")
 
 
@@ -85,6 +103,12 @@ class TrainConfig:
     )
     num_workers: int = option(0, "DataLoader worker processes (0 is safe in Jupyter)")
     seed: int = option(42, "seed of model init, dropout and data order")
+    device: str = option("auto", "where to train: auto (cuda when available), cpu or cuda", choices=DEVICES)
+    amp: str = option(
+        "none",
+        "mixed precision on CUDA: none, bf16 or fp16 (fp16 with a gradient scaler)",
+        choices=PRECISIONS,
+    )
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -101,10 +125,26 @@ class TrainConfig:
         _check(self.max_grad_norm > 0, "max_grad_norm", "> 0", self.max_grad_norm)
         _check(self.checkpoint_interval >= 1, "checkpoint_interval", ">= 1", self.checkpoint_interval)
         _check(self.num_workers >= 0, "num_workers", ">= 0", self.num_workers)
+        _check(self.device in DEVICES, "device", f"one of {', '.join(DEVICES)}", self.device)
+        _check(self.amp in PRECISIONS, "amp", f"one of {', '.join(PRECISIONS)}", self.amp)
 
     @property
     def total_epochs(self) -> int:
         return self.rounds * self.epochs_per_round
+
+
+@dataclass
+class SvmConfig:
+    svm: bool = option(True, "after training, fit an SVM on the best network's features (--no-svm skips it)")
+    svm_c: float = option(1.0, "SVM regularisation C")
+    svm_kernel: str = option("rbf", "SVM kernel", choices=SVM_KERNELS)
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        _check(self.svm_c > 0, "svm_c", "> 0", self.svm_c)
+        _check(
+            self.svm_kernel in SVM_KERNELS, "svm_kernel", f"one of {', '.join(SVM_KERNELS)}", self.svm_kernel
+        )
 
 
 @dataclass
@@ -117,6 +157,8 @@ class RunConfig:
         "seconds training goes on while the tracking server is unreachable (metrics and checkpoints "
         "wait locally and are sent when it is back) before it stops; 0 = stop at the first failure",
     )
+    register: str = option("", "register the best network in the MLflow model registry under this name")
+    system_metrics: bool = option(False, "log CPU, memory (and GPU) usage as MLflow system metrics")
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -125,12 +167,18 @@ class RunConfig:
         _check(self.tracking_patience >= 0, "tracking_patience", ">= 0", self.tracking_patience)
 
 
-SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "run": RunConfig}
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "svm": SvmConfig,
+    "run": RunConfig,
+}
 
 # Settings that may change when a run is resumed; all others must match the checkpoint (see `resumed`).
 RESUMABLE = frozenset(
     {"rounds", "checkpoint_interval", "num_workers", "output_dir", "experiment", "run_name"}
-    | {"tracking_patience"}
+    | {"tracking_patience", "device", "svm", "svm_c", "svm_kernel", "register", "system_metrics"}
 )
 
 
@@ -139,6 +187,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    svm: SvmConfig = field(default_factory=SvmConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def to_dict(self) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 from mlflow import MlflowClient
 
-from aqtrack.cli import main
+from aqtrack.cli import build_parser, main
 from aqtrack.config import config_fields, flag
 
 HEAVY = ("torch", "mlflow", "pandas", "sklearn", "matplotlib")
@@ -40,6 +40,28 @@ def test_train_help_lists_a_flag_for_every_config_field_and_resume(capsys: pytes
     assert missing == []
     assert _has_flag(out, "--resume")
     assert "--from-mlproject" not in out  # internal: passed by the MLproject entry point only
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ([], None),
+        (["--svm"], True),
+        (["--svm", "false"], False),
+        (["--svm", "TRUE"], True),
+        (["--no-svm"], False),
+    ],
+)
+def test_bool_settings_take_a_bare_flag_a_value_or_no_prefix(args: list[str], expected: bool | None) -> None:
+    parsed = build_parser().parse_args(["train", *args])
+    assert getattr(parsed, "svm", None) is expected  # absent unless typed, like every setting
+
+
+def test_bool_setting_with_a_bad_value_is_refused_by_argparse(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--system-metrics", "maybe"])
+    assert info.value.code == 2
+    assert "expected true or false (got 'maybe')" in capsys.readouterr().err
 
 
 def _run_python(code: str) -> subprocess.CompletedProcess:

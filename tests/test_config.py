@@ -26,6 +26,12 @@ INVALID = [
     ({"optimizer": "sgd"}, "optimizer", "sgd"),
     ({"t_mult": 0}, "t_mult", 0),
     ({"hidden": 0}, "hidden", 0),
+    ({"device": "tpu"}, "device", "tpu"),
+    ({"amp": "fp8"}, "amp", "fp8"),
+    ({"svm_c": 0}, "svm_c", 0),
+    ({"svm_kernel": "cubic"}, "svm_kernel", "cubic"),
+    ({"svm": 1}, "svm", 1),  # a bool setting takes a bool, not a truthy number
+    ({"rounds": True}, "rounds", True),  # and a number setting no bool
 ]
 
 

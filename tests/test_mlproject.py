@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 
 import aqtrack
 from aqtrack.checkpoint import BEST, LAST
-from aqtrack.config import Config, flag
+from aqtrack.config import Config, flag, parse_bool
 from aqtrack.metrics import METRIC_KEYS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,7 +30,12 @@ def test_mlproject_parameters_are_exactly_the_cli_settings_with_the_same_default
     assert set(params) == set(defaults) | {"resume_run_id"}
     for name, default in defaults.items():
         declared = params[name]["default"]
-        assert (declared or "") == default if isinstance(default, str) else float(declared) == default, name
+        if isinstance(default, bool):
+            assert parse_bool(declared) == default, name
+        elif isinstance(default, str):
+            assert (declared or "") == default, name
+        else:
+            assert float(declared) == default, name
     assert params["resume_run_id"]["default"] == ""
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from aqtrack.config import Config, flag
+from aqtrack.config import Config, flag, show
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
@@ -28,4 +28,4 @@ def test_readme_documents_every_setting_with_its_default():
     for name, default in Config().to_dict().items():
         row = rows.get(f"| `{flag(name)}` / `{name}`")
         assert row is not None, name
-        assert f"`{default}`" in row or (default == "" and '`""`' in row), (name, row)
+        assert f"`{show(default)}`" in row or (default == "" and '`""`' in row), (name, row)
