@@ -12,7 +12,10 @@ README = (REPO / "README.md").read_text()
 
 def test_ci_runs_the_readme_test_command():
     ci = (REPO / ".ci" / "run").read_text()
-    readme_test_command = "pip install torch==2.13.0 && pip install -e '.[test]' && python -m pytest"
+    readme_test_command = (
+        "bash scripts/system-deps.sh && "
+        "pip install torch==2.13.0 && pip install -e '.[test]' && python -m pytest"
+    )
     assert f"```bash\n{readme_test_command}\n```" in README
     ci_command = next(line for line in ci.splitlines() if "python -m pytest" in line)
     assert ci_command.replace(" -q", "") == readme_test_command
