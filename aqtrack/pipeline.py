@@ -42,6 +42,7 @@ from aqtrack.interrupts import stop_signals
 from aqtrack.lock import run_lock
 from aqtrack.loop import EpochHook, Trainer, build_trainer, fit, restore
 from aqtrack.metrics import METRIC_KEYS
+from aqtrack.progress import Progress
 from aqtrack.report import REPORT_FILE, build_report, history_from_points, report_writer, write_report
 from aqtrack.resume import Found, find_checkpoint
 
@@ -239,7 +240,8 @@ def _train_in_run(client, run_id: str, start: _Start, callbacks: Iterable[EpochH
     hooks = [report_writer(tracker, output_dir, stats, run_id), *callbacks]
     trained_before = state.epoch
     try:
-        fit(start.trainer, state, tracker, local, on_epoch_end=hooks)
+        with Progress(cfg.train, trained_before) as progress:
+            fit(start.trainer, state, tracker, local, on_epoch_end=[*hooks, progress])
         if state.epoch == trained_before:  # killed after its last epoch: only the wrapping-up is left
             log.info("run %s: all %d epochs were already trained; finishing it", run_id, state.epoch)
             hooks[0](state)
