@@ -386,6 +386,25 @@ def terminating(client: MlflowClient, run_id: str) -> Iterator[None]:
         client.set_terminated(run_id, "FINISHED")
 
 
+@contextlib.contextmanager
+def system_metrics(client: MlflowClient, run_id: str, enabled: bool) -> Iterator[None]:
+    """With `enabled`, MLflow's system metrics monitor (CPU, memory, disk, network, GPU) samples in a
+    thread and logs `system/...` metrics to the run until the block ends. Its sampling interval is
+    MLflow's (10 s; MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL changes it)."""
+    if not enabled:
+        yield
+        return
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    # resume_logging: a resumed run's system metrics continue after the steps it already has.
+    monitor = SystemMetricsMonitor(run_id, resume_logging=True, tracking_uri=client.tracking_uri)
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.finish()
+
+
 def _mark(client: MlflowClient, run_id: str, status: str, tags: Mapping[str, str] | None = None) -> None:
     """Best effort, on the way out of a failure: never hide the error that got us here."""
     try:
