@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 AUTO = "auto"
 MLFLOW_RUN_ENV = "MLFLOW_RUN_ID"  # set by `mlflow run` for the run it created
 # A RUNNING run whose owner on another machine published nothing for this long is taken to be dead.
-STALE_AFTER_S = 900
+STALE_AFTER_S = tracking.STALE_AFTER_S
 
 
 @dataclass

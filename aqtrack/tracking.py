@@ -46,6 +46,8 @@ TAG_DATA_SOURCE = "aqtrack.data_source"
 TAG_HEARTBEAT = "aqtrack.heartbeat"  # unix time of the run's last epoch-end tag update
 TAG_OWNER = "aqtrack.owner"  # host:pid of the process training the run
 TAG_ROUNDS = "aqtrack.rounds"  # params are immutable; the current target when resumed with more rounds
+# A RUNNING run whose owner published nothing for this long is taken to be dead.
+STALE_AFTER_S = 900
 DATASET_STATS_ARTIFACT = "dataset_stats.json"
 # While the server is unreachable: how often to look whether it is back, and how long one look waits.
 PROBE_INTERVAL_S = 10.0
@@ -306,6 +308,23 @@ def latest_unfinished_run(client: MlflowClient, experiment_id: str | None, exclu
         max_results=10,
     )
     return next((r.info.run_id for r in runs if r.info.run_id != exclude), None)
+
+
+def search_runs(client: MlflowClient, experiment_ids: list[str], max_results: int = 1000) -> list:
+    """The experiments' runs (not deleted), newest first."""
+    return list(
+        client.search_runs(experiment_ids, order_by=["attributes.start_time DESC"], max_results=max_results)
+    )
+
+
+def artifact_tree(client: MlflowClient, run_id: str, directory: str | None = None) -> list[tuple[str, int]]:
+    """(path, size in bytes; -1 for a directory) of every artifact of the run, depth first."""
+    out: list[tuple[str, int]] = []
+    for f in client.list_artifacts(run_id, directory):
+        out.append((f.path, -1 if f.is_dir else (f.file_size or 0)))
+        if f.is_dir:
+            out += artifact_tree(client, run_id, f.path)
+    return out
 
 
 def artifact_names(client: MlflowClient, run_id: str, directory: str) -> set[str]:
