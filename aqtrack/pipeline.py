@@ -225,7 +225,7 @@ def _open_run(client, start: _Start, env_run: str | None) -> str:
         start.rename = name or _readable(start.config, client.get_run(env_run).info.run_name)
         return env_run
     experiment_id = tracking.experiment_id(client, start.config.run.experiment)
-    run = client.create_run(experiment_id, run_name=name or None)
+    run = tracking.create_run(client, experiment_id, name or None)
     start.rename = "" if name else _readable(start.config, run.info.run_name)
     return run.info.run_id
 

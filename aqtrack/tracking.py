@@ -9,6 +9,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import re
 import shutil
 import tempfile
@@ -308,6 +309,18 @@ def latest_unfinished_run(client: MlflowClient, experiment_id: str | None, exclu
         max_results=10,
     )
     return next((r.info.run_id for r in runs if r.info.run_id != exclude), None)
+
+
+def create_run(client: MlflowClient, experiment_id: str, name: str | None) -> Any:
+    """A new run. Without a name, MLflow makes one up ("bold-owl-123") from the global `random`,
+    which training has seeded: every run with the same seed would get the same name, and the draw
+    would move training's RNG. So the name gets fresh entropy, and training's state is put back."""
+    state = random.getstate()
+    random.seed()
+    try:
+        return client.create_run(experiment_id, run_name=name)
+    finally:
+        random.setstate(state)
 
 
 def search_runs(client: MlflowClient, experiment_ids: list[str], max_results: int = 1000) -> list:

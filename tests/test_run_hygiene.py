@@ -21,6 +21,20 @@ def test_a_new_run_gets_a_readable_name_saying_what_it_trains(tiny):
     assert re.fullmatch(rf"synthetic-h8-2x2-{GENERATED}", name), name
 
 
+def test_runs_with_the_same_seed_get_different_names(tiny):
+    names = {MlflowClient().get_run(aqtrack.train(**tiny).run_id).info.run_name for _ in range(3)}
+    assert len(names) == 3, names
+
+
+def test_naming_a_run_leaves_the_seeded_python_rng_as_training_set_it(tiny):
+    import random
+
+    seen = []
+    aqtrack.train(**{**tiny, "rounds": 1}, callbacks=[lambda state: seen.append(random.random())])
+    random.seed(42)  # what build_trainer's seed_everything(42) left, untouched by creating the run
+    assert seen[0] == random.random()
+
+
 def test_a_resumed_run_keeps_its_name_unless_run_name_is_given(tiny):
     first = aqtrack.train(**{**tiny, "rounds": 1})
     name = MlflowClient().get_run(first.run_id).info.run_name
