@@ -2,6 +2,8 @@
 
 aqtrack train [--rounds 3 ...] [--resume RUN_ID|auto]
 aqtrack report RUN_ID -o DIR
+aqtrack runs [--experiment NAME | --all]
+aqtrack show RUN_ID [--tail N]
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from aqtrack.config import Config, config_fields, flag, parse_bool, show
-from aqtrack.errors import AqtrackError
+from aqtrack.errors import AqtrackError, ConfigError
 
 
 def _boolean(text: str) -> bool:
@@ -49,6 +51,18 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="rebuild experiment_report.json from a run's MLflow metrics")
     report.add_argument("run_id", metavar="RUN_ID")
     report.add_argument("-o", "--output-dir", type=Path, default=Path("."), help="where to write it")
+
+    runs = commands.add_parser(
+        "runs", help="a table of the experiment's runs: progress, best val_acc, resumable"
+    )
+    runs.add_argument("--experiment", metavar="NAME", help="the experiment (default: action-quality)")
+    runs.add_argument("--all", action="store_true", help="the runs of every experiment")
+
+    show = commands.add_parser("show", help="a run's summary, params, last epochs and artifacts")
+    show.add_argument("run_id", metavar="RUN_ID")
+    show.add_argument(
+        "--tail", type=int, default=10, metavar="N", help="epochs of metrics to show (default 10)"
+    )
     return parser
 
 
@@ -86,9 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging(quiet=getattr(args, "quiet", False))
     try:
-        if args.command == "train":
-            return _train(args)
-        return _report(args)
+        commands = {"train": _train, "report": _report, "runs": _runs, "show": _show}
+        return commands[args.command](args)
     except AqtrackError as e:
         print(f"aqtrack: error: {e}", file=sys.stderr)
         return 2
@@ -116,6 +129,24 @@ def _report(args: argparse.Namespace) -> int:
     from aqtrack.pipeline import rebuild_report
 
     print(rebuild_report(args.run_id, args.output_dir))
+    return 0
+
+
+def _runs(args: argparse.Namespace) -> int:
+    from aqtrack.browse import format_runs, runs_table
+
+    if args.all and args.experiment:
+        raise ConfigError("runs: pass --experiment NAME or --all, not both")
+    print(format_runs(runs_table(args.experiment, all_experiments=args.all)))
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from aqtrack.browse import show_run
+
+    if args.tail < 1:
+        raise ConfigError(f"show: --tail must be >= 1 (got {args.tail})")
+    print(show_run(args.run_id, tail=args.tail))
     return 0
 
 

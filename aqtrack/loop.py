@@ -217,7 +217,6 @@ def fit(
             if improved:
                 state.best_val_acc, state.best_epoch = metrics[VAL_ACC], epoch
 
-            log.info(progress_line(epoch, t.epochs_per_round, t.rounds, metrics))
             names = policy.names(epoch, improved)
             for path in write_checkpoints(trainer.snapshot(state), checkpoint_dir, names):
                 tracker.log_artifact(path, ARTIFACT_DIR)  # each file, then its manifest
@@ -242,14 +241,4 @@ def _check_finite(metrics: dict[str, float], batch_losses: list[float], epoch: i
     raise TrainingDiverged(
         f"{bad} became {metrics[bad]} {where}{kept}: lower --lr or --max-grad-norm, or check the data "
         "for extreme values, and start a new run"
-    )
-
-
-def progress_line(epoch: int, epochs_per_round: int, rounds: int, m: dict[str, float]) -> str:
-    round_, in_round = divmod(epoch - 1, epochs_per_round)
-    return (
-        f"Round [{round_ + 1}/{rounds}] Epoch [{in_round + 1}/{epochs_per_round}] | "
-        f"train_loss {m[TRAIN_LOSS]:.4f} | train_acc {m[TRAIN_ACC]:.4f} | "
-        f"val_loss {m[VAL_LOSS]:.4f} | val_acc {m[VAL_ACC]:.4f} | "
-        f"lr {m[LR]:.3e} | grad_norm {m[GRAD_NORM]:.4f}"
     )

@@ -37,11 +37,13 @@ from aqtrack.checkpoint import (
 )
 from aqtrack.config import Config, flag, resumed
 from aqtrack.data import ActionQualityData, load_configured
+from aqtrack.describe import GENERATED_NAME_RE, NOTE_TAG, RUN_NAME_TAG, final_note, run_name, start_note
 from aqtrack.errors import ConfigError, ResumeError, TrackingLost
 from aqtrack.interrupts import stop_signals
 from aqtrack.lock import run_lock
 from aqtrack.loop import EpochHook, Trainer, build_trainer, fit, restore
 from aqtrack.metrics import METRIC_KEYS
+from aqtrack.progress import Progress
 from aqtrack.report import REPORT_FILE, build_report, history_from_points, report_writer, write_report
 from aqtrack.resume import Found, find_checkpoint
 
@@ -50,7 +52,7 @@ log = logging.getLogger(__name__)
 AUTO = "auto"
 MLFLOW_RUN_ENV = "MLFLOW_RUN_ID"  # set by `mlflow run` for the run it created
 # A RUNNING run whose owner on another machine published nothing for this long is taken to be dead.
-STALE_AFTER_S = 900
+STALE_AFTER_S = tracking.STALE_AFTER_S
 
 
 @dataclass
@@ -74,6 +76,7 @@ class _Start:
     state: TrainState
     source_run: str | None  # the run whose checkpoint we resume, if any
     found: Found | None  # that checkpoint
+    rename: str = ""  # a name to give the run once it is open (a generated one made readable)
 
 
 def train(
@@ -103,7 +106,11 @@ def train(
         run_id = _open_run(client, start, env_run)
         if run_id != resume:
             held.enter_context(run_lock(client.tracking_uri, run_id))
-        with stop_signals(), tracking.terminating(client, run_id):
+        with (
+            stop_signals(),
+            tracking.terminating(client, run_id),
+            tracking.system_metrics(client, run_id, start.config.run.system_metrics),
+        ):
             return _train_in_run(client, run_id, start, callbacks)
 
 
@@ -210,15 +217,22 @@ def _say_what_is_rerun(run, epoch: int) -> None:
 
 def _open_run(client, start: _Start, env_run: str | None) -> str:
     """The run to train in: the resumed run itself, the run `mlflow run` made, or a new one."""
-    source = start.source_run
+    source, name = start.source_run, start.config.run.run_name
     if source and env_run in (None, source):
-        client.update_run(source, status="RUNNING", name=start.config.run.run_name or None)
+        client.update_run(source, status="RUNNING", name=name or None)
         return source
-    if env_run:
+    if env_run:  # MLflow named it: the user's --run-name, or a generated name we make readable
+        start.rename = name or _readable(start.config, client.get_run(env_run).info.run_name)
         return env_run
     experiment_id = tracking.experiment_id(client, start.config.run.experiment)
-    run = client.create_run(experiment_id, run_name=start.config.run.run_name or None)
+    run = tracking.create_run(client, experiment_id, name or None)
+    start.rename = "" if name else _readable(start.config, run.info.run_name)
     return run.info.run_id
+
+
+def _readable(cfg: Config, name: str) -> str:
+    """MLflow's generated name ("bold-owl-123") prefixed with what the run is; other names kept."""
+    return run_name(cfg, name) if GENERATED_NAME_RE.match(name or "") else ""
 
 
 def _train_in_run(client, run_id: str, start: _Start, callbacks: Iterable[EpochHook]) -> TrainResult:
@@ -226,7 +240,9 @@ def _train_in_run(client, run_id: str, start: _Start, callbacks: Iterable[EpochH
     stats = start.data.stats()
     tracker = tracking.MlflowTracker(client, run_id, patience=cfg.run.tracking_patience)
     tracker.log_params(cfg.to_dict())
-    tracker.set_tags(_tags(client, run_id, cfg, start.data, source))
+    tags = _tags(client, run_id, cfg, start.data, source)
+    note = start_note(cfg, start.data, run_id, _resumed_how(tags, source, state.epoch))
+    tracker.set_tags({**tags, NOTE_TAG: note, **({RUN_NAME_TAG: start.rename} if start.rename else {})})
     tracker.log_json(stats, tracking.DATASET_STATS_ARTIFACT)
     if source and source != run_id:
         _carry_over(client, tracker, source, run_id, start.found)
@@ -239,11 +255,13 @@ def _train_in_run(client, run_id: str, start: _Start, callbacks: Iterable[EpochH
     hooks = [report_writer(tracker, output_dir, stats, run_id), *callbacks]
     trained_before = state.epoch
     try:
-        fit(start.trainer, state, tracker, local, on_epoch_end=hooks)
+        with Progress(cfg.train, trained_before) as progress:
+            fit(start.trainer, state, tracker, local, on_epoch_end=[*hooks, progress])
         if state.epoch == trained_before:  # killed after its last epoch: only the wrapping-up is left
             log.info("run %s: all %d epochs were already trained; finishing it", run_id, state.epoch)
             hooks[0](state)
         tracker.drain()  # the run is closed only once everything it should hold is sent
+        _describe_results(client, tracker, note, state)
     except TrackingLost as e:
         epoch = Manifest.read(manifest_path(local / LAST)).epoch if (local / LAST).exists() else 0
         raise TrackingLost(
@@ -259,6 +277,24 @@ def _train_in_run(client, run_id: str, start: _Start, callbacks: Iterable[EpochH
         report_path=output_dir / REPORT_FILE,
         resumed_from=source,
     )
+
+
+def _resumed_how(tags: dict[str, str], source: str | None, epoch: int) -> str:
+    """For the description: how this run came to continue an earlier one ("" for a fresh run)."""
+    if tags.get(tracking.TAG_RESUMED_FROM):
+        return f"from run `{source}` at epoch {epoch}"
+    if source:
+        return f"at epoch {epoch} (resume #{tags[tracking.TAG_RESUME_COUNT]})"
+    return ""
+
+
+def _describe_results(client, tracker: tracking.MlflowTracker, note: str, state: TrainState) -> None:
+    """Fill the description's results in, once everything else is sent (it reads the run's metrics,
+    so an SVM score logged after training shows too)."""
+    metrics = client.get_run(state.run_id).data.metrics
+    total = Config.from_dict(state.config).train.total_epochs
+    tracker.set_tags({NOTE_TAG: final_note(note, state, total, metrics)})
+    tracker.drain()
 
 
 def checkpoint_dir(output_dir: str | Path, run_id: str) -> Path:

@@ -9,6 +9,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import re
 import shutil
 import tempfile
@@ -46,6 +47,8 @@ TAG_DATA_SOURCE = "aqtrack.data_source"
 TAG_HEARTBEAT = "aqtrack.heartbeat"  # unix time of the run's last epoch-end tag update
 TAG_OWNER = "aqtrack.owner"  # host:pid of the process training the run
 TAG_ROUNDS = "aqtrack.rounds"  # params are immutable; the current target when resumed with more rounds
+# A RUNNING run whose owner published nothing for this long is taken to be dead.
+STALE_AFTER_S = 900
 DATASET_STATS_ARTIFACT = "dataset_stats.json"
 # While the server is unreachable: how often to look whether it is back, and how long one look waits.
 PROBE_INTERVAL_S = 10.0
@@ -308,6 +311,35 @@ def latest_unfinished_run(client: MlflowClient, experiment_id: str | None, exclu
     return next((r.info.run_id for r in runs if r.info.run_id != exclude), None)
 
 
+def create_run(client: MlflowClient, experiment_id: str, name: str | None) -> Any:
+    """A new run. Without a name, MLflow makes one up ("bold-owl-123") from the global `random`,
+    which training has seeded: every run with the same seed would get the same name, and the draw
+    would move training's RNG. So the name gets fresh entropy, and training's state is put back."""
+    state = random.getstate()
+    random.seed()
+    try:
+        return client.create_run(experiment_id, run_name=name)
+    finally:
+        random.setstate(state)
+
+
+def search_runs(client: MlflowClient, experiment_ids: list[str], max_results: int = 1000) -> list:
+    """The experiments' runs (not deleted), newest first."""
+    return list(
+        client.search_runs(experiment_ids, order_by=["attributes.start_time DESC"], max_results=max_results)
+    )
+
+
+def artifact_tree(client: MlflowClient, run_id: str, directory: str | None = None) -> list[tuple[str, int]]:
+    """(path, size in bytes; -1 for a directory) of every artifact of the run, depth first."""
+    out: list[tuple[str, int]] = []
+    for f in client.list_artifacts(run_id, directory):
+        out.append((f.path, -1 if f.is_dir else (f.file_size or 0)))
+        if f.is_dir:
+            out += artifact_tree(client, run_id, f.path)
+    return out
+
+
 def artifact_names(client: MlflowClient, run_id: str, directory: str) -> set[str]:
     """Names of the files directly in the run's artifact `directory`."""
     return {f.path.rpartition("/")[2] for f in client.list_artifacts(run_id, directory) if not f.is_dir}
@@ -384,6 +416,25 @@ def terminating(client: MlflowClient, run_id: str) -> Iterator[None]:
         raise
     else:
         client.set_terminated(run_id, "FINISHED")
+
+
+@contextlib.contextmanager
+def system_metrics(client: MlflowClient, run_id: str, enabled: bool) -> Iterator[None]:
+    """With `enabled`, MLflow's system metrics monitor (CPU, memory, disk, network, GPU) samples in a
+    thread and logs `system/...` metrics to the run until the block ends. Its sampling interval is
+    MLflow's (10 s; MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL changes it)."""
+    if not enabled:
+        yield
+        return
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    # resume_logging: a resumed run's system metrics continue after the steps it already has.
+    monitor = SystemMetricsMonitor(run_id, resume_logging=True, tracking_uri=client.tracking_uri)
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.finish()
 
 
 def _mark(client: MlflowClient, run_id: str, status: str, tags: Mapping[str, str] | None = None) -> None:

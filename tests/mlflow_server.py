@@ -1,5 +1,5 @@
-"""A real `mlflow server` on 127.0.0.1 for tests: its own sqlite store and proxied artifacts in a temp
-dir, on a free port; started, paused, stopped and restarted by PID (process group)."""
+"""A real `mlflow server` on 127.0.0.1 for tests: its own sqlite store (or a given one) and proxied
+artifacts in a temp dir, on a free port; started, paused, stopped and restarted by PID (process group)."""
 
 from __future__ import annotations
 
@@ -21,14 +21,17 @@ def free_port() -> int:
 
 
 class MlflowServer:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, backend_store_uri: str | None = None) -> None:
+        """`backend_store_uri`: serve an existing store (its runs' artifacts where they are) instead of
+        a new one in `root`."""
         self.root, self.port = root, free_port()
+        self.backend_store_uri = backend_store_uri or f"sqlite:///{root / 'server.db'}"
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 90.0) -> MlflowServer:
         command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port)]
-        command += ["--backend-store-uri", f"sqlite:///{self.root / 'server.db'}"]
+        command += ["--backend-store-uri", self.backend_store_uri]
         command += ["--artifacts-destination", str(self.root / "artifacts"), "--workers", "1"]
         with open(self.root / "server.log", "a") as log:
             self.process = subprocess.Popen(

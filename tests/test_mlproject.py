@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tomllib
@@ -85,6 +86,10 @@ def test_mlflow_run_trains_then_resumes_into_its_own_run_with_the_whole_history(
     b = next(r for r in client.search_runs([a.info.experiment_id]) if r.info.run_id != a.info.run_id)
     assert b.info.status == "FINISHED"
     assert b.data.tags["aqtrack.resumed_from"] == a.info.run_id
+    # MLflow's generated names, made readable; the description says where b came from
+    assert re.fullmatch(r"synthetic-h8-1x2-[a-z]+-[a-z]+-\d+", a.info.run_name), a.info.run_name
+    assert re.fullmatch(r"synthetic-h8-2x2-[a-z]+-[a-z]+-\d+", b.info.run_name), b.info.run_name
+    assert f"**Resumed** from run `{a.info.run_id}` at epoch 2." in b.data.tags["mlflow.note.content"]
     assert client.get_run(a.info.run_id).data.tags["aqtrack.continued_in"] == b.info.run_id
     names = {Path(f.path).name for f in client.list_artifacts(b.info.run_id, "checkpoints")}
     assert {LAST, BEST} <= names

@@ -1,0 +1,207 @@
+"""Browsing runs from Python and the shell: `aqtrack runs` (a table) and `aqtrack show RUN_ID`.
+
+import aqtrack
+aqtrack.runs_table()                  # pandas.DataFrame, newest run first
+print(aqtrack.show_run(run_id))       # what `aqtrack show` prints
+"""
+
+from __future__ import annotations
+
+import datetime
+import textwrap
+import time
+from typing import TYPE_CHECKING
+
+from aqtrack import tracking
+from aqtrack.checkpoint import CHECKPOINT_EPOCH_TAG
+from aqtrack.config import Config
+from aqtrack.errors import ConfigError
+from aqtrack.metrics import GRAD_NORM, LR, METRIC_KEYS, VAL_ACC
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+COLUMNS = ("run_id", "name", "status", "epochs", "total_epochs", "best_val_acc", "best_epoch")
+COLUMNS += ("grad_norm", "lr", "resumable", "started")
+HIDDEN_TAGS = (tracking.TAG_HEARTBEAT, tracking.TAG_OWNER)  # bookkeeping, not for people
+
+
+def runs_table(experiment: str | None = None, *, all_experiments: bool = False) -> pd.DataFrame:
+    """One row per run of `experiment` (default: aqtrack's), or of every experiment, newest first:
+    status, epochs done and planned, best val_acc and its epoch, the last grad_norm and lr, whether
+    (and how) it can be resumed, and when it started."""
+    import pandas as pd
+
+    client = tracking.connect()
+    ids = _experiment_ids(client, experiment, all_experiments)
+    runs = tracking.search_runs(client, ids)
+    table = pd.DataFrame([_row(client, run) for run in runs], columns=list(COLUMNS))
+    if all_experiments:
+        names = {e.experiment_id: e.name for e in client.search_experiments()}
+        table.insert(1, "experiment", [names[r.info.experiment_id] for r in runs])
+    return table
+
+
+def format_runs(table: pd.DataFrame) -> str:
+    """The table as `aqtrack runs` prints it."""
+    if table.empty:
+        return "no runs"
+    shown = table.copy()
+    shown["epochs"] = [_epochs(d, t) for d, t in zip(table["epochs"], table["total_epochs"], strict=True)]
+    shown["best val_acc"] = [
+        "-" if b != b else f"{b:.4f} ({e})"
+        for b, e in zip(table["best_val_acc"], table["best_epoch"], strict=True)
+    ]
+    shown["grad_norm"] = [_num(v, ".4f") for v in table["grad_norm"]]
+    shown["lr"] = [_num(v, ".2e") for v in table["lr"]]
+    shown = shown.drop(columns=["total_epochs", "best_val_acc", "best_epoch"])
+    order = [c for c in ("run_id", "experiment", "name", "status", "epochs", "best val_acc") if c in shown]
+    return shown[[*order, "grad_norm", "lr", "resumable", "started"]].to_string(index=False)
+
+
+def _experiment_ids(client, name: str | None, all_experiments: bool) -> list[str]:
+    if all_experiments:
+        return [e.experiment_id for e in client.search_experiments()]
+    name = name or Config().run.experiment
+    found = tracking.find_experiment_id(client, name)
+    if found is None:
+        known = ", ".join(sorted(e.name for e in client.search_experiments())) or "none"
+        raise ConfigError(
+            f"--experiment {name!r}: no such experiment in {client.tracking_uri} (experiments: {known}); "
+            "check the name, or pass --all"
+        )
+    return [found]
+
+
+def _row(client, run) -> dict:
+    done, best, best_epoch = _progress(client, run.info.run_id)
+    metrics = run.data.metrics
+    return {
+        "run_id": run.info.run_id,
+        "name": run.info.run_name,
+        "status": run.info.status,
+        "epochs": done,
+        "total_epochs": _total_epochs(run),
+        "best_val_acc": best,
+        "best_epoch": best_epoch,
+        "grad_norm": metrics.get(GRAD_NORM, float("nan")),
+        "lr": metrics.get(LR, float("nan")),
+        "resumable": resumable(run),
+        "started": _time(run.info.start_time),
+    }
+
+
+def _progress(client, run_id: str) -> tuple[int, float, int]:
+    """(epochs logged, best val_acc, its first epoch) from the run's val_acc history."""
+    points = tracking.fetch_history(client, run_id, (VAL_ACC,))[VAL_ACC]
+    if not points:
+        return 0, float("nan"), 0
+    best = max(points.values())
+    return max(points), best, min(step for step, v in points.items() if v == best)
+
+
+def _total_epochs(run) -> int:
+    """rounds x epochs_per_round, with rounds from the tag a resume with more rounds raises."""
+    params, tags = run.data.params, run.data.tags
+    rounds = tags.get(tracking.TAG_ROUNDS, params.get("rounds", ""))
+    per_round = params.get("epochs_per_round", "")
+    return int(rounds) * int(per_round) if rounds.isdigit() and per_round.isdigit() else 0
+
+
+def resumable(run) -> str:
+    """Whether `aqtrack train --resume` can continue the run, and why (not)."""
+    tags, status = run.data.tags, run.info.status
+    epoch = tags.get(CHECKPOINT_EPOCH_TAG)
+    if not epoch:
+        return "no: no checkpoint"
+    if status == "FINISHED":
+        return "finished; --rounds to extend"
+    heartbeat = tags.get(tracking.TAG_HEARTBEAT, "")
+    quiet = time.time() - (float(heartbeat) if heartbeat.isdigit() else 0.0)
+    if status == "RUNNING" and quiet < tracking.STALE_AFTER_S:
+        return f"not now: training? (epoch published {quiet:.0f} s ago)"
+    return f"yes, from epoch {epoch}"
+
+
+def show_run(run_id: str, tail: int = 10) -> str:
+    """What `aqtrack show` prints: the run's summary, params, the last `tail` epochs of its metrics,
+    its other metrics and its artifacts (with sizes)."""
+    client = tracking.connect()
+    run = tracking.get_run(client, run_id, label="show")
+    done, best, best_epoch = _progress(client, run_id)
+    info, data = run.info, run.data
+    experiment = client.get_experiment(info.experiment_id).name
+    ended = f", ran {_duration(info.end_time - info.start_time)}" if info.end_time else ""
+    lines = [
+        f"run {run_id} {info.run_name!r} in experiment {experiment!r}",
+        f"status {info.status}, started {_time(info.start_time)}{ended}",
+        f"epochs {_epochs(done, _total_epochs(run))}"
+        + (f", best val_acc {best:.4f} at epoch {best_epoch}" if done else "")
+        + f"; resumable: {resumable(run)}",
+    ]
+    tags = [
+        f"{k}={v}" for k, v in sorted(data.tags.items()) if k.startswith("aqtrack.") and k not in HIDDEN_TAGS
+    ]
+    lines += _section("tags", " ".join(tags))
+    lines += _section("params", " ".join(f"{k}={v}" for k, v in sorted(data.params.items())))
+    lines += ["", *_history(client, run_id, tail)]
+    others = " ".join(f"{k}={v:.4g}" for k, v in sorted(data.metrics.items()) if k not in METRIC_KEYS)
+    lines += _section("other metrics (last value)", others)
+    lines += ["", "artifacts:", *_tree(tracking.artifact_tree(client, run_id))]
+    return "\n".join(lines)
+
+
+def _history(client, run_id: str, tail: int) -> list[str]:
+    import pandas as pd
+
+    points = tracking.fetch_history(client, run_id, METRIC_KEYS)
+    table = pd.DataFrame({k: pd.Series(v, dtype="float64") for k, v in points.items()}).sort_index()
+    if table.empty:
+        return ["no epochs logged"]
+    table.index.name = "epoch"
+    shown = table.tail(tail).reset_index()
+    text = shown.to_string(index=False, formatters={LR: "{:.3e}".format}, float_format="{:.4f}".format)
+    return [f"last {len(shown)} of {len(table)} epochs:", text]
+
+
+def _tree(entries: list[tuple[str, int]]) -> list[str]:
+    if not entries:
+        return ["  (none)"]
+    lines = []
+    for path, size in entries:
+        depth, name = path.count("/"), path.rpartition("/")[2]
+        lines.append("  " * (depth + 1) + (f"{name}/" if size < 0 else f"{name}  {_size(size)}"))
+    return lines
+
+
+def _section(title: str, text: str) -> list[str]:
+    if not text:
+        return []
+    return ["", f"{title}:", textwrap.fill(text, width=108, initial_indent="  ", subsequent_indent="  ")]
+
+
+def _epochs(done: int, total: int) -> str:
+    return f"{done}/{total}" if total else str(done)
+
+
+def _num(value: float, fmt: str) -> str:
+    return "-" if value != value else f"{value:{fmt}}"
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def _time(ms: int | None) -> str:
+    if not ms:
+        return "-"
+    return datetime.datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _duration(ms: int) -> str:
+    minutes, seconds = divmod(round(ms / 1000), 60)
+    return f"{minutes}m {seconds}s" if minutes else f"{seconds} s"

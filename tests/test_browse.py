@@ -1,0 +1,142 @@
+"""`aqtrack runs` / `aqtrack show` and their Python twins, on a real store with finished, killed and
+failed runs."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Iterator
+
+import pytest
+from mlflow import MlflowClient
+
+import aqtrack
+from aqtrack.cli import main
+from aqtrack.metrics import METRIC_KEYS
+
+
+@pytest.fixture(autouse=True)
+def restore_aqtrack_logger() -> Iterator[None]:
+    """`main` points the aqtrack logger at the (captured) stderr of its test; undo that afterwards."""
+    logger = logging.getLogger("aqtrack")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved
+
+
+class Boom(Exception):
+    pass
+
+
+def _stop_at(epoch: int, error: BaseException):
+    def hook(state):
+        if state.epoch == epoch:  # before the epoch is sent: the run has epoch - 1 published
+            raise error
+
+    return hook
+
+
+@pytest.fixture
+def runs(tiny) -> dict[str, str]:
+    """A finished run (4 epochs), a killed one and a failed one (2 of 4 published), newest last."""
+    finished = aqtrack.train(**tiny, run_name="done").run_id
+    with pytest.raises(KeyboardInterrupt):
+        aqtrack.train(**tiny, run_name="stopped", callbacks=[_stop_at(3, KeyboardInterrupt())])
+    with pytest.raises(Boom):
+        aqtrack.train(**tiny, run_name="broken", callbacks=[_stop_at(3, Boom("disk on fire"))])
+    by_name = {r.info.run_name: r.info.run_id for r in MlflowClient().search_runs(["1"])}
+    return {"finished": finished, "killed": by_name["stopped"], "failed": by_name["broken"]}
+
+
+def test_runs_table_has_status_progress_best_and_resumability_per_run(runs):
+    table = aqtrack.runs_table().set_index("name")
+    assert list(table.index) == ["broken", "stopped", "done"]  # newest first
+    assert list(table["status"]) == ["FAILED", "KILLED", "FINISHED"]
+    assert list(table["epochs"]) == [2, 2, 4] and list(table["total_epochs"]) == [4, 4, 4]
+    assert list(table["resumable"]) == [
+        "yes, from epoch 2",
+        "yes, from epoch 2",
+        "finished; --rounds to extend",
+    ]
+    history = MlflowClient().get_metric_history(runs["finished"], "val_acc")
+    best = max(m.value for m in history)
+    assert table.loc["done", "best_val_acc"] == best
+    assert table.loc["done", "best_epoch"] == min(m.step for m in history if m.value == best)
+    last_lr = max(MlflowClient().get_metric_history(runs["finished"], "lr"), key=lambda m: m.step).value
+    assert table.loc["done", "lr"] == last_lr
+    assert table.loc["done", "run_id"] == runs["finished"]
+
+
+def test_runs_command_prints_one_line_per_run(runs, capsys):
+    assert main(["runs"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:6] == ["run_id", "name", "status", "epochs", "best", "val_acc"]
+    rows = {line.split()[0]: line for line in lines[1:]}
+    assert set(rows) == set(runs.values())
+    assert re.search(
+        r" done +FINISHED +4/4 +\d\.\d{4} \(\d\) +\d+\.\d{4} +\d\.\d\de-\d\d +finished; --rounds",
+        rows[runs["finished"]],
+    )
+    assert re.search(r" stopped +KILLED +2/4 .* yes, from epoch 2 ", rows[runs["killed"]])
+    assert re.search(r" broken +FAILED +2/4 .* yes, from epoch 2 ", rows[runs["failed"]])
+
+
+def test_a_run_that_looks_alive_is_not_offered_for_resume(runs):
+    MlflowClient().update_run(runs["failed"], status="RUNNING")  # as if another process trained it now
+    table = aqtrack.runs_table().set_index("run_id")
+    assert table.loc[runs["failed"], "resumable"].startswith("not now: training?")
+
+
+def test_runs_of_all_experiments_name_their_experiment(tiny, capsys):
+    aqtrack.train(**tiny, experiment="other")
+    aqtrack.train(**tiny)
+    assert main(["runs", "--all"]) == 0
+    out = capsys.readouterr().out
+    assert " other " in out and " action-quality " in out and len(out.splitlines()) == 3
+    assert main(["runs", "--experiment", "other"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
+
+
+def test_show_prints_summary_params_history_tail_and_artifact_tree(runs, capsys):
+    run_id = runs["finished"]
+    assert main(["show", run_id, "--tail", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"run {run_id} 'done' in experiment 'action-quality'\nstatus FINISHED")
+    assert "epochs 4/4, best val_acc" in out and "resumable: finished; --rounds to extend" in out
+    assert "aqtrack.data_source=synthetic" in out and "epochs_per_round=2" in out
+    history = out[out.index("last 2 of 4 epochs:") :].splitlines()
+    assert history[1].split() == ["epoch", *METRIC_KEYS]
+    assert [line.split()[0] for line in history[2:4]] == ["3", "4"]
+    val_acc = {m.step: m.value for m in MlflowClient().get_metric_history(run_id, "val_acc")}
+    assert float(history[3].split()[4]) == pytest.approx(val_acc[4], abs=5e-5)
+    tree = out[out.index("artifacts:") :].splitlines()
+    assert "  checkpoints/" in tree
+    last = next(line for line in tree if line.strip().startswith("last.pt "))
+    assert last.startswith("    last.pt  ") and last.endswith(" KB")  # inside checkpoints/, with its size
+    assert any(line.startswith("  experiment_report.json  ") for line in tree)
+
+
+def test_show_of_a_failed_run_names_its_error(runs, capsys):
+    assert main(["show", runs["failed"]]) == 0
+    out = capsys.readouterr().out
+    assert "status FAILED" in out and "aqtrack.error=Boom: disk on fire" in out
+    assert "last 2 of 2 epochs:" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["runs", "--experiment", "nope"], "--experiment 'nope': no such experiment in sqlite:"),
+        (["show", "not-a-run"], "show 'not-a-run': not a run id (32 lowercase hex characters)"),
+        (["show", "0" * 32], f"show {'0' * 32}: no such run in sqlite:"),
+        (["show", "0" * 32, "--tail", "0"], "show: --tail must be >= 1 (got 0)"),
+        (["runs", "--all", "--experiment", "x"], "runs: pass --experiment NAME or --all, not both"),
+    ],
+)
+def test_bad_browse_input_is_one_error_line(argv, message, capsys):
+    started = time.monotonic()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"aqtrack: error: {message}"), err
+    assert time.monotonic() - started < 10
