@@ -15,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,10 +67,14 @@ class World:
 
     def refuse(self, error: BaseException) -> None:
         """Rank 0, failing before its plan was shared: tell the others why, so they stop now."""
-        if self.size > 1 and self.is_main and not self.planned:
-            self.planned = True
-            text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-            self.share(_Message(error=f"{type(error).__name__}: {text}" if text else type(error).__name__))
+        if self.size == 1 or not self.is_main or self.planned:
+            return
+        self.planned = True
+        text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        self.share(_Message(error=f"{type(error).__name__}: {text}" if text else type(error).__name__))
+        # The others exit now, and torchrun then sends this process SIGTERM: say why first.
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
     def await_plan(self) -> Any:
         """The others: rank 0's plan, or a DistributedError saying why rank 0 stopped."""
@@ -90,7 +96,7 @@ class _Message:
 def world_from_env(env: dict[str, str] | os._Environ = os.environ) -> World:
     """The world torchrun describes in the environment; a world of one without it."""
     if "WORLD_SIZE" not in env:
-        return SINGLE
+        return World()
     try:
         rank, size, local = (int(env.get(name, "0")) for name in TORCHRUN_ENV)
     except ValueError as e:
@@ -117,6 +123,8 @@ def joined() -> Iterator[World]:
     # sure (a resumed run's own), and the plan that tells the others travels before it is used.
     backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
     dist.init_process_group(backend)
+    if world.is_main:
+        log.info("training with %d processes (torchrun, %s)", world.size, backend)
     try:
         yield world
     finally:

@@ -90,7 +90,7 @@ def train(
     `callbacks` are called with the training state at the end of each epoch, once its checkpoint is
     written, just before the epoch is sent to MLflow.
 
-    Under torchrun, rank 0 does all of this and the other ranks follow it (`_follow`).
+    Under torchrun, rank 0 does all of this (callbacks included) and the other ranks follow it.
     """
     with distributed.joined() as world:
         if not world.is_main:

@@ -91,6 +91,7 @@ def test_two_processes_stopped_and_resumed_by_run_id_match_one_process(tmp_path)
     run_id = only_run()
     assert stopped.returncode != 0, said[-3000:]
     assert f"run {run_id} stopped; continue it with" in said and "interrupted (SIGTERM)" in said
+    assert "aqtrack: error: rank 1: lost the other processes in epoch" in said  # one line, no traceback
     client = MlflowClient()
     run = client.get_run(run_id)
     assert run.info.status == "KILLED", said[-3000:]
