@@ -198,12 +198,12 @@ class GlobalBatchNorm1d(nn.BatchNorm1d):
     differentiable: the backward pass sums the statistics' gradients over the processes the same way.
     Evaluation uses the running statistics, identical on every process, with no communication."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x [B, C, T]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x [B, C] or [B, C, T]
         if not self.training:
             return super().forward(x)
-        x64 = x.double()
+        x64, dims = x.double(), [0, *range(2, x.dim())]  # statistics per channel (dim 1)
         count = x64.new_full((1,), x[:, 0].numel())
-        local = torch.cat([x64.sum(dim=(0, 2)), x64.square().sum(dim=(0, 2)), count])
+        local = torch.cat([x64.sum(dim=dims), x64.square().sum(dim=dims), count])
         total = _AllReduce.apply(local)  # [2C + 1]: sum, sum of squares, count
         c, count = self.num_features, total[-1]
         mean = total[:c] / count
@@ -216,7 +216,8 @@ class GlobalBatchNorm1d(nn.BatchNorm1d):
             self.running_var.mul_(1 - m).add_(unbiased.to(self.running_var.dtype), alpha=m)
         scale = self.weight.double() * torch.rsqrt(var + self.eps)
         shift = self.bias.double() - mean * scale
-        return x * scale.float()[None, :, None] + shift.float()[None, :, None]
+        shape = (1, -1, *[1] * (x.dim() - 2))
+        return x * scale.float().view(shape) + shift.float().view(shape)
 
 
 class _AllReduce(torch.autograd.Function):
