@@ -103,6 +103,7 @@ class TrainState:
     optimizer: dict[str, Any] = field(default_factory=dict)
     scheduler: dict[str, Any] = field(default_factory=dict)
     rng: dict[str, Any] = field(default_factory=dict)
+    scaler: dict[str, Any] = field(default_factory=dict)  # fp16 GradScaler state; {} without one
 
     @property
     def round(self) -> int:
@@ -124,6 +125,7 @@ class TrainState:
             "optimizer": self.optimizer,
             "scheduler": self.scheduler,
             "rng": self.rng,
+            "scaler": self.scaler,
         }
 
 
@@ -192,11 +194,14 @@ def _write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> Path:
     return path
 
 
-CHECKPOINT_KEYS = frozenset(TrainState(config={}, model_spec={}).to_dict()) - {"round"}
+# "scaler" came later without a format change: checkpoints without it load with no scaler state.
+CHECKPOINT_KEYS = frozenset(TrainState(config={}, model_spec={}).to_dict()) - {"round", "scaler"}
 
 
 def load_checkpoint(path: Path) -> TrainState:
-    """Read a checkpoint safely: tensors and plain types only, never arbitrary pickled objects."""
+    """Read a checkpoint safely: tensors and plain types only, never arbitrary pickled objects.
+    Tensors come back on the CPU wherever they were saved (a GPU run resumes on a CPU machine);
+    `loop.restore` moves them to the trainer's device."""
     try:
         # weights_only is explicit so TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD cannot switch it off.
         d = torch.load(path, map_location="cpu", weights_only=True)
@@ -233,6 +238,7 @@ def load_checkpoint(path: Path) -> TrainState:
         optimizer=d["optimizer"],
         scheduler=d["scheduler"],
         rng=d["rng"],
+        scaler=d.get("scaler", {}),
     )
 
 
@@ -257,6 +263,8 @@ class CheckpointPolicy:
 def write_checkpoints(state: TrainState, directory: Path, names: list[str]) -> list[Path]:
     """Serialise `state` once and publish it atomically under each of `names`, each file followed by
     its manifest. Returns the paths in publishing order (file, manifest, file, manifest, ...)."""
+    if not names:
+        return []
     first = save_checkpoint(state, directory / names[0])
     manifest = Manifest.of(first, state.epoch, state.run_id)
     paths = []

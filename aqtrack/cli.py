@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -118,6 +119,8 @@ def _train(args: argparse.Namespace) -> int:
         k: v for k, v in vars(args).items() if k not in {"command", "resume", "quiet", "from_mlproject"}
     }
     result = train(resume=args.resume or None, defaults_unset=args.from_mlproject, **settings)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks for all
+        return 0
     print(
         f"run {result.run_id}: {result.epochs} epochs, best val_acc {result.best_val_acc:.4f} "
         f"(epoch {result.best_epoch}); report: {result.report_path}"

@@ -31,3 +31,7 @@ class TrackingLost(TrackingError):
 
 class TrainingDiverged(AqtrackError):
     """The loss became NaN or infinite."""
+
+
+class DistributedError(AqtrackError):
+    """Another training process (under torchrun) stopped or could not be reached."""

@@ -67,3 +67,18 @@ def deferred() -> Iterator[None]:
     if _State.depth == 0 and _State.pending is not None:
         signum, _State.pending = _State.pending, None
         raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def ignored_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM ignored for the block (main thread only), for the processes that follow
+    another one which decides when to stop (the torchrun ranks other than 0)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

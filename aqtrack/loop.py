@@ -9,7 +9,7 @@ import logging
 import math
 import random
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,10 +29,12 @@ from aqtrack.checkpoint import (
 )
 from aqtrack.config import Config
 from aqtrack.data import ActionQualityData
+from aqtrack.distributed import SINGLE, Shards, World
 from aqtrack.errors import ResumeError, TrainingDiverged
 from aqtrack.interrupts import deferred
 from aqtrack.metrics import GRAD_NORM, GRAD_NORM_MAX, LR, TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_LOSS
 from aqtrack.model import ActionQualityNet, ModelSpec, build_model
+from aqtrack.precision import Precision, precision_for
 
 if TYPE_CHECKING:
     from aqtrack.tracking import Tracker
@@ -74,6 +76,14 @@ def make_loader(
     )
 
 
+def sharded_loader(
+    x: np.ndarray, y: np.ndarray, batches: Shards, generator: torch.Generator | None, num_workers: int
+) -> DataLoader:
+    """This process's share of each batch of (x [B, T, C], y [B]), in the order `batches` gives."""
+    data = _Batches(torch.from_numpy(x), torch.from_numpy(y))
+    return DataLoader(data, sampler=batches, batch_size=None, num_workers=num_workers, generator=generator)
+
+
 @dataclass
 class Trainer:
     """What the loop works on, built once per process."""
@@ -87,18 +97,30 @@ class Trainer:
     val_loader: DataLoader
     data_generator: torch.Generator
     device: torch.device
+    train_batches: Shards  # the training order; set_epoch before each epoch
+    world: World = field(default_factory=World)
+    precision: Precision = field(default_factory=Precision)
+    net: torch.nn.Module | None = None  # what the training step calls: the model, or DDP around it
+
+    def __post_init__(self) -> None:
+        self.net = self.net or self.model
 
     def snapshot(self, state: TrainState) -> TrainState:
-        """`state` with the current weights, optimizer, schedule and RNG filled in."""
-        state.model = self.model.state_dict()
+        """`state` with the current weights, optimizer, schedule, gradient scaler and RNG filled in."""
+        state.model = self.model.state_dict()  # the bare model: no DDP `module.` prefixes
         state.optimizer = self.optimizer.state_dict()
         state.scheduler = self.scheduler.state_dict()
+        # A scaler switched off (full precision on a CPU) keeps the state the run's GPU scaler had.
+        state.scaler = self.precision.scaler.state_dict() or state.scaler
         state.rng = capture_rng(self.data_generator)
         return state
 
 
-def build_trainer(cfg: Config, data: ActionQualityData, device: torch.device) -> Trainer:
-    """Seed, then build model, optimizer, cosine schedule and loaders (in that order, every time)."""
+def build_trainer(
+    cfg: Config, data: ActionQualityData, device: torch.device, world: World = SINGLE
+) -> Trainer:
+    """Seed, then build model, optimizer, cosine schedule and loaders (in that order, every time).
+    With several processes (`world`), each loads its share of every batch; `distributed.wrap` follows."""
     t = cfg.train
     seed_everything(t.seed)
     spec = ModelSpec(data.channels, data.num_classes, cfg.model.hidden, cfg.model.dropout)
@@ -112,16 +134,21 @@ def build_trainer(cfg: Config, data: ActionQualityData, device: torch.device) ->
         optimizer, T_0=t.t0 or t.epochs_per_round, T_mult=t.t_mult, eta_min=t.min_lr
     )
     generator = torch.Generator().manual_seed(t.seed)
+    train_batches = Shards(len(data.y_train), t.batch_size, world, seed=t.seed)
+    val_batches = Shards(len(data.y_val), max(t.batch_size, 256), world)
     return Trainer(
         config=cfg,
         spec=spec,
         model=model,
         optimizer=optimizer,
         scheduler=scheduler,
-        train_loader=make_loader(data.x_train, data.y_train, t.batch_size, generator, t.num_workers),
-        val_loader=make_loader(data.x_val, data.y_val, max(t.batch_size, 256), None, t.num_workers),
+        train_loader=sharded_loader(data.x_train, data.y_train, train_batches, generator, t.num_workers),
+        val_loader=sharded_loader(data.x_val, data.y_val, val_batches, None, t.num_workers),
         data_generator=generator,
         device=device,
+        train_batches=train_batches,
+        world=world,
+        precision=precision_for(t.amp, device),
     )
 
 
@@ -138,6 +165,8 @@ def restore(trainer: Trainer, state: TrainState) -> None:
         trainer.model.load_state_dict(state.model)
         trainer.optimizer.load_state_dict(state.optimizer)
         trainer.scheduler.load_state_dict(state.scheduler)
+        if state.scaler:  # a no-op when the scaler is switched off
+            trainer.precision.scaler.load_state_dict(state.scaler)
     except (RuntimeError, ValueError, KeyError) as e:
         first = str(e).strip().splitlines()[0]
         raise ResumeError(f"checkpoint does not match the model this aqtrack builds: {first}") from e
@@ -145,29 +174,39 @@ def restore(trainer: Trainer, state: TrainState) -> None:
 
 
 def train_one_epoch(trainer: Trainer) -> tuple[dict[str, float], list[float]]:
-    """One pass over the training data. Metrics accumulate on the device: one host sync per epoch."""
-    model, optimizer, device = trainer.model, trainer.optimizer, trainer.device
-    model.train()
+    """One pass over the training data. Metrics accumulate on the device: one host sync per epoch (and,
+    with several processes, one all-reduce of the loss sums and correct counts)."""
+    net, optimizer, device, world = trainer.net, trainer.optimizer, trainer.device, trainer.world
+    precision, scaler = trainer.precision, trainer.precision.scaler
+    net.train()
     lr = optimizer.param_groups[0]["lr"]  # what every update of this epoch uses (stepped per epoch)
-    losses, norms, sizes = [], [], []
+    sizes = trainer.train_batches.global_sizes  # samples in each batch, all processes together
+    loss_sums, norms = [], []
     correct = torch.zeros((), dtype=torch.long, device=device)
-    for x, y in trainer.train_loader:
+    for (x, y), size in zip(trainer.train_loader, sizes, strict=True):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        logits = model(x)
-        loss = F.cross_entropy(logits, y)
+        with precision.autocast():
+            logits = net(x)
+            loss_sum = F.cross_entropy(logits, y, reduction="sum")
+        # DDP averages gradients over the processes: so scaled, that is the gradient of the mean loss
+        # over the whole batch, however it was shared out (alone: the plain batch mean).
+        loss = loss_sum / (size / world.size)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        norms.append(torch.nn.utils.clip_grad_norm_(model.parameters(), trainer.config.train.max_grad_norm))
-        optimizer.step()
-        losses.append(loss.detach())
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)  # so the norm is the true pre-clip norm (a no-op without a scaler)
+        # After DDP's all-reduce every process holds the global gradient: the same norm everywhere.
+        norms.append(torch.nn.utils.clip_grad_norm_(net.parameters(), trainer.config.train.max_grad_norm))
+        scaler.step(optimizer)  # skips the update if fp16 gradients overflowed
+        scaler.update()
+        loss_sums.append(loss_sum.detach().double())
         correct += (logits.argmax(dim=1) == y).sum()
-        sizes.append(len(y))
+    totals = world.all_reduce(torch.stack([*loss_sums, correct.double()])).cpu()
+    batch_losses = totals[:-1] / torch.tensor(sizes, dtype=torch.float64)
+    norms_t = _applied(torch.stack(norms).double().cpu(), scaler)
     seen = sum(sizes)
-    batch_losses = torch.stack(losses).double().cpu()
-    norms_t = torch.stack(norms).double().cpu()
     metrics = {
-        TRAIN_LOSS: float((batch_losses * torch.tensor(sizes, dtype=torch.float64)).sum() / seen),
-        TRAIN_ACC: int(correct) / seen,
+        TRAIN_LOSS: float(totals[:-1].sum() / seen),
+        TRAIN_ACC: float(totals[-1]) / seen,
         LR: float(lr),
         GRAD_NORM: float(norms_t.mean()),
         GRAD_NORM_MAX: float(norms_t.max()),
@@ -175,9 +214,20 @@ def train_one_epoch(trainer: Trainer) -> tuple[dict[str, float], list[float]]:
     return metrics, batch_losses.tolist()
 
 
+def _applied(norms: torch.Tensor, scaler: torch.amp.GradScaler) -> torch.Tensor:
+    """The norms of the steps that updated the weights: with fp16, an overflow (inf norm) makes the
+    scaler skip the step and lower its scale, which is expected, not divergence."""
+    if not scaler.is_enabled():
+        return norms
+    finite = norms[torch.isfinite(norms)]
+    return finite if len(finite) else norms
+
+
 @torch.inference_mode()
-def evaluate(model: torch.nn.Module, loader: Iterable, device: torch.device) -> tuple[float, float]:
-    """(mean loss, accuracy) over `loader`, in eval mode."""
+def evaluate(
+    model: torch.nn.Module, loader: Iterable, device: torch.device, world: World = SINGLE
+) -> tuple[float, float]:
+    """(mean loss, accuracy) over `loader`, in eval mode; with several processes, over all their shares."""
     model.eval()
     total_loss = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
@@ -188,6 +238,9 @@ def evaluate(model: torch.nn.Module, loader: Iterable, device: torch.device) -> 
         total_loss += F.cross_entropy(logits, y, reduction="sum").double()
         correct += (logits.argmax(dim=1) == y).sum()
         seen += len(y)
+    if world.size > 1:
+        totals = world.all_reduce(torch.stack([total_loss, correct.double(), total_loss.new_tensor(seen)]))
+        total_loss, correct, seen = totals[0], totals[1], int(totals[2])
     return float(total_loss) / seen, int(correct) / seen
 
 
@@ -198,15 +251,19 @@ def fit(
     trainer: Trainer,
     state: TrainState,
     tracker: Tracker,
-    checkpoint_dir: Path,
+    checkpoint_dir: Path | None,
     on_epoch_end: Iterable[EpochHook] = (),
 ) -> TrainState:
-    """Train from `state.epoch + 1` to the configured total, one tracked, checkpointed epoch at a time."""
+    """Train from `state.epoch + 1` to the configured total, one tracked, checkpointed epoch at a time.
+    `checkpoint_dir` None: this process writes no checkpoints (the other ranks under torchrun)."""
     t = trainer.config.train
     policy = CheckpointPolicy(t.checkpoint_interval, t.epochs_per_round)
     for epoch in range(state.epoch + 1, t.total_epochs + 1):
+        trainer.train_batches.set_epoch(epoch)
         metrics, batch_losses = train_one_epoch(trainer)
-        metrics[VAL_LOSS], metrics[VAL_ACC] = evaluate(trainer.model, trainer.val_loader, trainer.device)
+        metrics[VAL_LOSS], metrics[VAL_ACC] = evaluate(
+            trainer.model, trainer.val_loader, trainer.device, trainer.world
+        )
         trainer.scheduler.step()
         _check_finite(metrics, batch_losses, epoch)
 
@@ -217,7 +274,7 @@ def fit(
             if improved:
                 state.best_val_acc, state.best_epoch = metrics[VAL_ACC], epoch
 
-            names = policy.names(epoch, improved)
+            names = policy.names(epoch, improved) if checkpoint_dir is not None else []
             for path in write_checkpoints(trainer.snapshot(state), checkpoint_dir, names):
                 tracker.log_artifact(path, ARTIFACT_DIR)  # each file, then its manifest
             tracker.log_metrics(metrics, step=epoch)

@@ -20,9 +20,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from aqtrack import tracking
+from aqtrack import distributed, tracking
 from aqtrack.checkpoint import (
     ARTIFACT_DIR,
     BEST,
@@ -38,8 +36,9 @@ from aqtrack.checkpoint import (
 from aqtrack.config import Config, flag, resumed
 from aqtrack.data import ActionQualityData, load_configured
 from aqtrack.describe import GENERATED_NAME_RE, NOTE_TAG, RUN_NAME_TAG, final_note, run_name, start_note
-from aqtrack.errors import ConfigError, ResumeError, TrackingLost
-from aqtrack.interrupts import stop_signals
+from aqtrack.distributed import World
+from aqtrack.errors import ConfigError, DistributedError, ResumeError, TrackingLost
+from aqtrack.interrupts import ignored_signals, stop_signals
 from aqtrack.lock import run_lock
 from aqtrack.loop import EpochHook, Trainer, build_trainer, fit, restore
 from aqtrack.metrics import METRIC_KEYS
@@ -93,7 +92,32 @@ def train(
     `defaults_unset` treats settings equal to their defaults as not given (what `mlflow run` needs).
     `callbacks` are called with the training state at the end of each epoch, once its checkpoint is
     written, just before the epoch is sent to MLflow.
+
+    Under torchrun, rank 0 does all of this (callbacks included) and the other ranks follow it.
     """
+    with distributed.joined() as world:
+        if not world.is_main:
+            return _follow(world)
+        try:
+            return _lead(world, resume, defaults_unset, callbacks, settings)
+        except BaseException as e:
+            world.refuse(e)  # the other ranks, still waiting for a plan, stop too
+            raise
+
+
+@dataclass
+class _Plan:
+    """What rank 0 tells the other ranks once the run is open: where and from which state to train."""
+
+    run_id: str
+    state: TrainState
+    source_run: str | None
+
+
+def _lead(
+    world: World, resume: str | None, defaults_unset: bool, callbacks: Iterable[EpochHook], settings: dict
+) -> TrainResult:
+    """Check everything, open the run, tell the other ranks (if any), train and record."""
     client = tracking.connect()
     env_run = os.environ.get(MLFLOW_RUN_ENV) or None
     if resume == AUTO:
@@ -102,16 +126,52 @@ def train(
         run = tracking.get_run(client, resume) if resume else None  # checks the id before any use
         if run:  # before its checkpoint is read: a second resumer must not even download it
             held.enter_context(run_lock(client.tracking_uri, run.info.run_id))
-        start = _prepare(client, run, settings, defaults_unset, Path(tmp))
+        start = _prepare(client, run, settings, defaults_unset, Path(tmp), world)
         run_id = _open_run(client, start, env_run)
         if run_id != resume:
             held.enter_context(run_lock(client.tracking_uri, run_id))
+        world.share_plan(_Plan(run_id, start.state, start.source_run))
         with (
             stop_signals(),
             tracking.terminating(client, run_id),
             tracking.system_metrics(client, run_id, start.config.run.system_metrics),
         ):
+            trainer = start.trainer
+            trainer.net = distributed.wrap(trainer.model, trainer.device, world)
             return _train_in_run(client, run_id, start, callbacks)
+
+
+def _follow(world: World) -> TrainResult:
+    """Ranks 1..N-1 under torchrun: train rank 0's plan, their share of each batch, recording nothing.
+    Rank 0 alone decides when to stop: these ignore Ctrl-C and SIGTERM, and stop when it is gone."""
+    logging.getLogger("aqtrack").setLevel(logging.WARNING)  # one progress line per epoch: rank 0's
+    plan = world.await_plan()
+    state = plan.state
+    cfg = Config.from_dict(state.config)
+    device = distributed.resolve_device(cfg.train.device, world)
+    trainer = build_trainer(cfg, load_configured(cfg.data), device, world)
+    if state.model:
+        restore(trainer, state)
+    with ignored_signals():
+        trainer.net = distributed.wrap(trainer.model, device, world)
+        try:
+            fit(trainer, state, tracking.NullTracker(), None)
+        except RuntimeError as e:
+            if not distributed.lost_peer(e):
+                raise
+            raise DistributedError(
+                f"rank {world.rank}: lost the other processes in epoch {state.epoch + 1}; rank 0's output "
+                "says why it stopped"
+            ) from e
+    return TrainResult(
+        run_id=plan.run_id,
+        epochs=state.epoch,
+        best_val_acc=state.best_val_acc,
+        best_epoch=state.best_epoch,
+        history=state.history,
+        report_path=Path(cfg.run.output_dir) / REPORT_FILE,
+        resumed_from=plan.source_run,
+    )
 
 
 def _newest_unfinished(client, env_run: str | None, settings: dict[str, Any]) -> str | None:
@@ -126,7 +186,9 @@ def _newest_unfinished(client, env_run: str | None, settings: dict[str, Any]) ->
     return resume
 
 
-def _prepare(client, run, settings: dict[str, Any], defaults_unset: bool, tmp: Path) -> _Start:
+def _prepare(
+    client, run, settings: dict[str, Any], defaults_unset: bool, tmp: Path, world: World = distributed.SINGLE
+) -> _Start:
     """Check everything and build the trainer; `run` is the run to resume, if any."""
     found = resume = None
     if run:
@@ -149,7 +211,7 @@ def _prepare(client, run, settings: dict[str, Any], defaults_unset: bool, tmp: P
         state = None
     _check_writable(Path(cfg.run.output_dir))
     data = load_configured(cfg.data)
-    trainer = build_trainer(cfg, data, torch.device("cpu"))
+    trainer = build_trainer(cfg, data, distributed.resolve_device(cfg.train.device, world), world)
     if state is None:
         state = TrainState(config=cfg.to_dict(), model_spec=trainer.spec.to_dict())
     else:
