@@ -4,6 +4,7 @@ and a resume by run id, and the legacy report behave exactly as on the embedded 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from mlflow import MlflowClient
+from mlflow.server import get_app_client
 from mlflow_server import BACKENDS, MlflowServer, PostgresMissing, serve
 from test_kill_anywhere import EPOCHS, SETTINGS, aqtrack, flags, outcome
 
@@ -160,3 +162,63 @@ def test_train_then_resume_in_process_keeps_one_point_per_epoch_and_proxied_chec
     assert {LAST, BEST, "action_quality_round_2_epoch_2.pt"} <= checkpoint_names(client, first.run_id)
     report = json.loads(aq.rebuild_report(first.run_id, tmp_path / "report").read_text())
     assert report["current_epoch"] == 4 and len(report["control_losses"]) == 4
+
+
+ADMIN_PASSWORD, TRAINER_PASSWORD = "admin-password-for-tests", "trainer-password-for-tests"
+# The README's auth config: without the credential cache every request checks the password's PBKDF2 hash.
+AUTH_CONFIG = """[mlflow]
+default_permission = READ
+database_uri = sqlite:///{database}
+admin_username = admin
+authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+auth_cache_ttl_seconds = 60
+"""
+
+
+@pytest.fixture(scope="module")
+def auth_server(tmp_path_factory: pytest.TempPathFactory, empty_store: Path) -> Iterator[MlflowServer]:
+    """`mlflow server --app-name basic-auth`: its admin is created at first start from the env var; its
+    user store is a sqlite file in the server's directory (basic_auth.ini's default, in its cwd)."""
+    if importlib.util.find_spec("flask_wtf") is None:
+        pytest.fail(
+            "the basic-auth server needs Flask-WTF (mlflow[auth]): pip install -e '.[test]'", pytrace=False
+        )
+    root = tmp_path_factory.mktemp("server-auth")
+    (root / "basic_auth.ini").write_text(AUTH_CONFIG.format(database=root / "basic_auth.db"))
+    env = {
+        "MLFLOW_AUTH_CONFIG_PATH": str(root / "basic_auth.ini"),
+        "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PASSWORD,
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": "tests-only",
+    }
+    with serve("sqlite", root, empty_store, args=("--app-name", "basic-auth"), env=env) as server:
+        yield server
+
+
+def test_training_against_a_basic_auth_server_uses_the_credentials_from_the_environment(
+    auth_server, monkeypatch, tiny, capsys
+):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", auth_server.url)
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", ADMIN_PASSWORD)
+    admin = get_app_client("basic-auth", tracking_uri=auth_server.url)
+    admin.create_user("trainer", TRAINER_PASSWORD)
+
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "trainer")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "not-the-password")
+    assert cli.main(["train", *flags(tiny)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("aqtrack: error: ") and "401" in error, error
+
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", TRAINER_PASSWORD)
+    result = aq.train(**tiny)
+    client = MlflowClient(auth_server.url)
+    assert client.get_run(result.run_id).info.status == "FINISHED"
+    experiment_id = client.get_run(result.run_id).info.experiment_id
+    for key in METRIC_KEYS:
+        assert [m.step for m in client.get_metric_history(result.run_id, key)] == [1, 2, 3, 4], key
+    assert LAST in checkpoint_names(client, result.run_id)
+    # the run's experiment was created as `trainer`, who therefore manages it
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", ADMIN_PASSWORD)
+    permission = admin.get_user_permission("trainer", "experiment", experiment_id)
+    assert permission.permission == "MANAGE"
