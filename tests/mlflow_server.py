@@ -24,6 +24,7 @@ BACKENDS = ("sqlite", "postgresql")
 # MLflow 3's job runner (seven huey consumer processes) is on by default; aqtrack submits no server jobs,
 # and without it a server is healthy in about half the time (measured: 8-15 s instead of 20-32 s here).
 NO_JOBS = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+DEBIAN_INITDB = "/usr/lib/postgresql/*/bin/initdb"  # Debian's postgresql-N packages put their tools here
 
 
 def free_port() -> int:
@@ -116,7 +117,7 @@ class PostgresMissing(RuntimeError):
 
 def postgres_bin() -> Path:
     """The newest Debian PostgreSQL's bin directory (/usr/lib/postgresql/N/bin), else initdb's on PATH."""
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]))
+    found = sorted(glob.glob(DEBIAN_INITDB), key=lambda p: int(Path(p).parts[-3]))
     initdb = found[-1] if found else shutil.which("initdb")
     if initdb is None:
         raise PostgresMissing(

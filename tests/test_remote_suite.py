@@ -9,17 +9,19 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import mlflow_server
 import pytest
 import torch
 from mlflow import MlflowClient
 from mlflow.server import get_app_client
-from mlflow_server import BACKENDS, MlflowServer, PostgresMissing, serve
+from mlflow_server import BACKENDS, MlflowServer, PostgresCluster, PostgresMissing, serve
 from test_kill_anywhere import EPOCHS, SETTINGS, aqtrack, flags, outcome
 
 import aqtrack as aq
@@ -222,3 +224,32 @@ def test_training_against_a_basic_auth_server_uses_the_credentials_from_the_envi
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", ADMIN_PASSWORD)
     permission = admin.get_user_permission("trainer", "experiment", experiment_id)
     assert permission.permission == "MANAGE"
+
+
+def test_without_postgresql_installed_the_suite_fails_saying_how_to_install_it(monkeypatch, tmp_path):
+    monkeypatch.setattr(mlflow_server, "DEBIAN_INITDB", str(tmp_path / "*" / "bin" / "initdb"))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(PostgresMissing, match=r"^PostgreSQL not found .*run `bash scripts/system-deps.sh`"):
+        PostgresCluster()
+
+
+def test_a_server_that_fails_to_start_leaves_no_database_cluster_behind(monkeypatch, tmp_path):
+    clusters: list[PostgresCluster] = []
+    start = PostgresCluster.start
+
+    def recording_start(self: PostgresCluster) -> PostgresCluster:
+        clusters.append(self)
+        return start(self)
+
+    monkeypatch.setattr(PostgresCluster, "start", recording_start)
+
+    with (
+        pytest.raises(RuntimeError, match="mlflow server exited"),
+        serve("postgresql", tmp_path, args=("--bad",)),
+    ):
+        pass
+
+    (cluster,) = clusters
+    assert not cluster.root.exists()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", cluster.port), timeout=2)
