@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import signal
@@ -31,6 +32,15 @@ from aqtrack.metrics import METRIC_KEYS
 from aqtrack.report import REPORT_FILE
 
 VOLATILE = ("timestamp", "run_id")  # the only report keys that differ between two runs of one config
+
+
+@pytest.fixture(scope="module", autouse=True)
+def restore_aqtrack_logger() -> Iterator[None]:
+    """`cli.main` points the aqtrack logger at stderr, away from pytest's caplog; undo that afterwards."""
+    logger = logging.getLogger("aqtrack")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved
 
 
 @dataclass
@@ -242,12 +252,13 @@ def test_a_server_that_fails_to_start_leaves_no_database_cluster_behind(monkeypa
         clusters.append(self)
         return start(self)
 
-    monkeypatch.setattr(PostgresCluster, "start", recording_start)
+    def failing_start(self: MlflowServer, timeout: float = 0) -> MlflowServer:
+        raise RuntimeError("mlflow server exited with 1")
 
-    with (
-        pytest.raises(RuntimeError, match="mlflow server exited"),
-        serve("postgresql", tmp_path, args=("--bad",)),
-    ):
+    monkeypatch.setattr(PostgresCluster, "start", recording_start)
+    monkeypatch.setattr(MlflowServer, "start", failing_start)
+
+    with pytest.raises(RuntimeError, match="mlflow server exited"), serve("postgresql", tmp_path):
         pass
 
     (cluster,) = clusters
