@@ -1,6 +1,7 @@
 """Against a real `mlflow server` on 127.0.0.1 (HTTP, artifacts proxied into the server's own directory),
 once with a sqlite store and once with a throwaway PostgreSQL database behind it: training, a SIGKILL
-and a resume by run id, and the legacy report behave exactly as on the embedded sqlite store."""
+and a resume by run id, and the legacy report behave exactly as on the embedded sqlite store. And against
+`mlflow server --app-name basic-auth`, training authenticates with MLFLOW_TRACKING_USERNAME/PASSWORD."""
 
 from __future__ import annotations
 
