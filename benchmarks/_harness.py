@@ -99,7 +99,12 @@ def mlflow_server(root: Path, timeout: float = 120.0) -> Iterator[str]:
     log_path = root / "server.log"
     with open(log_path, "w") as log:
         server = subprocess.Popen(
-            command, cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            command,
+            cwd=root,
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # the job runner, off
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     url = f"http://127.0.0.1:{port}"
     try:
