@@ -33,7 +33,7 @@ from aqtrack.checkpoint import (
     manifest_path,
     verify_checkpoint,
 )
-from aqtrack.config import Config, flag, resumed
+from aqtrack.config import Config, flag, resumed, show
 from aqtrack.data import ActionQualityData, load_configured
 from aqtrack.describe import GENERATED_NAME_RE, NOTE_TAG, RUN_NAME_TAG, final_note, run_name, start_note
 from aqtrack.distributed import World
@@ -301,7 +301,7 @@ def _train_in_run(client, run_id: str, start: _Start, callbacks: Iterable[EpochH
     cfg, state, source = start.config, start.state, start.source_run
     stats = start.data.stats()
     tracker = tracking.MlflowTracker(client, run_id, patience=cfg.run.tracking_patience)
-    tracker.log_params(cfg.to_dict())
+    tracker.log_params({k: show(v) for k, v in cfg.to_dict().items()})  # `true`, as typed
     tags = _tags(client, run_id, cfg, start.data, source)
     note = start_note(cfg, start.data, run_id, _resumed_how(tags, source, state.epoch))
     tracker.set_tags({**tags, NOTE_TAG: note, **({RUN_NAME_TAG: start.rename} if start.rename else {})})
