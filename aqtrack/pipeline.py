@@ -22,7 +22,8 @@ from typing import Any
 
 import torch
 
-from aqtrack import tracking
+from aqtrack import exports, tracking
+from aqtrack.alerts import gradient_alerts
 from aqtrack.checkpoint import (
     ARTIFACT_DIR,
     BEST,
@@ -38,6 +39,7 @@ from aqtrack.checkpoint import (
 from aqtrack.config import Config, flag, resumed
 from aqtrack.data import ActionQualityData, load_configured
 from aqtrack.errors import ConfigError, ResumeError, TrackingLost
+from aqtrack.finish import Finishing, curves_refresher, finish_run
 from aqtrack.interrupts import stop_signals
 from aqtrack.lock import run_lock
 from aqtrack.loop import EpochHook, Trainer, build_trainer, fit, restore
@@ -231,12 +233,18 @@ def _train_in_run(client, run_id: str, start: _Start, callbacks: Iterable[EpochH
     if source and source != run_id:
         _carry_over(client, tracker, source, run_id, start.found)
     tracker.flush()
+    exports.log_datasets(client, run_id, start.data, cfg.data.data_seed)
     tracker.skip = tracking.sync_history(client, run_id, state.history)
     state.run_id = run_id
 
     output_dir = Path(cfg.run.output_dir)
     local = checkpoint_dir(cfg.run.output_dir, run_id)
-    hooks = [report_writer(tracker, output_dir, stats, run_id), *callbacks]
+    hooks = [
+        report_writer(tracker, output_dir, stats, run_id),
+        gradient_alerts(tracker),
+        curves_refresher(tracker, output_dir, cfg.train.checkpoint_interval),
+        *callbacks,
+    ]
     trained_before = state.epoch
     try:
         fit(start.trainer, state, tracker, local, on_epoch_end=hooks)
@@ -244,6 +252,7 @@ def _train_in_run(client, run_id: str, start: _Start, callbacks: Iterable[EpochH
             log.info("run %s: all %d epochs were already trained; finishing it", run_id, state.epoch)
             hooks[0](state)
         tracker.drain()  # the run is closed only once everything it should hold is sent
+        finish_run(Finishing(client, run_id, cfg, start.data, state, local))  # with the server answering
     except TrackingLost as e:
         epoch = Manifest.read(manifest_path(local / LAST)).epoch if (local / LAST).exists() else 0
         raise TrackingLost(
