@@ -10,9 +10,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from aqtrack.pipeline import TrainResult
+    from matplotlib.figure import Figure
 
-__all__ = ["rebuild_report", "train"]
+    from aqtrack.pipeline import TrainResult
+    from aqtrack.svm import SvmResult
+
+__all__ = ["fit_svm", "plot_curves", "rebuild_report", "train"]
 
 
 def train(resume: str | None = None, **settings: Any) -> TrainResult:
@@ -26,3 +29,17 @@ def rebuild_report(run_id: str, output_dir):
     from aqtrack.pipeline import rebuild_report as _rebuild
 
     return _rebuild(run_id, output_dir)
+
+
+def fit_svm(run_id: str, *, c: float | None = None, kernel: str | None = None) -> SvmResult:
+    """See `aqtrack.finish.fit_svm`: refit a run's SVM stage from its best checkpoint and log it."""
+    from aqtrack.finish import fit_svm as _fit_svm
+
+    return _fit_svm(run_id, c=c, kernel=kernel)
+
+
+def plot_curves(source) -> Figure:
+    """See `aqtrack.finish.plot_curves`: the training curves of a run id or an experiment_report.json."""
+    from aqtrack.finish import plot_curves as _plot_curves
+
+    return _plot_curves(source)
