@@ -11,6 +11,7 @@ logged twice.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -89,15 +90,16 @@ def log_network(
     client: MlflowClient, run_id: str, network: Any, example: np.ndarray, tags: Mapping[str, str]
 ) -> str:
     """Log the network (eval mode) as the run's `model`: signature [B, T, C] float32 -> logits."""
-    import mlflow.pytorch
     import torch
     from mlflow.models import infer_signature
+
+    mlflow_pytorch = _mlflow_pytorch()
 
     with torch.inference_mode():
         logits = network(torch.from_numpy(example)).numpy()
 
     def log(model_id: str) -> None:
-        mlflow.pytorch.log_model(
+        mlflow_pytorch.log_model(
             network,
             name=NETWORK_MODEL,
             model_id=model_id,
@@ -110,6 +112,22 @@ def log_network(
         )
 
     return _log_model(client, run_id, NETWORK_MODEL, tags, log)
+
+
+def _mlflow_pytorch():
+    """`mlflow.pytorch`, imported without Lightning. Where pytorch_lightning is installed, importing
+    mlflow.pytorch imports it too (~4 s, and it calls logging.basicConfig) for Lightning autologging,
+    which aqtrack never uses; hiding it makes that import fail the way mlflow.pytorch expects when
+    Lightning is absent. Only for this one import: `mlflow.pytorch.autolog()` still finds Lightning."""
+    if "mlflow.pytorch" not in sys.modules and "pytorch_lightning" not in sys.modules:
+        sys.modules["pytorch_lightning"] = None  # type: ignore[assignment]  # import -> ImportError
+        try:
+            import mlflow.pytorch
+        finally:
+            del sys.modules["pytorch_lightning"]
+    import mlflow.pytorch
+
+    return mlflow.pytorch
 
 
 def log_svm(
