@@ -80,8 +80,8 @@ def finish_run(job: Finishing) -> SvmResult | None:
     _log_figures(job, job.state.history, logits["val"])
     if not job.config.svm.svm:
         return None
-    svm = job.config.svm
-    return _svm_stage(job.client, job.run_id, job.state.epoch, job.data, features, svm, tags, again=False)
+    stage = _SvmStage(job.client, job.run_id, job.state.epoch, job.data, features, tags)
+    return stage.fit_and_log(job.config.svm, again=False)
 
 
 def _network(state: TrainState) -> ActionQualityNet:
@@ -125,30 +125,40 @@ def history_curves(history: History) -> Curves:
     return Curves.from_lists(history.metrics, range(1, history.epochs + 1))
 
 
-def _svm_stage(
-    client, run_id: str, step: int, data: ActionQualityData, features, svm: SvmConfig, tags, again: bool
-) -> SvmResult:
-    """Fit the SVM; log its metrics at `step` and the fitted pipeline, each unless the run has it
-    (`again`: an explicit refit, which always logs)."""
-    from aqtrack.svm import fit_svm
+@dataclass
+class _SvmStage:
+    """The SVM stage of one run: the best network's features of each split, and where results go."""
 
-    result = fit_svm(
-        features["train"], data.y_train, features["val"], data.y_val, c=svm.svm_c, kernel=svm.svm_kernel
-    )
-    result.run_id = run_id
-    settings = f"kernel={svm.svm_kernel} C={svm.svm_c:g}"
-    svm_tags = {**tags, TAG_SVM: settings}
-    if again or not any(_same(m, svm_tags) for m in exports.ready_models(client, run_id, exports.SVM_MODEL)):
-        exports.log_svm(client, run_id, result.pipeline, _example(features["val"]), svm_tags)
-    metrics = {SVM_VAL_ACC: result.val_acc, SVM_VAL_F1: result.val_f1}
-    if not again:
-        metrics = {k: v for k, v in metrics.items() if step not in tracking.metric_steps(client, run_id, k)}
-    tracking.log_points(client, run_id, metrics, step, tags={TAG_SVM: settings})
-    log.info(
-        "run %s: SVM (%s) on the best network's features: svm_val_acc %.4f, svm_val_f1 %.4f",
-        run_id, settings, result.val_acc, result.val_f1,
-    )  # fmt: skip
-    return result
+    client: Any
+    run_id: str
+    step: int  # the run's final epoch: the step of svm_val_acc and svm_val_f1
+    data: ActionQualityData
+    features: dict[str, np.ndarray]  # "train" / "val" -> [N, 2*hidden]
+    tags: dict[str, str]  # of the best checkpoint the features come from
+
+    def fit_and_log(self, svm: SvmConfig, again: bool) -> SvmResult:
+        """Fit; log the metrics and the fitted pipeline, each unless the run has it already (`again`:
+        an explicit refit, which always logs)."""
+        from aqtrack.svm import fit_svm
+
+        f, d = self.features, self.data
+        result = fit_svm(f["train"], d.y_train, f["val"], d.y_val, c=svm.svm_c, kernel=svm.svm_kernel)
+        result.run_id = run_id = self.run_id
+        settings = f"kernel={svm.svm_kernel} C={svm.svm_c:g}"
+        tags = {**self.tags, TAG_SVM: settings}
+        models = [] if again else exports.ready_models(self.client, run_id, exports.SVM_MODEL)
+        if not any(_same(m, tags) for m in models):
+            exports.log_svm(self.client, run_id, result.pipeline, _example(f["val"]), tags)
+        metrics = {SVM_VAL_ACC: result.val_acc, SVM_VAL_F1: result.val_f1}
+        if not again:  # a resumed finish: the points it logged before it was killed stay the only ones
+            have = {k: tracking.metric_steps(self.client, run_id, k) for k in metrics}
+            metrics = {k: v for k, v in metrics.items() if self.step not in have[k]}
+        tracking.log_points(self.client, run_id, metrics, self.step, tags={TAG_SVM: settings})
+        log.info(
+            "run %s: SVM (%s) on the best network's features: svm_val_acc %.4f, svm_val_f1 %.4f",
+            run_id, settings, result.val_acc, result.val_f1,
+        )  # fmt: skip
+        return result
 
 
 def fit_svm(run_id: str, *, c: float | None = None, kernel: str | None = None) -> SvmResult:
@@ -177,7 +187,7 @@ def fit_svm(run_id: str, *, c: float | None = None, kernel: str | None = None) -
     features = {"train": embed(network, data.x_train)[0], "val": embed(network, data.x_val)[0]}
     step = int(run.data.tags.get(CHECKPOINT_EPOCH_TAG, best.state.epoch))
     tags = {exports.TAG_BEST_EPOCH: str(best.state.epoch)}
-    return _svm_stage(client, run_id, step, data, features, svm, tags, again=True)
+    return _SvmStage(client, run_id, step, data, features, tags).fit_and_log(svm, again=True)
 
 
 def plot_curves(source: str | Path) -> Figure:

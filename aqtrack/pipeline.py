@@ -252,7 +252,7 @@ def _train_in_run(client, run_id: str, start: _Start, callbacks: Iterable[EpochH
             log.info("run %s: all %d epochs were already trained; finishing it", run_id, state.epoch)
             hooks[0](state)
         tracker.drain()  # the run is closed only once everything it should hold is sent
-        finish_run(Finishing(client, run_id, cfg, start.data, state, local))  # with the server answering
+        _finish(Finishing(client, run_id, cfg, start.data, state, local))  # with the server answering
     except TrackingLost as e:
         epoch = Manifest.read(manifest_path(local / LAST)).epoch if (local / LAST).exists() else 0
         raise TrackingLost(
@@ -268,6 +268,17 @@ def _train_in_run(client, run_id: str, start: _Start, callbacks: Iterable[EpochH
         report_path=output_dir / REPORT_FILE,
         resumed_from=source,
     )
+
+
+def _finish(job: Finishing) -> None:
+    """The finishing stage; a server lost on the way leaves the run RUNNING, for a resume to finish."""
+    try:
+        finish_run(job)
+    except Exception as e:
+        if not tracking.is_transient(e):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TrackingLost(f"tracking server {job.client.tracking_uri} lost while finishing ({first})") from e
 
 
 def checkpoint_dir(output_dir: str | Path, run_id: str) -> Path:
