@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -39,6 +40,7 @@ TAG_BEST_EPOCH = "aqtrack.best_epoch"  # on a LoggedModel: the best checkpoint i
 NETWORK_FORMAT = "pt2"
 READY, PENDING = "READY", "PENDING"
 TRAINING, VALIDATION = "training", "validation"  # dataset contexts, as the MLflow UI names them
+AMBIGUOUS_SOURCE_WARNING = "The specified dataset source can be interpreted in multiple ways"
 
 
 @dataclass(frozen=True)
@@ -199,7 +201,11 @@ def log_datasets(client: MlflowClient, run_id: str, data: ActionQualityData, see
             )
         else:
             source = str(Path(data.source).resolve())
-        dataset = mlflow.data.from_numpy(x, targets=y, source=source, name=f"{base}-{split}")
+        with warnings.catch_warnings():
+            # MLflow registers its local-file source twice (for "" and "file:" paths), then warns that
+            # it cannot tell the two identical candidates apart.
+            warnings.filterwarnings("ignore", message=AMBIGUOUS_SOURCE_WARNING)
+            dataset = mlflow.data.from_numpy(x, targets=y, source=source, name=f"{base}-{split}")
         if (dataset.name, dataset.digest) not in have:
             tags = [InputTag(MLFLOW_DATASET_CONTEXT, context)]
             inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=tags))

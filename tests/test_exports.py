@@ -85,6 +85,26 @@ def test_train_and_validation_sets_are_the_runs_dataset_inputs_logged_once(tiny)
     assert len(logged_models(first.run_id, NETWORK_MODEL)) in (1, 2)
 
 
+def test_a_data_files_splits_are_dataset_inputs_named_after_it(tiny, tmp_path, recwarn):
+    data = load_data("synthetic", n_train=tiny["n_train"], n_val=tiny["n_val"], val_fraction=0.2, seed=0)
+    path = tmp_path / "squats.npz"
+    split = np.array(["train"] * len(data.y_train) + ["val"] * len(data.y_val))
+    np.savez(
+        path,
+        X=np.concatenate([data.x_train, data.x_val]),
+        y=np.concatenate([data.y_train, data.y_val]),
+        split=split,
+    )
+
+    result = aqtrack.train(**tiny, data=str(path), svm=False)
+
+    inputs = MlflowClient().get_run(result.run_id).inputs.dataset_inputs
+    assert sorted(d.dataset.name for d in inputs) == ["squats-train", "squats-val"]
+    assert {d.dataset.source_type for d in inputs} == {"local"}
+    assert all(str(path) in d.dataset.source for d in inputs)
+    assert not [w for w in recwarn if "dataset source" in str(w.message)]
+
+
 def test_figures_are_logged_and_the_curves_drawn_at_the_first_periodic_checkpoint(tiny, tmp_path):
     plots = Path(tiny["output_dir"]) / CURVES_ARTIFACT
     seen = []
