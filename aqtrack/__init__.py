@@ -11,10 +11,12 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pandas as pd
+    from matplotlib.figure import Figure
 
     from aqtrack.pipeline import TrainResult
+    from aqtrack.svm import SvmResult
 
-__all__ = ["rebuild_report", "runs_table", "show_run", "train"]
+__all__ = ["fit_svm", "plot_curves", "rebuild_report", "runs_table", "show_run", "train"]
 
 
 def train(resume: str | None = None, **settings: Any) -> TrainResult:
@@ -42,3 +44,17 @@ def show_run(run_id: str, tail: int = 10) -> str:
     from aqtrack.browse import show_run as _show_run
 
     return _show_run(run_id, tail)
+
+
+def fit_svm(run_id: str, *, c: float | None = None, kernel: str | None = None) -> SvmResult:
+    """See `aqtrack.finish.fit_svm`: refit a run's SVM stage from its best checkpoint and log it."""
+    from aqtrack.finish import fit_svm as _fit_svm
+
+    return _fit_svm(run_id, c=c, kernel=kernel)
+
+
+def plot_curves(source) -> Figure:
+    """See `aqtrack.finish.plot_curves`: the training curves of a run id or an experiment_report.json."""
+    from aqtrack.finish import plot_curves as _plot_curves
+
+    return _plot_curves(source)

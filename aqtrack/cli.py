@@ -4,6 +4,8 @@ aqtrack train [--rounds 3 ...] [--resume RUN_ID|auto]
 aqtrack report RUN_ID -o DIR
 aqtrack runs [--experiment NAME | --all]
 aqtrack show RUN_ID [--tail N]
+aqtrack svm RUN_ID [--svm-c C] [--svm-kernel K]
+aqtrack plot RUN_ID|experiment_report.json [-o curves.png]
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from aqtrack.config import Config, config_fields, flag, parse_bool, show
+from aqtrack.config import SVM_KERNELS, Config, config_fields, flag, parse_bool, show
 from aqtrack.errors import AqtrackError, ConfigError
 
 
@@ -28,6 +30,7 @@ def _boolean(text: str) -> bool:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+CURVES_PNG = "training_curves.png"
 TYPES = {"int": int, "float": float, "str": str, "bool": _boolean}
 
 
@@ -64,7 +67,18 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument(
         "--tail", type=int, default=10, metavar="N", help="epochs of metrics to show (default 10)"
     )
+    _add_svm_and_plot(commands)
     return parser
+
+
+def _add_svm_and_plot(commands) -> None:
+    svm = commands.add_parser("svm", help="(re)fit the SVM stage of a finished run and log it to the run")
+    svm.add_argument("run_id", metavar="RUN_ID")
+    svm.add_argument("--svm-c", dest="c", type=float, metavar="C", help="SVM C (default: the run's)")
+    svm.add_argument("--svm-kernel", dest="kernel", choices=SVM_KERNELS, help="kernel (default: the run's)")
+    plot = commands.add_parser("plot", help="draw the training curves of a run or an experiment_report.json")
+    plot.add_argument("source", metavar="SOURCE", help="a run id or the path of an experiment_report.json")
+    plot.add_argument("-o", "--output", type=Path, default=Path(CURVES_PNG), help="the PNG file to write")
 
 
 def _add_settings(parser: argparse.ArgumentParser) -> None:
@@ -101,7 +115,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging(quiet=getattr(args, "quiet", False))
     try:
-        commands = {"train": _train, "report": _report, "runs": _runs, "show": _show}
+        commands = {
+            "train": _train,
+            "report": _report,
+            "runs": _runs,
+            "show": _show,
+            "svm": _svm,
+            "plot": _plot,
+        }
         return commands[args.command](args)
     except AqtrackError as e:
         print(f"aqtrack: error: {e}", file=sys.stderr)
@@ -150,6 +171,29 @@ def _show(args: argparse.Namespace) -> int:
     if args.tail < 1:
         raise ConfigError(f"show: --tail must be >= 1 (got {args.tail})")
     print(show_run(args.run_id, tail=args.tail))
+    return 0
+
+
+def _svm(args: argparse.Namespace) -> int:
+    from aqtrack.finish import fit_svm
+
+    result = fit_svm(args.run_id, c=args.c, kernel=args.kernel)
+    print(
+        f"run {result.run_id}: SVM (kernel={result.kernel}, C={result.c:g}) "
+        f"svm_val_acc {result.val_acc:.4f}, svm_val_f1 {result.val_f1:.4f}"
+    )
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from aqtrack.finish import plot_curves
+    from aqtrack.plots import save_png
+
+    figure = plot_curves(args.source)
+    try:
+        print(save_png(figure, args.output))
+    except OSError as e:
+        raise ConfigError(f"-o {args.output}: not writable ({e.strerror or e}); choose another file") from e
     return 0
 
 

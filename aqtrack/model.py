@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -61,3 +62,15 @@ def _block(c_in: int, c_out: int, dilation: int) -> nn.Sequential:
 
 def build_model(spec: ModelSpec) -> ActionQualityNet:
     return ActionQualityNet(spec)
+
+
+@torch.inference_mode()
+def embed(model: ActionQualityNet, x: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """(features [N, 2*hidden], logits [N, num_classes]) of raw sequences `x` [N, T, C], in eval mode."""
+    model.eval()
+    features, logits = [], []
+    for start in range(0, len(x), batch_size):
+        f = model.features(torch.from_numpy(x[start : start + batch_size]))
+        features.append(f)
+        logits.append(model.head(f))
+    return torch.cat(features).numpy(), torch.cat(logits).numpy()

@@ -20,7 +20,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from aqtrack import distributed, tracking
+from aqtrack import distributed, exports, tracking
+from aqtrack.alerts import gradient_alerts
 from aqtrack.checkpoint import (
     ARTIFACT_DIR,
     BEST,
@@ -38,6 +39,7 @@ from aqtrack.data import ActionQualityData, load_configured
 from aqtrack.describe import GENERATED_NAME_RE, NOTE_TAG, RUN_NAME_TAG, final_note, run_name, start_note
 from aqtrack.distributed import World
 from aqtrack.errors import ConfigError, DistributedError, ResumeError, TrackingLost
+from aqtrack.finish import Finishing, curves_refresher, finish_run
 from aqtrack.interrupts import ignored_signals, stop_signals
 from aqtrack.lock import run_lock
 from aqtrack.loop import EpochHook, Trainer, build_trainer, fit, restore
@@ -309,12 +311,18 @@ def _train_in_run(client, run_id: str, start: _Start, callbacks: Iterable[EpochH
     if source and source != run_id:
         _carry_over(client, tracker, source, run_id, start.found)
     tracker.flush()
+    exports.log_datasets(client, run_id, start.data, cfg.data.data_seed)
     tracker.skip = tracking.sync_history(client, run_id, state.history)
     state.run_id = run_id
 
     output_dir = Path(cfg.run.output_dir)
     local = checkpoint_dir(cfg.run.output_dir, run_id)
-    hooks = [report_writer(tracker, output_dir, stats, run_id), *callbacks]
+    hooks = [
+        report_writer(tracker, output_dir, stats, run_id),
+        gradient_alerts(tracker),
+        curves_refresher(tracker, output_dir, cfg.train.checkpoint_interval),
+        *callbacks,
+    ]
     trained_before = state.epoch
     try:
         with Progress(cfg.train, trained_before) as progress:
@@ -323,6 +331,7 @@ def _train_in_run(client, run_id: str, start: _Start, callbacks: Iterable[EpochH
             log.info("run %s: all %d epochs were already trained; finishing it", run_id, state.epoch)
             hooks[0](state)
         tracker.drain()  # the run is closed only once everything it should hold is sent
+        _finish(Finishing(client, run_id, cfg, start.data, state, local))  # with the server answering
         _describe_results(client, tracker, note, state)
     except TrackingLost as e:
         epoch = Manifest.read(manifest_path(local / LAST)).epoch if (local / LAST).exists() else 0
@@ -357,6 +366,17 @@ def _describe_results(client, tracker: tracking.MlflowTracker, note: str, state:
     total = Config.from_dict(state.config).train.total_epochs
     tracker.set_tags({NOTE_TAG: final_note(note, state, total, metrics)})
     tracker.drain()
+
+
+def _finish(job: Finishing) -> None:
+    """The finishing stage; a server lost on the way leaves the run RUNNING, for a resume to finish."""
+    try:
+        finish_run(job)
+    except Exception as e:
+        if not tracking.is_transient(e):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TrackingLost(f"tracking server {job.client.tracking_uri} lost while finishing ({first})") from e
 
 
 def checkpoint_dir(output_dir: str | Path, run_id: str) -> Path:

@@ -17,6 +17,7 @@ from pathlib import Path
 from aqtrack import tracking
 from aqtrack.checkpoint import (
     ARTIFACT_DIR,
+    BEST,
     LAST,
     MANIFEST_SUFFIX,
     Manifest,
@@ -121,3 +122,21 @@ def _reason(e: ResumeError, name: str) -> str:
     for prefix in (f"{name}: ", f"{name}{MANIFEST_SUFFIX}: "):
         text = text.removeprefix(prefix)
     return text
+
+
+def find_best(client, run_id: str, local_dir: Path | None, tmp: Path, label: str) -> Found:
+    """The run's best checkpoint, verified against its manifest: the local copy or the run's artifact,
+    whichever is newer (the best only improves, so the newer is the better)."""
+    sources: list[_Source] = [_RunArtifacts(client, run_id, tmp)]
+    if local_dir is not None:
+        sources.insert(0, _LocalCopies(local_dir))
+    refused: list[str] = []
+    candidates = [c for s in sources if BEST in s.names for c in _with_manifest(s, BEST, refused)]
+    for source, name, manifest in sorted(candidates, key=lambda c: -c[2].epoch):
+        try:
+            path = source.fetch(name)
+            return Found(verify_checkpoint(path, manifest), path)
+        except ResumeError as e:
+            refused.append(f"{source.label}{name}: {_reason(e, name)}")
+    why = "; ".join(refused) or "the run has none: it stopped before its first epoch ended"
+    raise ResumeError(f"{label} {run_id}: no verified best checkpoint ({why})")

@@ -398,6 +398,24 @@ def fetch_history(client: MlflowClient, run_id: str, keys: tuple[str, ...]) -> d
     return out
 
 
+def metric_steps(client: MlflowClient, run_id: str, key: str) -> set[int]:
+    return {m.step for m in client.get_metric_history(run_id, key)}
+
+
+def log_points(
+    client: MlflowClient, run_id: str, metrics: Mapping[str, float], step: int, tags: Mapping[str, str]
+) -> None:
+    """One `log_batch` of metric points at `step` and tags, outside the epoch loop's tracker."""
+    from mlflow.entities import Metric, RunTag
+
+    stamp = int(time.time() * 1000)
+    client.log_batch(
+        run_id,
+        metrics=[Metric(k, float(v), stamp, step) for k, v in metrics.items()],
+        tags=[RunTag(k, str(v)) for k, v in tags.items()],
+    )
+
+
 @contextlib.contextmanager
 def terminating(client: MlflowClient, run_id: str) -> Iterator[None]:
     """Mark the run FINISHED, KILLED (Ctrl-C, SIGTERM) or FAILED (with the error as a tag) however the

@@ -19,6 +19,8 @@ epoch reaches them:
   logged            right after the N-th batch of epoch metrics (and checkpoint-epoch tag) was logged
   tagged            right after the N-th checkpoint-epoch tag was set (with the metrics, as a rule)
   reopened          right after a resumed run was marked RUNNING again, before any epoch
+  model-uploaded    after the files of the N-th MLflow model (the network, then the SVM) were uploaded,
+                    before it was marked READY (the run is finishing)
 
 Used by tests/test_kill_anywhere.py and scripts/soak.py. Exits like the process it wraps otherwise.
 """
@@ -47,6 +49,7 @@ POINTS = (
     "logged",
     "tagged",
     "reopened",
+    "model-uploaded",
 )
 
 _reached: Counter[str] = Counter()
@@ -165,6 +168,16 @@ def install(target: tuple[str, int]) -> None:
         return result
 
     MlflowClient.update_run = update_run_
+
+    log_model_artifacts = MlflowClient.log_model_artifacts
+
+    def log_model_artifacts_(self, *args, **kwargs):
+        result = log_model_artifacts(self, *args, **kwargs)
+        if _at("model-uploaded", target):
+            _die()
+        return result
+
+    MlflowClient.log_model_artifacts = log_model_artifacts_
 
 
 def parse(spec: str) -> tuple[str, int]:

@@ -40,6 +40,7 @@ SETTINGS = {
 VISITS = {
     "batch": SETTINGS["epochs_per_round"] * 2 * SETTINGS["n_train"] // SETTINGS["batch_size"],
     "reopened": 1,
+    "model-uploaded": 2,  # the network's model, then the SVM's
 }
 QUICK = {**SETTINGS, "n_train": 64, "n_val": 32, "hidden": 8, "epochs_per_round": 3, "batch_size": 16}
 

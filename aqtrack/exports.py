@@ -1,0 +1,221 @@
+"""What a run exports to MLflow besides metrics and checkpoints: models, datasets and figures.
+
+With `tracking.py`, the only module that imports mlflow (lazily: `aqtrack --help` stays light).
+
+Models are MLflow 3 LoggedModels linked to their run, so `runs:/<run id>/model` and
+`runs:/<run id>/svm` load them. Each is created, uploaded, then marked READY. A model a killed process
+left PENDING is deleted before it is logged again, and a READY one for the same best checkpoint is not
+logged twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from aqtrack.data import SYNTHETIC, ActionQualityData
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+    from mlflow import MlflowClient
+    from mlflow.entities import LoggedModel
+
+log = logging.getLogger(__name__)
+
+NETWORK_MODEL = "model"  # runs:/<run id>/model
+SVM_MODEL = "svm"  # runs:/<run id>/svm
+PLOTS_DIR = "plots"
+CURVES_ARTIFACT = f"{PLOTS_DIR}/training_curves.png"
+CONFUSION_ARTIFACT = f"{PLOTS_DIR}/confusion_matrix.png"
+TAG_BEST_EPOCH = "aqtrack.best_epoch"  # on a LoggedModel: the best checkpoint it was made from
+# pt2 (torch.export) rather than pickle: loading it runs no pickled code and needs no aqtrack installed.
+NETWORK_FORMAT = "pt2"
+READY, PENDING = "READY", "PENDING"
+TRAINING, VALIDATION = "training", "validation"  # dataset contexts, as the MLflow UI names them
+AMBIGUOUS_SOURCE_WARNING = "The specified dataset source can be interpreted in multiple ways"
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """A READY logged model of a run."""
+
+    model_id: str
+    tags: dict[str, str]
+
+
+def _requirements(*packages: str) -> list[str]:
+    """Pinned to what is installed: passed explicitly, MLflow would otherwise spend seconds inferring them."""
+    pinned = []
+    for package in packages:
+        try:
+            pinned.append(f"{package}=={version(package)}")
+        except PackageNotFoundError:
+            pinned.append(package)
+    return pinned
+
+
+def ready_models(client: MlflowClient, run_id: str, name: str) -> list[ModelRecord]:
+    """The run's READY models called `name`, newest first; PENDING ones (a process died while
+    uploading them) are deleted, so `runs:/<run id>/<name>` never resolves to a half-uploaded model."""
+    experiment_id = client.get_run(run_id).info.experiment_id
+    ready = []
+    for model in _logged_models(client, experiment_id, name):
+        if model.source_run_id != run_id:
+            continue
+        if str(model.status).endswith(READY):
+            ready.append(ModelRecord(model.model_id, dict(model.tags)))
+        else:
+            log.warning("run %s: deleting model %s (%s): never finished", run_id, model.model_id, name)
+            client.delete_logged_model(model.model_id)
+    return ready
+
+
+def _logged_models(client: MlflowClient, experiment_id: str, name: str) -> list[LoggedModel]:
+    models, token = [], None
+    while True:
+        page = client.search_logged_models([experiment_id], f"name = '{name}'", page_token=token)
+        models += list(page)
+        token = page.token
+        if not token:
+            return models
+
+
+def log_network(
+    client: MlflowClient, run_id: str, network: Any, example: np.ndarray, tags: Mapping[str, str]
+) -> str:
+    """Log the network (eval mode) as the run's `model`: signature [B, T, C] float32 -> logits."""
+    import torch
+    from mlflow.models import infer_signature
+
+    mlflow_pytorch = _mlflow_pytorch()
+
+    with torch.inference_mode():
+        logits = network(torch.from_numpy(example)).numpy()
+
+    def log(model_id: str) -> None:
+        mlflow_pytorch.log_model(
+            network,
+            name=NETWORK_MODEL,
+            model_id=model_id,
+            run_id=run_id,
+            signature=infer_signature(example, logits),
+            input_example=example,
+            pip_requirements=_requirements("mlflow", "torch", "numpy"),
+            serialization_format=NETWORK_FORMAT,
+            validate_serving_input=False,  # loading it back costs ~0.3 s; the tests load and predict
+        )
+
+    return _log_model(client, run_id, NETWORK_MODEL, tags, log)
+
+
+def _mlflow_pytorch():
+    """`mlflow.pytorch`, imported without Lightning. Where pytorch_lightning is installed, importing
+    mlflow.pytorch imports it too (~4 s, and it calls logging.basicConfig) for Lightning autologging,
+    which aqtrack never uses; hiding it makes that import fail the way mlflow.pytorch expects when
+    Lightning is absent. Only for this one import: `mlflow.pytorch.autolog()` still finds Lightning."""
+    if "mlflow.pytorch" not in sys.modules and "pytorch_lightning" not in sys.modules:
+        sys.modules["pytorch_lightning"] = None  # type: ignore[assignment]  # import -> ImportError
+        try:
+            import mlflow.pytorch
+        finally:
+            del sys.modules["pytorch_lightning"]
+    import mlflow.pytorch
+
+    return mlflow.pytorch
+
+
+def log_svm(
+    client: MlflowClient, run_id: str, pipeline: Any, example: np.ndarray, tags: Mapping[str, str]
+) -> str:
+    """Log the fitted scaling + SVC pipeline as the run's `svm`: signature [N, D] features -> class."""
+    import mlflow.sklearn
+    from mlflow.models import infer_signature
+
+    def log(model_id: str) -> None:
+        mlflow.sklearn.log_model(
+            pipeline,
+            name=SVM_MODEL,
+            model_id=model_id,
+            run_id=run_id,
+            signature=infer_signature(example, pipeline.predict(example)),
+            input_example=example,
+            pip_requirements=_requirements("mlflow", "scikit-learn", "numpy"),
+        )
+
+    return _log_model(client, run_id, SVM_MODEL, tags, log)
+
+
+def _log_model(client: MlflowClient, run_id: str, name: str, tags: Mapping[str, str], log_into) -> str:
+    # The LoggedModel is created here, in the run's experiment: MLflow would put it in the active (or
+    # default) experiment, where `runs:/<run id>/<name>` does not look.
+    experiment_id = client.get_run(run_id).info.experiment_id
+    model = client.create_logged_model(experiment_id, name=name, source_run_id=run_id, tags=dict(tags))
+    log_into(model.model_id)
+    client.finalize_logged_model(model.model_id, READY)
+    return model.model_id
+
+
+def register(client: MlflowClient, run_id: str, model_id: str, name: str) -> int:
+    """Register the logged model under `name` (once: a version of it already there is reused)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.create_registered_model(name)
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    for existing in client.search_model_versions(f"name = '{name}'"):
+        if existing.model_id == model_id or existing.source == f"models:/{model_id}":
+            return int(existing.version)
+    source = f"models:/{model_id}"
+    created = client.create_model_version(name, source, run_id=run_id, model_id=model_id)
+    log.info("run %s: registered its model as %s version %s", run_id, name, created.version)
+    return int(created.version)
+
+
+def log_datasets(client: MlflowClient, run_id: str, data: ActionQualityData, seed: int) -> None:
+    """Log the train and validation splits as the run's dataset inputs (name, source, digest, profile)."""
+    import mlflow.data
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    base = SYNTHETIC if data.source == SYNTHETIC else _stem(data.source)
+    have = {(d.dataset.name, d.dataset.digest) for d in client.get_run(run_id).inputs.dataset_inputs}
+    inputs = []
+    for split, x, y, context in (
+        ("train", data.x_train, data.y_train, TRAINING),
+        ("val", data.x_val, data.y_val, VALIDATION),
+    ):
+        if data.source == SYNTHETIC:
+            source = CodeDatasetSource(
+                {"generator": "aqtrack.data.synthetic", "seed": seed, "split": split, "samples": len(y)}
+            )
+        else:
+            source = str(Path(data.source).resolve())
+        with warnings.catch_warnings():
+            # MLflow registers its local-file source twice (for "" and "file:" paths), then warns that
+            # it cannot tell the two identical candidates apart.
+            warnings.filterwarnings("ignore", message=AMBIGUOUS_SOURCE_WARNING)
+            dataset = mlflow.data.from_numpy(x, targets=y, source=source, name=f"{base}-{split}")
+        if (dataset.name, dataset.digest) not in have:
+            tags = [InputTag(MLFLOW_DATASET_CONTEXT, context)]
+            inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=tags))
+    if inputs:
+        client.log_inputs(run_id, datasets=inputs)
+
+
+def _stem(path: str) -> str:
+    return Path(path).stem or path
+
+
+def log_figure(client: MlflowClient, run_id: str, figure: Figure, artifact_file: str) -> None:
+    client.log_figure(run_id, figure, artifact_file)

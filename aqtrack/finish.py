@@ -1,0 +1,247 @@
+"""The finishing stage of a run, and the public `fit_svm` / `plot_curves`.
+
+Once the last epoch is published, the run gets what is made from its best checkpoint (the verified
+file, loaded with weights_only; never a model unpickled from the tracking server): the network as an
+MLflow model (`model`, registered with `--register NAME`), its confusion matrix on the validation
+split, the training curves, then the SVM stage (`svm_val_acc`, `svm_val_f1` at step = the final epoch,
+and the fitted pipeline as the `svm` model). Each step first looks at what the run already has, so a
+run killed while finishing and resumed ends with one of each.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from aqtrack import exports, tracking
+from aqtrack.checkpoint import CHECKPOINT_EPOCH_TAG, History, TrainState
+from aqtrack.config import Config, SvmConfig
+from aqtrack.data import ActionQualityData, load_configured
+from aqtrack.errors import DataError, ResumeError
+from aqtrack.metrics import (
+    GRAD_NORM,
+    GRAD_NORM_MAX,
+    LR,
+    METRIC_KEYS,
+    SVM_VAL_ACC,
+    SVM_VAL_F1,
+    TRAIN_ACC,
+    TRAIN_LOSS,
+    VAL_ACC,
+    VAL_LOSS,
+    confusion_counts,
+)
+from aqtrack.model import ActionQualityNet, ModelSpec, build_model, embed
+from aqtrack.resume import find_best
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from aqtrack.plots import Curves
+    from aqtrack.svm import SvmResult
+
+log = logging.getLogger(__name__)
+
+TAG_SVM = "aqtrack.svm"  # run tag: the settings of the SVM the run's svm_* metrics come from
+CURVES_REFRESH_S = 60.0  # the least time between two redraws of the curves during training
+EXAMPLE_ROWS = 2  # > 1, or torch.export fixes the batch size of the exported network at 1
+
+
+@dataclass
+class Finishing:
+    """What the finishing stage works from: the run, its settings and data, and where its files are."""
+
+    client: Any
+    run_id: str
+    config: Config
+    data: ActionQualityData
+    state: TrainState  # after the last epoch
+    local_dir: Path  # the run's local checkpoint copies
+
+
+def finish_run(job: Finishing) -> SvmResult | None:
+    """Everything made from the best checkpoint, each piece logged unless the run already has it."""
+    with tempfile.TemporaryDirectory(prefix="aqtrack-finish-") as tmp:
+        best = find_best(job.client, job.run_id, job.local_dir, Path(tmp), label="finishing run")
+    network = _network(best.state)
+    features, logits = {}, {}
+    for split, x in (("train", job.data.x_train), ("val", job.data.x_val)):
+        features[split], logits[split] = embed(network, x)
+    tags = {exports.TAG_BEST_EPOCH: str(best.state.epoch)}
+    _log_network(job, network, tags)
+    _log_figures(job, job.state.history, logits["val"])
+    if not job.config.svm.svm:
+        return None
+    stage = _SvmStage(job.client, job.run_id, job.state.epoch, job.data, features, tags)
+    return stage.fit_and_log(job.config.svm, again=False)
+
+
+def _network(state: TrainState) -> ActionQualityNet:
+    network = build_model(ModelSpec(**state.model_spec))
+    network.load_state_dict(state.model)
+    return network.eval()
+
+
+def _example(x: np.ndarray) -> np.ndarray:
+    return x[np.arange(EXAMPLE_ROWS) % len(x)]
+
+
+def _log_network(job: Finishing, network: ActionQualityNet, tags: dict[str, str]) -> None:
+    done = [m for m in exports.ready_models(job.client, job.run_id, exports.NETWORK_MODEL) if _same(m, tags)]
+    model_id = done[0].model_id if done else None
+    if model_id is None:
+        model_id = exports.log_network(job.client, job.run_id, network, _example(job.data.x_val), tags)
+    if job.config.run.register:
+        exports.register(job.client, job.run_id, model_id, job.config.run.register)
+
+
+def _same(model: exports.ModelRecord, tags: dict[str, str]) -> bool:
+    return all(model.tags.get(k) == v for k, v in tags.items())
+
+
+def _log_figures(job: Finishing, history: History, val_logits: np.ndarray) -> None:
+    from aqtrack.plots import confusion_matrix_figure, training_curves
+
+    counts = confusion_counts(job.data.y_val, val_logits.argmax(axis=1), job.data.num_classes)
+    title = f"best network on the validation split (run {job.run_id[:8]})"
+    for figure, artifact in (
+        (training_curves(history_curves(history), title=f"run {job.run_id}"), exports.CURVES_ARTIFACT),
+        (confusion_matrix_figure(counts, job.data.class_names, title=title), exports.CONFUSION_ARTIFACT),
+    ):
+        exports.log_figure(job.client, job.run_id, figure, artifact)
+
+
+def history_curves(history: History) -> Curves:
+    from aqtrack.plots import Curves
+
+    return Curves.from_lists(history.metrics, range(1, history.epochs + 1))
+
+
+@dataclass
+class _SvmStage:
+    """The SVM stage of one run: the best network's features of each split, and where results go."""
+
+    client: Any
+    run_id: str
+    step: int  # the run's final epoch: the step of svm_val_acc and svm_val_f1
+    data: ActionQualityData
+    features: dict[str, np.ndarray]  # "train" / "val" -> [N, 2*hidden]
+    tags: dict[str, str]  # of the best checkpoint the features come from
+
+    def fit_and_log(self, svm: SvmConfig, again: bool) -> SvmResult:
+        """Fit; log the metrics and the fitted pipeline, each unless the run has it already (`again`:
+        an explicit refit, which always logs)."""
+        from aqtrack.svm import fit_svm
+
+        f, d = self.features, self.data
+        result = fit_svm(f["train"], d.y_train, f["val"], d.y_val, c=svm.svm_c, kernel=svm.svm_kernel)
+        result.run_id = run_id = self.run_id
+        settings = f"kernel={svm.svm_kernel} C={svm.svm_c:g}"
+        tags = {**self.tags, TAG_SVM: settings}
+        models = [] if again else exports.ready_models(self.client, run_id, exports.SVM_MODEL)
+        if not any(_same(m, tags) for m in models):
+            exports.log_svm(self.client, run_id, result.pipeline, _example(f["val"]), tags)
+        metrics = {SVM_VAL_ACC: result.val_acc, SVM_VAL_F1: result.val_f1}
+        if not again:  # a resumed finish: the points it logged before it was killed stay the only ones
+            have = {k: tracking.metric_steps(self.client, run_id, k) for k in metrics}
+            metrics = {k: v for k, v in metrics.items() if self.step not in have[k]}
+        tracking.log_points(self.client, run_id, metrics, self.step, tags={TAG_SVM: settings})
+        log.info(
+            "run %s: SVM (%s) on the best network's features: svm_val_acc %.4f, svm_val_f1 %.4f",
+            run_id, settings, result.val_acc, result.val_f1,
+        )  # fmt: skip
+        return result
+
+
+def fit_svm(run_id: str, *, c: float | None = None, kernel: str | None = None) -> SvmResult:
+    """(Re)fit the SVM stage of a run: the verified best checkpoint's features of the run's data.
+
+    Logs `svm_val_acc` / `svm_val_f1` (at step = the run's final epoch) and the `svm` model to the run;
+    `c` and `kernel` default to the run's own settings.
+    """
+    client = tracking.connect()
+    run = tracking.get_run(client, run_id, label="svm")
+    if run.info.status == "RUNNING":
+        raise ResumeError(
+            f"svm {run_id}: the run is RUNNING; its own SVM stage runs when it finishes "
+            f"(if its process is gone, `aqtrack train --resume {run_id}` finishes it)"
+        )
+    with tempfile.TemporaryDirectory(prefix="aqtrack-svm-") as tmp:
+        best = find_best(client, run_id, None, Path(tmp), label="svm")
+    config = Config.from_dict(best.state.config)
+    svm = SvmConfig(
+        svm=True,
+        svm_c=config.svm.svm_c if c is None else c,
+        svm_kernel=config.svm.svm_kernel if kernel is None else kernel,
+    )
+    data = load_configured(config.data)
+    network = _network(best.state)
+    features = {"train": embed(network, data.x_train)[0], "val": embed(network, data.x_val)[0]}
+    step = int(run.data.tags.get(CHECKPOINT_EPOCH_TAG, best.state.epoch))
+    tags = {exports.TAG_BEST_EPOCH: str(best.state.epoch)}
+    return _SvmStage(client, run_id, step, data, features, tags).fit_and_log(svm, again=True)
+
+
+def plot_curves(source: str | Path) -> Figure:
+    """The training-curves figure of a run id, or of an `experiment_report.json` file."""
+    from aqtrack.plots import Curves, training_curves
+
+    text = str(source)
+    if tracking.RUN_ID_RE.match(text) and not Path(text).exists():
+        client = tracking.connect()
+        tracking.get_run(client, text, label="plot")
+        points = tracking.fetch_history(client, text, METRIC_KEYS)
+        return training_curves(Curves.from_points(points), title=f"run {text}")
+    return training_curves(report_curves(Path(text)), title=str(text))
+
+
+# The legacy report's names of the per-epoch metrics (the extras use the metric names themselves).
+REPORT_SERIES = {
+    "control_losses": TRAIN_LOSS,
+    "grad_norms": GRAD_NORM,
+    "grad_norms_max": GRAD_NORM_MAX,
+    "learning_rates": LR,
+    **{k: k for k in (TRAIN_ACC, VAL_LOSS, VAL_ACC)},
+}
+
+
+def report_curves(path: Path) -> Curves:
+    from aqtrack.plots import Curves
+
+    try:
+        report = json.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise DataError(f"{path}: no such file; pass a run id or an experiment_report.json") from e
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: not a readable JSON report ({type(e).__name__}: {e})") from e
+    if not isinstance(report, dict) or "control_losses" not in report:
+        raise DataError(f"{path}: not an experiment_report.json (no 'control_losses'); pass a run's report")
+    series = {key: report[name] for name, key in REPORT_SERIES.items() if isinstance(report.get(name), list)}
+    epochs = report.get("epochs") or list(range(1, len(report["control_losses"]) + 1))
+    return Curves.from_lists(series, epochs)
+
+
+def curves_refresher(tracker, output_dir: Path, interval: int):
+    """An epoch-end hook: at periodic-checkpoint epochs, redraw the training curves into
+    `<output_dir>/plots/` and queue them for the run (sent in the epoch's one flush). Drawing takes
+    ~0.2 s, so it happens at most once every CURVES_REFRESH_S seconds."""
+    drawn = [-math.inf]
+
+    def refresh(state: TrainState) -> None:
+        if state.epoch % interval or time.monotonic() - drawn[0] < CURVES_REFRESH_S:
+            return
+        drawn[0] = time.monotonic()
+        from aqtrack.plots import save_png, training_curves
+
+        figure = training_curves(history_curves(state.history), title=f"run {state.run_id}")
+        tracker.log_artifact(save_png(figure, output_dir / exports.CURVES_ARTIFACT), exports.PLOTS_DIR)
+
+    return refresh

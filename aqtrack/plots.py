@@ -1,0 +1,138 @@
+"""Figures of a run: training curves and a confusion matrix. The only module that imports matplotlib.
+
+Figures are built as plain `matplotlib.figure.Figure` objects (no pyplot, no global state, never
+shown): they render to PNG on any machine and display inline in Jupyter. Only measured values are
+drawn. An epoch without a value is a gap in its line, never interpolated or filled in, and a metric
+never measured says so on its panel.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import NullLocator
+
+from aqtrack.metrics import (
+    GRAD_EXPLOSION,
+    GRAD_NORM,
+    GRAD_NORM_MAX,
+    GRAD_VANISHING,
+    LR,
+    TRAIN_ACC,
+    TRAIN_LOSS,
+    VAL_ACC,
+    VAL_LOSS,
+)
+
+DPI = 80
+NOT_MEASURED = "not measured"
+EXPLOSION_COLOR, VANISHING_COLOR, BAND_ALPHA = "tab:red", "tab:blue", 0.12
+EXPLOSION_LABEL = f"explosion (> {GRAD_EXPLOSION:g})"
+VANISHING_LABEL = f"vanishing (< {GRAD_VANISHING:g})"
+# Panels: (title, y label, log scale, metric keys).
+PANELS = (
+    ("loss", "cross-entropy", False, (TRAIN_LOSS, VAL_LOSS)),
+    ("accuracy", "accuracy", False, (TRAIN_ACC, VAL_ACC)),
+    ("gradient norm (pre-clip)", "L2 norm", True, (GRAD_NORM, GRAD_NORM_MAX)),
+    ("learning rate", "lr", True, (LR,)),
+)
+
+
+@dataclass
+class Curves:
+    """Per-epoch metric values for epochs 1..N; NaN where an epoch has no value for a key."""
+
+    epochs: list[int]
+    series: dict[str, list[float]]
+
+    @classmethod
+    def from_points(cls, points: Mapping[str, Mapping[int, float | None]]) -> Curves:
+        """From {key: {epoch: value}}; every epoch up to the last one any key has gets a slot."""
+        last = max((e for steps in points.values() for e in steps), default=0)
+        epochs = list(range(1, last + 1))
+        return cls(epochs, {k: [_value(steps.get(e)) for e in epochs] for k, steps in points.items()})
+
+    @classmethod
+    def from_lists(cls, metrics: Mapping[str, Sequence[float | None]], epochs: Sequence[int]) -> Curves:
+        """From lists aligned with `epochs` (a History's metrics, or a report's series)."""
+        return cls.from_points({k: dict(zip(epochs, v, strict=False)) for k, v in metrics.items()})
+
+
+def _value(v: float | None) -> float:
+    return float("nan") if v is None else float(v)
+
+
+def training_curves(curves: Curves, title: str = "") -> Figure:
+    """Loss, accuracy, gradient norm (log, with the explosion and vanishing bands) and lr (log)."""
+    fig = Figure(figsize=(11, 7.5))
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.07, top=0.91, wspace=0.28, hspace=0.18)
+    axes = fig.subplots(2, 2, sharex=True).ravel()
+    x = np.asarray(curves.epochs, dtype=float)
+    for ax, (name, ylabel, log, keys) in zip(axes, PANELS, strict=True):
+        measured = [k for k in keys if np.isfinite(curves.series.get(k, [])).any()]
+        for key in measured:
+            marker = "." if len(x) < 30 else ""  # few epochs: a lone measured point between gaps shows
+            ax.plot(x, np.asarray(curves.series[key], dtype=float), label=key, marker=marker)
+        if log:
+            ax.set_yscale("log")
+        if key_missing := [k for k in keys if k not in measured]:
+            ax.text(0.5, 0.5, f"{', '.join(key_missing)}: {NOT_MEASURED}", transform=ax.transAxes,
+                    ha="center", va="center", color="gray")  # fmt: skip
+        if name.startswith("gradient"):
+            _threshold_bands(ax, [v for k in measured for v in curves.series[k]])
+        ax.set_title(name)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if measured:
+            ax.legend(loc="upper right", fontsize="small")  # "best" searches placements: slow
+    for ax in axes[2:]:
+        ax.set_xlabel("epoch")
+    if len(x):
+        axes[0].set_xlim(0.5, x[-1] + 0.5)
+    fig.suptitle(title or "training curves")
+    return fig
+
+
+def _threshold_bands(ax, values: list[float]) -> None:
+    """Shade the explosion (> GRAD_EXPLOSION) and vanishing (< GRAD_VANISHING) zones, both always in view."""
+    finite = [v for v in values if math.isfinite(v) and v > 0]
+    low = min([*finite, GRAD_VANISHING]) / 3
+    high = max([*finite, GRAD_EXPLOSION]) * 3
+    ax.axhspan(GRAD_EXPLOSION, high, color=EXPLOSION_COLOR, alpha=BAND_ALPHA, label=EXPLOSION_LABEL)
+    ax.axhspan(low, GRAD_VANISHING, color=VANISHING_COLOR, alpha=BAND_ALPHA, label=VANISHING_LABEL)
+    ax.set_ylim(low, high)
+    # This axis always spans decades, so its minor ticks carry no labels: not drawing them saves a
+    # third of the figure's drawing time.
+    ax.yaxis.set_minor_locator(NullLocator())
+
+
+def confusion_matrix_figure(counts: np.ndarray, class_names: Sequence[str], title: str = "") -> Figure:
+    """`counts[true, predicted]` as a heat map with the count in each cell."""
+    counts = np.asarray(counts)
+    k = len(class_names)
+    fig = Figure(figsize=(1.2 * k + 3, 1.1 * k + 2), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(counts, cmap="Blues")
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    ax.set_xticks(range(k), labels=class_names, rotation=30, ha="right")
+    ax.set_yticks(range(k), labels=class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    top = counts.max() if counts.size else 0
+    for (i, j), n in np.ndenumerate(counts):
+        ax.text(j, i, str(n), ha="center", va="center", color="white" if n > top / 2 else "black")
+    total = counts.sum()
+    accuracy = f"accuracy {np.trace(counts) / total:.3f} on {total}" if total else "no samples"
+    ax.set_title(f"{title or 'confusion matrix'}\n{accuracy}")
+    return fig
+
+
+def save_png(fig: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI)
+    return path

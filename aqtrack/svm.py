@@ -1,0 +1,49 @@
+"""The second stage: an SVM on the network's sequence embeddings. The only module that imports sklearn.
+
+Scaling is part of the fitted pipeline, so the logged model takes raw `features()` output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import accuracy_score, f1_score
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
+
+
+@dataclass
+class SvmResult:
+    """A fitted scaling + SVC pipeline and how it scores on the validation split."""
+
+    pipeline: Any  # sklearn Pipeline(StandardScaler, SVC)
+    val_acc: float
+    val_f1: float  # macro F1 over the classes
+    c: float
+    kernel: str
+    run_id: str = ""
+
+
+def fit_svm(
+    train_features: np.ndarray,
+    y_train: np.ndarray,
+    val_features: np.ndarray,
+    y_val: np.ndarray,
+    *,
+    c: float,
+    kernel: str,
+) -> SvmResult:
+    """Fit on the train split's features [N, D], score on the validation split's."""
+    pipeline = Pipeline([("scale", StandardScaler()), ("svc", SVC(C=c, kernel=kernel))])
+    pipeline.fit(train_features, y_train)
+    predicted = pipeline.predict(val_features)
+    return SvmResult(
+        pipeline=pipeline,
+        val_acc=float(accuracy_score(y_val, predicted)),
+        val_f1=float(f1_score(y_val, predicted, average="macro", zero_division=0)),
+        c=float(c),
+        kernel=kernel,
+    )

@@ -1,0 +1,151 @@
+"""What a finished run exports to MLflow: the best network as a pyfunc-loadable (and registrable) model,
+its datasets, its figures, and all of it exactly once when the run is killed while finishing."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow.pyfunc
+import numpy as np
+import torch
+from mlflow import MlflowClient
+
+import aqtrack
+from aqtrack.checkpoint import BEST
+from aqtrack.data import load_data
+from aqtrack.exports import CONFUSION_ARTIFACT, CURVES_ARTIFACT, NETWORK_MODEL, SVM_MODEL, TAG_BEST_EPOCH
+from aqtrack.metrics import SVM_VAL_ACC, SVM_VAL_F1
+from aqtrack.model import ModelSpec, build_model
+
+REPO = Path(__file__).resolve().parents[1]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def best_network(run_id: str, tmp_path: Path) -> tuple[torch.nn.Module, int]:
+    path = MlflowClient().download_artifacts(run_id, f"checkpoints/{BEST}", str(tmp_path / "best"))
+    best = torch.load(path, weights_only=True)
+    network = build_model(ModelSpec(**best["model_spec"]))
+    network.load_state_dict(best["model"])
+    return network.eval(), best["epoch"]
+
+
+def logged_models(run_id: str, name: str) -> list:
+    client = MlflowClient()
+    experiment_id = client.get_run(run_id).info.experiment_id
+    found = client.search_logged_models([experiment_id], f"name = '{name}'")
+    return [m for m in found if m.source_run_id == run_id]
+
+
+def validation_batch(tiny: dict) -> np.ndarray:
+    data = load_data("synthetic", n_train=tiny["n_train"], n_val=tiny["n_val"], val_fraction=0.2, seed=0)
+    return data.x_val[:5]
+
+
+def test_pyfunc_model_predicts_like_the_best_checkpoint_and_is_registered(tiny, tmp_path):
+    result = aqtrack.train(**tiny, register="action-quality-net")
+
+    x = validation_batch(tiny)
+    model = mlflow.pyfunc.load_model(f"runs:/{result.run_id}/{NETWORK_MODEL}")
+    logits = model.predict(x)
+    network, best_epoch = best_network(result.run_id, tmp_path)
+    with torch.no_grad():
+        expected = network(torch.from_numpy(x)).numpy()
+    assert logits.shape == (5, 4)
+    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-6)
+    assert (logits.argmax(axis=1) == expected.argmax(axis=1)).all()
+    signature = model.metadata.signature
+    assert signature.inputs.inputs[0].shape == (-1, 100, 8) and signature.outputs.inputs[0].shape == (-1, 4)
+
+    (logged,) = logged_models(result.run_id, NETWORK_MODEL)
+    assert logged.tags[TAG_BEST_EPOCH] == str(best_epoch) == str(result.best_epoch)
+    (version,) = MlflowClient().search_model_versions("name = 'action-quality-net'")
+    assert version.source == f"models:/{logged.model_id}" and version.run_id == result.run_id
+    registered = mlflow.pyfunc.load_model("models:/action-quality-net/1")
+    np.testing.assert_allclose(registered.predict(x), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_train_and_validation_sets_are_the_runs_dataset_inputs_logged_once(tiny):
+    first = aqtrack.train(**{**tiny, "rounds": 1})
+    aqtrack.train(resume=first.run_id, rounds=2)
+
+    inputs = MlflowClient().get_run(first.run_id).inputs.dataset_inputs
+    by_name = {d.dataset.name: d for d in inputs}
+    assert sorted(by_name) == ["synthetic-train", "synthetic-val"]  # not again on resume
+    contexts = {name: {t.key: t.value for t in d.tags}["mlflow.data.context"] for name, d in by_name.items()}
+    assert contexts == {"synthetic-train": "training", "synthetic-val": "validation"}
+    train = by_name["synthetic-train"].dataset
+    assert '"seed": 0' in train.source and '"samples": 64' in train.source
+    assert '"features_shape": [64, 100, 8]' in train.profile and train.digest
+    # The resumed run trained on, and improved beyond, the first finish: its newest model is the new best.
+    assert len(logged_models(first.run_id, NETWORK_MODEL)) in (1, 2)
+
+
+def test_a_data_files_splits_are_dataset_inputs_named_after_it(tiny, tmp_path, recwarn):
+    data = load_data("synthetic", n_train=tiny["n_train"], n_val=tiny["n_val"], val_fraction=0.2, seed=0)
+    path = tmp_path / "squats.npz"
+    split = np.array(["train"] * len(data.y_train) + ["val"] * len(data.y_val))
+    np.savez(
+        path,
+        X=np.concatenate([data.x_train, data.x_val]),
+        y=np.concatenate([data.y_train, data.y_val]),
+        split=split,
+    )
+
+    result = aqtrack.train(**tiny, data=str(path), svm=False)
+
+    inputs = MlflowClient().get_run(result.run_id).inputs.dataset_inputs
+    assert sorted(d.dataset.name for d in inputs) == ["squats-train", "squats-val"]
+    assert {d.dataset.source_type for d in inputs} == {"local"}
+    assert all(str(path) in d.dataset.source for d in inputs)
+    assert not [w for w in recwarn if "dataset source" in str(w.message)]
+
+
+def test_figures_are_logged_and_the_curves_drawn_at_the_first_periodic_checkpoint(tiny, tmp_path):
+    plots = Path(tiny["output_dir"]) / CURVES_ARTIFACT
+    seen = []
+    result = aqtrack.train(**tiny, callbacks=[lambda state: seen.append((state.epoch, plots.exists()))])
+
+    assert seen[:2] == [(1, False), (2, True)]  # checkpoint_interval 2
+    client = MlflowClient()
+    for artifact in (CURVES_ARTIFACT, CONFUSION_ARTIFACT):
+        path = Path(client.download_artifacts(result.run_id, artifact, str(tmp_path / "dl")))
+        assert path.read_bytes().startswith(PNG), artifact
+
+
+def aqtrack_process(cwd: Path, *args: str, kill_at: str | None = None) -> subprocess.CompletedProcess:
+    prefix = [str(REPO / "scripts" / "kill_at.py"), kill_at, "--"] if kill_at else ["-m", "aqtrack"]
+    return subprocess.run(
+        [sys.executable, *prefix, *args], cwd=cwd, capture_output=True, text=True, timeout=300, env=os.environ
+    )
+
+
+def test_killed_twice_while_finishing_then_resumed_has_one_of_each_model_and_svm_point(tiny, tmp_path):
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in tiny.items()]
+    # The network model is READY, the SVM's files are uploaded but it is still PENDING.
+    killed = aqtrack_process(tmp_path, "train", *flags, kill_at="model-uploaded:2")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    client = MlflowClient()
+    (run,) = client.search_runs([client.get_experiment_by_name("action-quality").experiment_id])
+    run_id = run.info.run_id
+    # The resume finishes again, and dies right after logging the SVM's metrics (its first metric batch).
+    again = aqtrack_process(tmp_path, "train", "--resume", run_id, kill_at="logged:1")
+    assert again.returncode == -signal.SIGKILL, again.stderr[-3000:]
+    assert re.search(r"deleting model m-\w+ \(svm\): never finished", again.stderr), again.stderr[-3000:]
+
+    done = aqtrack_process(tmp_path, "train", "--resume", run_id)
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "all 4 epochs were already trained" in done.stderr
+    assert client.get_run(run_id).info.status == "FINISHED"
+    for name in (NETWORK_MODEL, SVM_MODEL):
+        (model,) = logged_models(run_id, name)
+        assert str(model.status).endswith("READY"), name
+    for key in (SVM_VAL_ACC, SVM_VAL_F1):
+        assert [m.step for m in client.get_metric_history(run_id, key)] == [4], key
+    logits = mlflow.pyfunc.load_model(f"runs:/{run_id}/{NETWORK_MODEL}").predict(validation_batch(tiny))
+    assert logits.shape == (5, 4)
