@@ -12,7 +12,7 @@ import textwrap
 import time
 from typing import TYPE_CHECKING
 
-from aqtrack import tracking
+from aqtrack import exports, tracking
 from aqtrack.checkpoint import CHECKPOINT_EPOCH_TAG
 from aqtrack.config import Config
 from aqtrack.errors import ConfigError
@@ -148,6 +148,12 @@ def show_run(run_id: str, tail: int = 10) -> str:
     others = " ".join(f"{k}={v:.4g}" for k, v in sorted(data.metrics.items()) if k not in METRIC_KEYS)
     lines += _section("other metrics (last value)", others)
     lines += ["", "artifacts:", *_tree(tracking.artifact_tree(client, run_id))]
+    lines += ["", "models (mlflow.pyfunc.load_model('runs:/<run id>/<name>') loads the newest READY one):"]
+    models = exports.run_models(client, run_id)
+    lines += [
+        f"  {name}  {model_id}  {status}  best epoch {epoch}" for name, model_id, status, epoch in models
+    ]
+    lines += [] if models else ["  none"]
     return "\n".join(lines)
 
 

@@ -78,6 +78,16 @@ def ready_models(client: MlflowClient, run_id: str, name: str) -> list[ModelReco
     return ready
 
 
+def run_models(client: MlflowClient, run_id: str) -> list[tuple[str, str, str, str]]:
+    """(name, model id, status, best epoch) of every model the run logged, oldest first; read only
+    (unlike `ready_models`, it leaves a PENDING model alone: its upload may be under way)."""
+    experiment_id = client.get_run(run_id).info.experiment_id
+    found = [m for name in (NETWORK_MODEL, SVM_MODEL) for m in _logged_models(client, experiment_id, name)]
+    mine = sorted((m for m in found if m.source_run_id == run_id), key=lambda m: m.creation_timestamp)
+    status = lambda m: str(m.status).rpartition(".")[2]  # noqa: E731  # LoggedModelStatus.READY -> READY
+    return [(m.name, m.model_id, status(m), m.tags.get(TAG_BEST_EPOCH, "?")) for m in mine]
+
+
 def _logged_models(client: MlflowClient, experiment_id: str, name: str) -> list[LoggedModel]:
     models, token = [], None
     while True:

@@ -115,6 +115,17 @@ def test_show_prints_summary_params_history_tail_and_artifact_tree(runs, capsys)
     last = next(line for line in tree if line.strip().startswith("last.pt "))
     assert last.startswith("    last.pt  ") and last.endswith(" KB")  # inside checkpoints/, with its size
     assert any(line.startswith("  experiment_report.json  ") for line in tree)
+    models = out[out.index("models (") :].splitlines()[1:]
+    assert [line.split()[0] for line in models] == ["model", "svm"]  # the finishing stage's two
+    assert all(line.split()[2:] == ["READY", "best", "epoch", models[0].split()[-1]] for line in models)
+
+
+def test_show_lists_no_models_for_a_run_that_never_finished(runs, capsys):
+    assert main(["show", runs["killed"]]) == 0
+    out = capsys.readouterr().out
+    assert out.rstrip().endswith(
+        "models (mlflow.pyfunc.load_model('runs:/<run id>/<name>') loads the newest READY one):\n  none"
+    )
 
 
 def test_show_of_a_failed_run_names_its_error(runs, capsys):

@@ -74,7 +74,7 @@ def points(run_id: str) -> dict[str, list[tuple[int, float]]]:
 
 def test_mlflow_run_trains_then_resumes_into_its_own_run_with_the_whole_history(tmp_path, mlflow_store, tiny):
     client = MlflowClient()
-    first = mlflow_run(tmp_path, mlflow_store, {**tiny, "rounds": 1})
+    first = mlflow_run(tmp_path, mlflow_store, {**tiny, "rounds": 1, "svm": "false"})
     assert first.returncode == 0, first.stderr[-3000:]
     (a,) = client.search_runs([client.get_experiment_by_name("action-quality").experiment_id])
     assert a.info.status == "FINISHED"
@@ -91,6 +91,9 @@ def test_mlflow_run_trains_then_resumes_into_its_own_run_with_the_whole_history(
     assert re.fullmatch(r"synthetic-h8-2x2-[a-z]+-[a-z]+-\d+", b.info.run_name), b.info.run_name
     assert f"**Resumed** from run `{a.info.run_id}` at epoch 2." in b.data.tags["mlflow.note.content"]
     assert client.get_run(a.info.run_id).data.tags["aqtrack.continued_in"] == b.info.run_id
+    # -P svm=false skipped the SVM stage; the resume, not given it, kept the run's setting
+    assert a.data.params["svm"] == "false"
+    assert not {"svm_val_acc", "svm_val_f1"} & (set(a.data.metrics) | set(b.data.metrics))
     names = {Path(f.path).name for f in client.list_artifacts(b.info.run_id, "checkpoints")}
     assert {LAST, BEST} <= names
     straight = aqtrack.train(**tiny)  # the same 4 epochs in one go, in this process
