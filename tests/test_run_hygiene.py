@@ -61,7 +61,7 @@ def test_tags_say_version_data_source_and_resume_history(tiny):
 
 
 def test_description_summarises_config_data_and_final_results(tiny):
-    result = aqtrack.train(**tiny)
+    result = aqtrack.train(**tiny, svm=False)
     note = MlflowClient().get_run(result.run_id).data.tags[NOTE_TAG]
     assert "2 rounds x 2 epochs" in note and "hidden 8" in note and "adamw lr 0.001" in note
     assert "**Data**: synthetic: 64 train / 32 val sequences" in note
@@ -70,7 +70,7 @@ def test_description_summarises_config_data_and_final_results(tiny):
     final_val_loss = result.history.metrics["val_loss"][-1]
     assert f"val_loss {final_val_loss:.4f}" in note
     assert f"`aqtrack train --resume {result.run_id}`" in note
-    assert "SVM" not in note  # this run has no SVM score
+    assert "SVM" not in note  # --no-svm: this run has no SVM score
 
 
 def test_description_of_a_stopped_run_says_training_and_how_to_continue(tiny):
@@ -87,17 +87,17 @@ def test_description_of_a_stopped_run_says_training_and_how_to_continue(tiny):
     assert RESULTS_PENDING in note and f"aqtrack train --resume {run.info.run_id}" in note
 
 
-def test_description_of_a_resumed_run_says_from_where_and_adds_an_svm_score_when_logged(tiny):
-    first = aqtrack.train(**{**tiny, "rounds": 1})
+def test_description_of_a_resumed_run_says_from_where_and_gives_the_svm_score(tiny):
+    first = aqtrack.train(**{**tiny, "rounds": 1, "svm": False})
+    assert "SVM" not in MlflowClient().get_run(first.run_id).data.tags[NOTE_TAG]
 
-    def log_svm_score(state):  # stands for the SVM stage: a metric the run has by the time it ends
-        MlflowClient().log_metric(state.run_id, SVM_VAL_ACC, 0.875)
-
-    aqtrack.train(resume=first.run_id, rounds=2, callbacks=[log_svm_score])
-    note = MlflowClient().get_run(first.run_id).data.tags[NOTE_TAG]
+    aqtrack.train(resume=first.run_id, rounds=2, svm=True)  # the SVM stage runs at the end of this one
+    run = MlflowClient().get_run(first.run_id)
+    note = run.data.tags[NOTE_TAG]
     assert "**Resumed** at epoch 2 (resume #1)" in note
     assert "4 of 4 epochs" in note
-    assert "**SVM** on the best network's features: val_acc **0.8750**" in note
+    score = run.data.metrics[SVM_VAL_ACC]
+    assert f"**SVM** on the best network's features: val_acc **{score:.4f}**" in note
 
 
 def test_system_metrics_are_logged_only_with_the_flag(tiny, monkeypatch):
