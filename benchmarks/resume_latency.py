@@ -47,7 +47,7 @@ def main() -> None:
     p.add_argument("--hidden", type=int, default=640, help="width of the large model (640: ~50 MB)")
     args = p.parse_args()
     h.set_threads(args.threads)
-    base = {"rounds": 1, "epochs_per_round": 1, "experiment": "bench"}
+    base = {"rounds": 1, "epochs_per_round": 1, "experiment": "bench", "svm": False}  # to the first step only
     variants = {"default": base, "large": {**base, "hidden": args.hidden, "n_train": 64, "n_val": 32}}
     if args.quick:
         args.pairs = 1

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,6 +39,15 @@ def mlflow_store(empty_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
     monkeypatch.chdir(tmp_path)
     return uri
+
+
+@pytest.fixture(autouse=True)
+def restore_aqtrack_logger() -> Iterator[None]:
+    """`cli.main` points the aqtrack logger at stderr, away from pytest's caplog; undo that afterwards."""
+    logger = logging.getLogger("aqtrack")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved
 
 
 @pytest.fixture

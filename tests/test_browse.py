@@ -3,10 +3,8 @@ failed runs."""
 
 from __future__ import annotations
 
-import logging
 import re
 import time
-from collections.abc import Iterator
 
 import pytest
 from mlflow import MlflowClient
@@ -14,15 +12,6 @@ from mlflow import MlflowClient
 import aqtrack
 from aqtrack.cli import main
 from aqtrack.metrics import METRIC_KEYS
-
-
-@pytest.fixture(autouse=True)
-def restore_aqtrack_logger() -> Iterator[None]:
-    """`main` points the aqtrack logger at the (captured) stderr of its test; undo that afterwards."""
-    logger = logging.getLogger("aqtrack")
-    saved = (logger.handlers[:], logger.level, logger.propagate)
-    yield
-    logger.handlers[:], logger.level, logger.propagate = saved
 
 
 class Boom(Exception):

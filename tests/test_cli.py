@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import logging
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import pytest
 from mlflow import MlflowClient
@@ -15,15 +13,6 @@ from aqtrack.cli import build_parser, main
 from aqtrack.config import config_fields, flag
 
 HEAVY = ("torch", "mlflow", "pandas", "sklearn", "matplotlib")
-
-
-@pytest.fixture(autouse=True)
-def restore_aqtrack_logger() -> Iterator[None]:
-    """`main` points the aqtrack logger at the (captured) stderr of its test; undo that afterwards."""
-    logger = logging.getLogger("aqtrack")
-    saved = (logger.handlers[:], logger.level, logger.propagate)
-    yield
-    logger.handlers[:], logger.level, logger.propagate = saved
 
 
 def _has_flag(text: str, option: str) -> bool:

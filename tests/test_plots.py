@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -27,15 +26,6 @@ from aqtrack.metrics import GRAD_EXPLOSION, GRAD_NORM, GRAD_VANISHING, LR, TRAIN
 from aqtrack.plots import NOT_MEASURED, Curves, confusion_matrix_figure, training_curves
 
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(autouse=True)
-def restore_aqtrack_logger() -> Iterator[None]:
-    """`main` points the aqtrack logger at the (captured) stderr of its test; undo that afterwards."""
-    logger = logging.getLogger("aqtrack")
-    saved = (logger.handlers[:], logger.level, logger.propagate)
-    yield
-    logger.handlers[:], logger.level, logger.propagate = saved
 
 
 def line(fig, key: str):

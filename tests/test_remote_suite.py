@@ -36,8 +36,8 @@ VOLATILE = ("timestamp", "run_id")  # the only report keys that differ between t
 
 
 @pytest.fixture(scope="module", autouse=True)
-def restore_aqtrack_logger() -> Iterator[None]:
-    """`cli.main` points the aqtrack logger at stderr, away from pytest's caplog; undo that afterwards."""
+def restore_aqtrack_logger_after_module() -> Iterator[None]:
+    """`cli.main` points the aqtrack logger at stderr, away from caplog; undo that after the module."""
     logger = logging.getLogger("aqtrack")
     saved = (logger.handlers[:], logger.level, logger.propagate)
     yield

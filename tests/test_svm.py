@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow.sklearn
@@ -21,15 +19,6 @@ from aqtrack.finish import TAG_SVM
 from aqtrack.metrics import SVM_VAL_ACC, SVM_VAL_F1
 from aqtrack.model import ModelSpec, build_model, embed
 from aqtrack.svm import fit_svm
-
-
-@pytest.fixture(autouse=True)
-def restore_aqtrack_logger() -> Iterator[None]:
-    """`main` points the aqtrack logger at the (captured) stderr of its test; undo that afterwards."""
-    logger = logging.getLogger("aqtrack")
-    saved = (logger.handlers[:], logger.level, logger.propagate)
-    yield
-    logger.handlers[:], logger.level, logger.propagate = saved
 
 
 def best_features(run_id: str, tiny: dict, tmp_path: Path) -> dict[str, np.ndarray]:
