@@ -125,12 +125,19 @@ def main(argv: list[str] | None = None) -> int:
         }
         return commands[args.command](args)
     except AqtrackError as e:
-        print(f"aqtrack: error: {e}", file=sys.stderr)
+        _say(f"aqtrack: error: {e}")
         return 2
     except KeyboardInterrupt as e:
         signum = getattr(e, "signum", signal.SIGINT)
-        print(f"aqtrack: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
+        _say(f"aqtrack: interrupted ({signal.Signals(signum).name})")
         return 128 + signum  # what a shell reports for a process the signal ended
+
+
+def _say(line: str) -> None:
+    """One line to stderr in one write: under torchrun every rank shares it, and `print` writes the text
+    and its newline separately, so two ranks' lines could run into each other."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 def _train(args: argparse.Namespace) -> int:

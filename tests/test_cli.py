@@ -116,3 +116,27 @@ def test_invalid_setting_prints_one_error_line_and_creates_no_run(capsys: pytest
     assert captured.out == ""
     assert _all_runs() == []
     assert MlflowClient().get_experiment_by_name("action-quality") is None
+
+
+class _Writes:
+    """A stderr that keeps each write() call apart."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.calls.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_an_error_line_is_written_in_one_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Under torchrun all ranks share stderr; `print` writes a line and its newline apart, and two ranks'
+    # error lines then ran into each other.
+    stderr = _Writes()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    assert main(["show", "not-a-run"]) == 2
+    errors = [call for call in stderr.calls if call.startswith("aqtrack: error:")]
+    assert len(errors) == 1 and errors[0].endswith("\n") and errors[0].count("\n") == 1, stderr.calls
