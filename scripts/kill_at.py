@@ -67,6 +67,18 @@ def _at(point: str, target: tuple[str, int]) -> bool:
     return target == (point, _reached[point])
 
 
+def _die_before(owner, name: str, point: str, target: tuple[str, int]) -> None:
+    """`owner.name` replaced by a wrapper that dies at `point` before calling the original."""
+    original = getattr(owner, name)
+
+    def wrapper(*args, **kwargs):
+        if _at(point, target):
+            _die()
+        return original(*args, **kwargs)
+
+    setattr(owner, name, wrapper)
+
+
 def install(target: tuple[str, int]) -> None:
     """Wrap the functions where the points are; each wrapper dies on the target visit."""
     import torch
@@ -84,14 +96,7 @@ def install(target: tuple[str, int]) -> None:
 
     torch.nn.utils.clip_grad_norm_ = clip_grad_norm_
 
-    evaluate = loop.evaluate
-
-    def evaluate_(*args, **kwargs):
-        if _at("evaluate", target):
-            _die()
-        return evaluate(*args, **kwargs)
-
-    loop.evaluate = evaluate_
+    _die_before(loop, "evaluate", "evaluate", target)
 
     save = torch.save
 
@@ -150,14 +155,7 @@ def install(target: tuple[str, int]) -> None:
 
     MlflowClient.log_artifact = log_artifact_
 
-    write_report = report.write_report
-
-    def write_report_(*args, **kwargs):
-        if _at("report", target):
-            _die()
-        return write_report(*args, **kwargs)
-
-    report.write_report = write_report_
+    _die_before(report, "write_report", "report", target)
 
     update_run = MlflowClient.update_run
 
