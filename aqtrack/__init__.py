@@ -3,6 +3,7 @@
 import aqtrack
 result = aqtrack.train(rounds=1, epochs_per_round=20)
 aqtrack.train(resume=result.run_id, rounds=2)
+aqtrack.train(fork=result.run_id, fork_epoch=10, lr=5e-4)  # a new run from epoch 10, lower lr
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ __all__ = ["fit_svm", "plot_curves", "rebuild_report", "runs_table", "show_run",
 
 
 def train(resume: str | None = None, **settings: Any) -> TrainResult:
-    """See `aqtrack.pipeline.train`; imported lazily so `import aqtrack` stays light."""
+    """See `aqtrack.pipeline.train` (settings, `fork=`, `fork_epoch=`, `callbacks=`); imported lazily so
+    `import aqtrack` stays light."""
     from aqtrack.pipeline import train as _train
 
     return _train(resume=resume, **settings)
@@ -47,7 +49,7 @@ def show_run(run_id: str, tail: int = 10) -> str:
 
 
 def fit_svm(run_id: str, *, c: float | None = None, kernel: str | None = None) -> SvmResult:
-    """See `aqtrack.finish.fit_svm`: refit a run's SVM stage from its best checkpoint and log it."""
+    """See `aqtrack.finish.fit_svm`: refit a run's SVM stage from its best checkpoint, as a nested run."""
     from aqtrack.finish import fit_svm as _fit_svm
 
     return _fit_svm(run_id, c=c, kernel=kernel)

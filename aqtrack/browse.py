@@ -9,20 +9,19 @@ from __future__ import annotations
 
 import datetime
 import textwrap
-import time
 from typing import TYPE_CHECKING
 
 from aqtrack import exports, tracking
 from aqtrack.checkpoint import CHECKPOINT_EPOCH_TAG
 from aqtrack.config import Config
 from aqtrack.errors import ConfigError
-from aqtrack.metrics import GRAD_NORM, LR, METRIC_KEYS, VAL_ACC
+from aqtrack.metrics import GRAD_NORM, LR, METRIC_KEYS, SVM_VAL_ACC, SVM_VAL_F1, VAL_ACC
 
 if TYPE_CHECKING:
     import pandas as pd
 
 COLUMNS = ("run_id", "name", "status", "epochs", "total_epochs", "best_val_acc", "best_epoch")
-COLUMNS += ("grad_norm", "lr", "resumable", "started")
+COLUMNS += ("grad_norm", "lr", "resumable", "origin", "started")
 HIDDEN_TAGS = (tracking.TAG_HEARTBEAT, tracking.TAG_OWNER)  # bookkeeping, not for people
 
 
@@ -34,7 +33,8 @@ def runs_table(experiment: str | None = None, *, all_experiments: bool = False) 
 
     client = tracking.connect()
     ids = _experiment_ids(client, experiment, all_experiments)
-    runs = tracking.search_runs(client, ids)
+    # `aqtrack svm` refits are listed with their training run by `aqtrack show`, not here.
+    runs = [r for r in tracking.search_runs(client, ids) if tracking.TAG_REFIT_OF not in r.data.tags]
     table = pd.DataFrame([_row(client, run) for run in runs], columns=list(COLUMNS))
     if all_experiments:
         names = {e.experiment_id: e.name for e in client.search_experiments()}
@@ -56,7 +56,7 @@ def format_runs(table: pd.DataFrame) -> str:
     shown["lr"] = [_num(v, ".2e") for v in table["lr"]]
     shown = shown.drop(columns=["total_epochs", "best_val_acc", "best_epoch"])
     order = [c for c in ("run_id", "experiment", "name", "status", "epochs", "best val_acc") if c in shown]
-    return shown[[*order, "grad_norm", "lr", "resumable", "started"]].to_string(index=False)
+    return shown[[*order, "grad_norm", "lr", "resumable", "origin", "started"]].to_string(index=False)
 
 
 def _experiment_ids(client, name: str | None, all_experiments: bool) -> list[str]:
@@ -86,7 +86,8 @@ def _row(client, run) -> dict:
         "best_epoch": best_epoch,
         "grad_norm": metrics.get(GRAD_NORM, float("nan")),
         "lr": metrics.get(LR, float("nan")),
-        "resumable": resumable(run),
+        "resumable": resumable(run, client.tracking_uri),
+        "origin": origin(run),
         "started": _time(run.info.start_time),
     }
 
@@ -108,7 +109,7 @@ def _total_epochs(run) -> int:
     return int(rounds) * int(per_round) if rounds.isdigit() and per_round.isdigit() else 0
 
 
-def resumable(run) -> str:
+def resumable(run, tracking_uri: str) -> str:
     """Whether `aqtrack train --resume` can continue the run, and why (not)."""
     tags, status = run.data.tags, run.info.status
     epoch = tags.get(CHECKPOINT_EPOCH_TAG)
@@ -116,11 +117,21 @@ def resumable(run) -> str:
         return "no: no checkpoint"
     if status == "FINISHED":
         return "finished; --rounds to extend"
-    heartbeat = tags.get(tracking.TAG_HEARTBEAT, "")
-    quiet = time.time() - (float(heartbeat) if heartbeat.isdigit() else 0.0)
-    if status == "RUNNING" and quiet < tracking.STALE_AFTER_S:
-        return f"not now: training? (epoch published {quiet:.0f} s ago)"
+    busy = tracking.held_elsewhere(run, tracking_uri)
+    if busy:
+        return f"not now: {busy}"
     return f"yes, from epoch {epoch}"
+
+
+def origin(run) -> str:
+    """Where the run came from: another run it resumes or forks ("" for a run started afresh)."""
+    tags = run.data.tags
+    if tracking.TAG_FORKED_FROM in tags:
+        source, _, epoch = tags[tracking.TAG_FORKED_FROM].partition("@")
+        return f"fork of {source[:8]}@{epoch}"
+    if tracking.TAG_RESUMED_FROM in tags:
+        return f"resumes {tags[tracking.TAG_RESUMED_FROM][:8]}"
+    return ""
 
 
 def show_run(run_id: str, tail: int = 10) -> str:
@@ -137,7 +148,7 @@ def show_run(run_id: str, tail: int = 10) -> str:
         f"status {info.status}, started {_time(info.start_time)}{ended}",
         f"epochs {_epochs(done, _total_epochs(run))}"
         + (f", best val_acc {best:.4f} at epoch {best_epoch}" if done else "")
-        + f"; resumable: {resumable(run)}",
+        + f"; resumable: {resumable(run, client.tracking_uri)}",
     ]
     tags = [
         f"{k}={v}" for k, v in sorted(data.tags.items()) if k.startswith("aqtrack.") and k not in HIDDEN_TAGS
@@ -154,7 +165,27 @@ def show_run(run_id: str, tail: int = 10) -> str:
         f"  {name}  {model_id}  {status}  best epoch {epoch}" for name, model_id, status, epoch in models
     ]
     lines += [] if models else ["  none"]
+    lines += _lineage(client, run)
     return "\n".join(lines)
+
+
+def _lineage(client, run) -> list[str]:
+    """The runs linked to this one: where it came from, its forks and its SVM refits."""
+    tags, lines = run.data.tags, []
+    if origin(run):
+        lines.append(f"  origin: {tags.get(tracking.TAG_FORKED_FROM) or tags[tracking.TAG_RESUMED_FROM]}")
+    for key, label in ((tracking.TAG_CONTINUED_IN, "continued in"), (tracking.TAG_FORKS, "forks")):
+        if key in tags:
+            lines.append(f"  {label}: {tags[key].replace(',', ', ')}")
+    refits = client.search_runs(
+        [run.info.experiment_id], filter_string=f"tags.`{tracking.TAG_REFIT_OF}` = '{run.info.run_id}'"
+    )
+    for refit in sorted(refits, key=lambda r: r.info.start_time):
+        m = refit.data.metrics
+        scores = " ".join(f"{k}={m[k]:.4f}" for k in (SVM_VAL_ACC, SVM_VAL_F1) if k in m)
+        name = refit.info.run_name
+        lines.append(f"  svm refit {refit.info.run_id} {name!r}: {scores or refit.info.status}")
+    return ["", "linked runs:", *lines] if lines else []
 
 
 def _history(client, run_id: str, tail: int) -> list[str]:

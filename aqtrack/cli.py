@@ -1,6 +1,6 @@
 """`aqtrack` command line. Flags are derived from the config dataclasses; heavy imports wait for a command.
 
-aqtrack train [--rounds 3 ...] [--resume RUN_ID|auto]
+aqtrack train [--rounds 3 ...] [--resume RUN_ID|auto | --fork RUN_ID --fork-epoch N]
 aqtrack report RUN_ID -o DIR
 aqtrack runs [--experiment NAME | --all]
 aqtrack show RUN_ID [--tail N]
@@ -11,44 +11,96 @@ aqtrack plot RUN_ID|experiment_report.json [-o curves.png]
 from __future__ import annotations
 
 import argparse
+import difflib
 import itertools
 import logging
 import os
+import re
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from aqtrack.config import SVM_KERNELS, Config, config_fields, flag, parse_bool, show
+from aqtrack.config import SVM_KERNELS, Config, config_fields, flag, parse_bool, parse_int, show
 from aqtrack.errors import AqtrackError, ConfigError
 
 
-def _boolean(text: str) -> bool:
-    try:
-        return parse_bool(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+def _typed(parse):
+    """An argparse type from one of config's parsers: its message, not argparse's "invalid value"."""
+
+    def convert(text: str):
+        try:
+            return parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    convert.__name__ = parse.__name__
+    return convert
 
 
 CURVES_PNG = "training_curves.png"
-TYPES = {"int": int, "float": float, "str": str, "bool": _boolean}
+TYPES = {"int": _typed(parse_int), "float": float, "str": str, "bool": _typed(parse_bool)}
+FROM_MLPROJECT = "--from-mlproject"
+# `mlflow run . -P name=value` passes each parameter to the MLproject command as `--name value`
+# (none is declared there, so that exactly the ones given arrive): these are the names it accepts.
+MLPROJECT_PARAMETERS = {
+    "resume_run_id": "--resume",
+    "fork_run_id": "--fork",
+    "fork_epoch": "--fork-epoch",
+    **{name: flag(name) for _, name, _ in config_fields()},
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, except that a bad command line is one `aqtrack: error:` line, not a usage dump, and an
+    option is only recognised whole (`--round` is not `--rounds`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        found = re.match(r"argument (--[a-z0-9-]+)(?:/[^:]*)?: (.*)", message)
+        if found:  # "argument --rounds: expected a whole number" -> "--rounds: expected a whole number"
+            option, message = found[1], f"{found[1]}: {found[2]}"
+            raise ConfigError(f"{message}; see `{self.prog} --help`", setting=option[2:].replace("-", "_"))
+        unknown = re.match(r"unrecognized arguments: (--[\w-]+)", message)
+        if unknown:
+            close = difflib.get_close_matches(unknown[1], self._all_options(), n=1)
+            message += f"; did you mean {close[0]}?" if close else ""
+        raise ConfigError(f"{message}; see `{self.prog} --help`")
+
+    def _all_options(self) -> list[str]:
+        """Every option of this parser and of its subcommands."""
+        options = []
+        for action in self._actions:
+            options += action.option_strings
+            if isinstance(action, argparse._SubParsersAction):
+                options += [o for sub in action.choices.values() for o in sub._all_options()]
+        return options
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="aqtrack", description="Train an action-quality classifier, tracked in MLflow."
-    )
+    parser = _Parser(prog="aqtrack", description="Train an action-quality classifier, tracked in MLflow.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    train = commands.add_parser("train", help="train a new run, or resume one by run id")
-    train.add_argument(
+    train = commands.add_parser("train", help="train a new run, resume one by run id, or fork one")
+    origin = train.add_argument_group("where the run starts")
+    origin.add_argument(
         "--resume",
         metavar="RUN_ID",
         default="",
-        help="continue this run from its last checkpoint ('auto': the newest unfinished run)",
+        help="continue this run from its last checkpoint ('auto': the newest unfinished run of this job)",
     )
-    # The MLproject entry point passes every parameter; this tells resume which ones were not typed.
-    train.add_argument("--from-mlproject", action="store_true", help=argparse.SUPPRESS)
+    origin.add_argument(
+        "--fork", metavar="RUN_ID", default="", help="a new run from this run's checkpoint at --fork-epoch"
+    )
+    origin.add_argument(
+        "--fork-epoch", type=_typed(parse_int), metavar="N", help="the epoch of the --fork run to start from"
+    )
+    # Set by the MLproject entry point: parameters arrive as `--name value`, and the process watches
+    # the `mlflow run` process that started it.
+    train.add_argument(FROM_MLPROJECT, action="store_true", help=argparse.SUPPRESS)
     train.add_argument("-q", "--quiet", action="store_true", help="only warnings and the final summary")
     _add_settings(train)
 
@@ -72,7 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_svm_and_plot(commands) -> None:
-    svm = commands.add_parser("svm", help="(re)fit the SVM stage of a finished run and log it to the run")
+    svm = commands.add_parser(
+        "svm", help="refit the SVM stage of a finished run, logged as a run nested under it"
+    )
     svm.add_argument("run_id", metavar="RUN_ID")
     svm.add_argument("--svm-c", dest="c", type=float, metavar="C", help="SVM C (default: the run's)")
     svm.add_argument("--svm-kernel", dest="kernel", choices=SVM_KERNELS, help="kernel (default: the run's)")
@@ -92,7 +146,7 @@ def _add_settings(parser: argparse.ArgumentParser) -> None:
             help = f"{f.metadata['help']} (default: {show(defaults[name])})"
             if str(f.type) == "bool":  # `--svm`, `--svm false` (what MLproject passes) and `--no-svm`
                 group.add_argument(
-                    flag(name), dest=name, type=_boolean, nargs="?", const=True, metavar="true|false",
+                    flag(name), dest=name, type=TYPES['bool'], nargs="?", const=True, metavar="true|false",
                     default=argparse.SUPPRESS, help=help,
                 )  # fmt: skip
                 group.add_argument(
@@ -112,7 +166,14 @@ def _add_settings(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    mlproject = FROM_MLPROJECT in argv
+    try:
+        args = build_parser().parse_args(_from_mlproject(argv) if mlproject else argv)
+    except ConfigError as e:
+        _configure_logging(quiet=False)
+        _say(f"aqtrack: error: {_named(e, mlproject)}")
+        return 2
     _configure_logging(quiet=getattr(args, "quiet", False))
     try:
         commands = {
@@ -125,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         return commands[args.command](args)
     except AqtrackError as e:
-        _say(f"aqtrack: error: {e}")
+        _say(f"aqtrack: error: {_named(e, mlproject)}")
         return 2
     except KeyboardInterrupt as e:
         signum = getattr(e, "signum", signal.SIGINT)
@@ -140,13 +201,44 @@ def _say(line: str) -> None:
     sys.stderr.flush()
 
 
+def _from_mlproject(argv: list[str]) -> list[str]:
+    """The MLproject command line as the parser wants it: `--epochs_per_round 5` (how `mlflow run`
+    passes `-P epochs_per_round=5`) as `--epochs-per-round 5`; an unknown `-P` name is one error line."""
+    start = argv.index(FROM_MLPROJECT) + 1
+    out = argv[:start]
+    for i in range(start, len(argv), 2):  # `--name value` pairs
+        name = argv[i][2:] if argv[i].startswith("--") else ""
+        if name not in MLPROJECT_PARAMETERS:
+            close = difflib.get_close_matches(name, MLPROJECT_PARAMETERS, n=1)
+            raise ConfigError(
+                f"-P {name or argv[i]}: not a parameter of this project"
+                + (f"; did you mean -P {close[0]}?" if close else "")
+                + "; the parameters are `aqtrack train`'s settings (`aqtrack train --help`, - as _), "
+                "resume_run_id, fork_run_id and fork_epoch"
+            )
+        out += [MLPROJECT_PARAMETERS[name], *argv[i + 1 : i + 2]]
+    return out
+
+
+def _named(e: AqtrackError, mlproject: bool) -> str:
+    """The error, naming the MLproject parameter too when the setting came from `mlflow run`."""
+    setting, message = getattr(e, "setting", None), str(e)
+    if not (mlproject and setting):
+        return message
+    parameter = next((p for p, option in MLPROJECT_PARAMETERS.items() if option == flag(setting)), setting)
+    if message.startswith(flag(setting)):
+        return f"-P {parameter} / {message}"
+    return f"-P {parameter} ({flag(setting)}): {message}"
+
+
 def _train(args: argparse.Namespace) -> int:
+    from aqtrack.interrupts import stop_when_launcher_dies
     from aqtrack.pipeline import train
 
-    settings: dict[str, Any] = {
-        k: v for k, v in vars(args).items() if k not in {"command", "resume", "quiet", "from_mlproject"}
-    }
-    result = train(resume=args.resume or None, defaults_unset=args.from_mlproject, **settings)
+    origin = {"resume", "fork", "fork_epoch", "command", "quiet", "from_mlproject"}
+    settings: dict[str, Any] = {k: v for k, v in vars(args).items() if k not in origin}
+    with stop_when_launcher_dies(args.from_mlproject):
+        result = train(resume=args.resume, fork=args.fork, fork_epoch=args.fork_epoch, **settings)
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks for all
         return 0
     print(
@@ -186,8 +278,8 @@ def _svm(args: argparse.Namespace) -> int:
 
     result = fit_svm(args.run_id, c=args.c, kernel=args.kernel)
     print(
-        f"run {result.run_id}: SVM (kernel={result.kernel}, C={result.c:g}) "
-        f"svm_val_acc {result.val_acc:.4f}, svm_val_f1 {result.val_f1:.4f}"
+        f"run {result.refit_of}: SVM refit (kernel={result.kernel}, C={result.c:g}) logged as nested run "
+        f"{result.run_id}: svm_val_acc {result.val_acc:.4f}, svm_val_f1 {result.val_f1:.4f}"
     )
     return 0
 

@@ -9,7 +9,7 @@ builds its parser from it.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,9 +22,25 @@ SVM_KERNELS = ("rbf", "linear", "poly", "sigmoid")
 TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
 
-def option(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
-    """A config field with its help text (shown by `--help` and in the README's config reference)."""
-    return field(default=default, metadata={"help": help, "choices": choices})
+def option(
+    default: Any,
+    help: str,
+    choices: tuple[str, ...] | None = None,
+    check: tuple[Callable[[Any], bool], str] | None = None,
+) -> Any:
+    """A config field with its help text (shown by `--help` and in the README's settings reference),
+    and its own check: (predicate, what the value must be). Choices are a check of their own."""
+    if choices is not None:
+        check = (lambda value, allowed=choices: value in allowed, f"one of {', '.join(choices)}")
+    return field(default=default, metadata={"help": help, "choices": choices, "check": check})
+
+
+def _at_least(bound: float) -> tuple[Callable[[Any], bool], str]:
+    return (lambda value: value >= bound, f">= {bound:g}")
+
+
+def _above(bound: float) -> tuple[Callable[[Any], bool], str]:
+    return (lambda value: value > bound, f"> {bound:g}")
 
 
 def flag(name: str) -> str:
@@ -40,68 +56,104 @@ def parse_bool(text: str) -> bool:
     raise ValueError(f"expected true or false (got {text!r})")
 
 
+def parse_int(text: str) -> int:
+    """An integer setting as typed: `3`, or `3.0` as MLflow passes MLproject parameters declared float."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"expected a whole number (got {text!r})") from None
+    if not value.is_integer():
+        raise ValueError(f"expected a whole number (got {text!r})")
+    return int(value)
+
+
 def show(value: Any) -> str:
     """A setting's value as the CLI and MLproject spell it: `true`, not `True`."""
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def _check_types(settings: Any) -> None:
-    """Python callers can pass anything; refuse what argparse would have refused."""
+_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+
+
+def _check_value(f: dataclasses.Field, value: Any) -> None:
+    """One setting on its own: its type (Python callers can pass anything), then its own check."""
+    expected = _TYPES[str(f.type)]
+    if isinstance(value, bool) != (expected == (bool,)) or not isinstance(value, expected):
+        raise ConfigError(f"{flag(f.name)} must be of type {f.type} (got {value!r})", setting=f.name)
+    check = f.metadata["check"]
+    if check is not None and not check[0](value):
+        raise ConfigError(f"{flag(f.name)} must be {check[1]} (got {value!r})", setting=f.name)
+
+
+def _check_fields(settings: Any) -> None:
     for f in dataclasses.fields(settings):
-        value = getattr(settings, f.name)
-        expected = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}[str(f.type)]
-        if isinstance(value, bool) != (expected == (bool,)) or not isinstance(value, expected):
-            raise ConfigError(f"{flag(f.name)} must be of type {f.type} (got {value!r})")
+        _check_value(f, getattr(settings, f.name))
 
 
 def _check(ok: bool, name: str, requirement: str, value: Any) -> None:
     if not ok:
-        raise ConfigError(f"{flag(name)} must be {requirement} (got {value!r})")
+        raise ConfigError(f"{flag(name)} must be {requirement} (got {value!r})", setting=name)
 
 
 @dataclass
 class DataConfig:
-    data: str = option("synthetic", "'synthetic' (embedded, seeded) or a .npz/.csv/.parquet file")
-    n_train: int = option(800, "synthetic data: number of training sequences")
-    n_val: int = option(200, "synthetic data: number of validation sequences")
-    val_fraction: float = option(0.2, "data files without a 'split': stratified validation fraction")
+    data: str = option(
+        "synthetic",
+        "'synthetic' (embedded, seeded) or a .npz/.csv/.parquet file",
+        check=(bool, "'synthetic' or a path"),
+    )
+    n_train: int = option(800, "synthetic data: number of training sequences", check=_at_least(1))
+    n_val: int = option(200, "synthetic data: number of validation sequences", check=_at_least(1))
+    val_fraction: float = option(
+        0.2,
+        "data files without a 'split': stratified validation fraction",
+        check=(lambda v: 0.0 < v < 1.0, "between 0 and 1"),
+    )
     data_seed: int = option(0, "seed of the synthetic data and of the train/val split of data files")
 
     def __post_init__(self) -> None:
-        _check_types(self)
-        _check(bool(self.data), "data", "'synthetic' or a path", self.data)
-        _check(self.n_train >= 1, "n_train", ">= 1", self.n_train)
-        _check(self.n_val >= 1, "n_val", ">= 1", self.n_val)
-        _check(0.0 < self.val_fraction < 1.0, "val_fraction", "between 0 and 1", self.val_fraction)
+        _check_fields(self)
 
 
 @dataclass
 class ModelConfig:
-    hidden: int = option(64, "channels of the 1D-CNN's convolutions (features() returns 2x this)")
-    dropout: float = option(0.2, "dropout before the classifier head")
+    hidden: int = option(
+        64, "channels of the 1D-CNN's convolutions (features() returns 2x this)", check=_at_least(1)
+    )
+    dropout: float = option(
+        0.2, "dropout before the classifier head", check=(lambda v: 0.0 <= v < 1.0, "in [0, 1)")
+    )
 
     def __post_init__(self) -> None:
-        _check_types(self)
-        _check(self.hidden >= 1, "hidden", ">= 1", self.hidden)
-        _check(0.0 <= self.dropout < 1.0, "dropout", "in [0, 1)", self.dropout)
+        _check_fields(self)
 
 
 @dataclass
 class TrainConfig:
-    rounds: int = option(3, "training rounds; the cosine schedule restarts at each round")
-    epochs_per_round: int = option(100, "epochs in each round")
-    lr: float = option(1e-3, "peak learning rate, at the start of each cosine cycle")
-    min_lr: float = option(1e-6, "floor of the cosine schedule")
-    t0: int = option(0, "epochs of the first cosine cycle (CosineAnnealingWarmRestarts T_0); 0 = one round")
-    t_mult: int = option(1, "growth factor of the cosine cycle length (CosineAnnealingWarmRestarts T_mult)")
-    optimizer: str = option("adamw", "optimizer: adamw or adam", choices=OPTIMIZERS)
-    weight_decay: float = option(1e-2, "weight decay")
-    batch_size: int = option(32, "training batch size")
-    max_grad_norm: float = option(1.0, "gradient clipping: max total L2 norm")
-    checkpoint_interval: int = option(
-        10, "epochs between periodic checkpoints (last.pt is saved every epoch)"
+    rounds: int = option(3, "training rounds; the cosine schedule restarts at each round", check=_at_least(1))
+    epochs_per_round: int = option(100, "epochs in each round", check=_at_least(1))
+    lr: float = option(1e-3, "peak learning rate, at the start of each cosine cycle", check=_above(0))
+    min_lr: float = option(1e-6, "floor of the cosine schedule", check=_at_least(0))
+    t0: int = option(
+        0,
+        "epochs of the first cosine cycle (CosineAnnealingWarmRestarts T_0); 0 = one round",
+        check=(lambda v: v >= 0, ">= 0 (0 restarts the schedule at every round)"),
     )
-    num_workers: int = option(0, "DataLoader worker processes (0 is safe in Jupyter)")
+    t_mult: int = option(
+        1, "growth factor of the cosine cycle length (CosineAnnealingWarmRestarts T_mult)", check=_at_least(1)
+    )
+    optimizer: str = option("adamw", "optimizer: adamw or adam", choices=OPTIMIZERS)
+    weight_decay: float = option(1e-2, "weight decay", check=_at_least(0))
+    batch_size: int = option(32, "training batch size", check=_at_least(1))
+    max_grad_norm: float = option(1.0, "gradient clipping: max total L2 norm", check=_above(0))
+    checkpoint_interval: int = option(
+        10, "epochs between periodic checkpoints (last.pt is saved every epoch)", check=_at_least(1)
+    )
+    num_workers: int = option(0, "DataLoader worker processes (0 is safe in Jupyter)", check=_at_least(0))
     seed: int = option(42, "seed of model init, dropout and data order")
     device: str = option("auto", "where to train: auto (cuda when available), cpu or cuda", choices=DEVICES)
     amp: str = option(
@@ -111,22 +163,8 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
-        _check_types(self)
-        _check(self.rounds >= 1, "rounds", ">= 1", self.rounds)
-        _check(self.epochs_per_round >= 1, "epochs_per_round", ">= 1", self.epochs_per_round)
-        _check(self.lr > 0, "lr", "> 0", self.lr)
-        _check(self.min_lr >= 0, "min_lr", ">= 0", self.min_lr)
+        _check_fields(self)
         _check(self.min_lr <= self.lr, "min_lr", f"<= --lr ({self.lr})", self.min_lr)
-        _check(self.t0 >= 0, "t0", ">= 0 (0 restarts the schedule at every round)", self.t0)
-        _check(self.t_mult >= 1, "t_mult", ">= 1", self.t_mult)
-        _check(self.optimizer in OPTIMIZERS, "optimizer", f"one of {', '.join(OPTIMIZERS)}", self.optimizer)
-        _check(self.weight_decay >= 0, "weight_decay", ">= 0", self.weight_decay)
-        _check(self.batch_size >= 1, "batch_size", ">= 1", self.batch_size)
-        _check(self.max_grad_norm > 0, "max_grad_norm", "> 0", self.max_grad_norm)
-        _check(self.checkpoint_interval >= 1, "checkpoint_interval", ">= 1", self.checkpoint_interval)
-        _check(self.num_workers >= 0, "num_workers", ">= 0", self.num_workers)
-        _check(self.device in DEVICES, "device", f"one of {', '.join(DEVICES)}", self.device)
-        _check(self.amp in PRECISIONS, "amp", f"one of {', '.join(PRECISIONS)}", self.amp)
 
     @property
     def total_epochs(self) -> int:
@@ -136,35 +174,37 @@ class TrainConfig:
 @dataclass
 class SvmConfig:
     svm: bool = option(True, "after training, fit an SVM on the best network's features (--no-svm skips it)")
-    svm_c: float = option(1.0, "SVM regularisation C")
+    svm_c: float = option(1.0, "SVM regularisation C", check=_above(0))
     svm_kernel: str = option("rbf", "SVM kernel", choices=SVM_KERNELS)
 
     def __post_init__(self) -> None:
-        _check_types(self)
-        _check(self.svm_c > 0, "svm_c", "> 0", self.svm_c)
-        _check(
-            self.svm_kernel in SVM_KERNELS, "svm_kernel", f"one of {', '.join(SVM_KERNELS)}", self.svm_kernel
-        )
+        _check_fields(self)
 
 
 @dataclass
 class RunConfig:
-    experiment: str = option("action-quality", "MLflow experiment (under `mlflow run`, MLflow's choice wins)")
+    experiment: str = option(
+        "action-quality",
+        "MLflow experiment (under `mlflow run`, MLflow's choice wins)",
+        check=(bool, "a non-empty name"),
+    )
     run_name: str = option("", "MLflow run name; empty = a readable generated one (renames a resumed run)")
-    output_dir: str = option("outputs", "where experiment_report.json and local checkpoint copies go")
+    output_dir: str = option(
+        "outputs",
+        "where each run's local files go: <output-dir>/<run id>/ (report, checkpoints, plots)",
+        check=(bool, "a directory path"),
+    )
     tracking_patience: float = option(
         600.0,
         "seconds training goes on while the tracking server is unreachable (metrics and checkpoints "
         "wait locally and are sent when it is back) before it stops; 0 = stop at the first failure",
+        check=_at_least(0),
     )
     register: str = option("", "register the best network in the MLflow model registry under this name")
     system_metrics: bool = option(False, "log CPU, memory (and GPU) usage as MLflow system metrics")
 
     def __post_init__(self) -> None:
-        _check_types(self)
-        _check(bool(self.experiment), "experiment", "a non-empty name", self.experiment)
-        _check(bool(self.output_dir), "output_dir", "a directory path", self.output_dir)
-        _check(self.tracking_patience >= 0, "tracking_patience", ">= 0", self.tracking_patience)
+        _check_fields(self)
 
 
 SECTIONS: dict[str, type] = {
@@ -215,6 +255,15 @@ def check_known(values: dict[str, Any]) -> None:
         raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(known)}")
 
 
+def check_values(values: dict[str, Any]) -> None:
+    """Check settings one by one, without a whole config around them: what a resume or a fork can
+    check before the run it starts from (and its settings) is known."""
+    check_known(values)
+    fields = {name: f for _, name, f in config_fields()}
+    for name, value in values.items():
+        _check_value(fields[name], value)
+
+
 def config_fields() -> Iterator[tuple[str, str, dataclasses.Field]]:
     """(section, name, field) for every setting, in declaration order."""
     for section, cls in SECTIONS.items():
@@ -222,22 +271,55 @@ def config_fields() -> Iterator[tuple[str, str, dataclasses.Field]]:
             yield section, f.name, f
 
 
-def resumed(saved: Config, given: dict[str, Any], *, defaults_unset: bool = False) -> Config:
+def parse_param(name: str, text: str) -> Any:
+    """A logged MLflow param back as its setting's value (None if it does not parse)."""
+    kind = next(str(f.type) for _, n, f in config_fields() if n == name)
+    try:
+        return {"int": parse_int, "float": float, "str": str, "bool": parse_bool}[kind](text)
+    except ValueError:
+        return None
+
+
+def resumed(saved: Config, given: dict[str, Any]) -> Config:
     """The config of a resumed run: the checkpoint's, plus the `RESUMABLE` settings the user gave.
 
-    Changing any other setting is refused: the checkpoint's optimizer, schedule and data would no
-    longer describe the run. `mlflow run` passes every MLproject parameter, typed or not, so under it
-    (`defaults_unset`) a value equal to its default counts as not given.
+    `given` holds exactly what the user passed (a flag, `-P name=value`, a keyword), whatever its
+    value. Giving a setting outside `RESUMABLE` is fine when it repeats the run's value; changing it is
+    refused, because the checkpoint's optimizer, schedule and data would no longer describe the run.
     """
     check_known(given)
-    defaults, current = Config().to_dict(), saved.to_dict()
-    given = {k: v for k, v in given.items() if v != current[k] and not (defaults_unset and v == defaults[k])}
+    current = saved.to_dict()
+    changed = {k: v for k, v in given.items() if v != current[k]}
     conflicts = [
-        f"{flag(k)}={v!r} (the run has {current[k]!r})" for k, v in given.items() if k not in RESUMABLE
+        f"{flag(k)}={v!r} (the run has {current[k]!r})" for k, v in changed.items() if k not in RESUMABLE
     ]
     if conflicts:
         raise ConfigError(
             f"cannot change {', '.join(conflicts)} when resuming; only "
-            f"{', '.join(flag(k) for k in sorted(RESUMABLE))} may change: start a new run instead"
+            f"{', '.join(flag(k) for k in sorted(RESUMABLE))} may change: start a new run, or fork "
+            "this one (--fork RUN_ID --fork-epoch N) to change them from one of its checkpoints"
+        )
+    return saved.replace(**changed)
+
+
+def fork_fixed() -> frozenset[str]:
+    """Settings a fork cannot change: the data (every data setting) and the network's shape."""
+    return frozenset(f.name for f in dataclasses.fields(DataConfig)) | {"hidden"}
+
+
+def forked(saved: Config, given: dict[str, Any]) -> Config:
+    """The config of a fork: the source checkpoint's, with any given setting changed except the data
+    and the model's shape (the checkpoint's weights must fit the network and the data it saw)."""
+    check_known(given)
+    current = saved.to_dict()
+    conflicts = [
+        f"{flag(k)}={v!r} (the run has {current[k]!r})"
+        for k, v in given.items()
+        if k in fork_fixed() and v != current[k]
+    ]
+    if conflicts:
+        raise ConfigError(
+            f"cannot change {', '.join(conflicts)} in a fork: it continues the source's network on the "
+            "source's data; start a new run instead"
         )
     return saved.replace(**given)

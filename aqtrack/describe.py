@@ -27,8 +27,9 @@ def run_name(cfg: Config, generated: str) -> str:
     return f"{data}-h{cfg.model.hidden}-{t.rounds}x{t.epochs_per_round}-{generated}"
 
 
-def start_note(cfg: Config, data: ActionQualityData, run_id: str, resumed: str) -> str:
-    """The description while training: the config, the data and where the run came from."""
+def start_note(cfg: Config, data: ActionQualityData, run_id: str, origin: str) -> str:
+    """The description while training: the config, the data and, in `origin`, where the run came from
+    (a markdown sentence; "" for a new run)."""
     t, m = cfg.train, cfg.model
     lines = [
         f"**Action-quality classifier**: 1D CNN (hidden {m.hidden}, dropout {m.dropout:g}), "
@@ -38,8 +39,8 @@ def start_note(cfg: Config, data: ActionQualityData, run_id: str, resumed: str) 
         f"{data.channels} channels x {data.seq_len} frames, {data.num_classes} classes "
         f"({', '.join(data.class_names)}).",
     ]
-    if resumed:
-        lines.append(f"**Resumed** {resumed}.")
+    if origin:
+        lines.append(origin)
     lines += [f"**Results**: {RESULTS_PENDING}", _how_to_resume(run_id)]
     return "\n\n".join(lines)
 

@@ -10,7 +10,12 @@ class AqtrackError(Exception):
 
 
 class ConfigError(AqtrackError, ValueError):
-    """A setting is invalid; the message names the flag."""
+    """A setting is invalid; the message names the flag. `setting` is its config name, when the error
+    is about one setting (the CLI names it as its MLproject parameter too, under `mlflow run`)."""
+
+    def __init__(self, message: str, setting: str | None = None) -> None:
+        super().__init__(message)
+        self.setting = setting
 
 
 class DataError(AqtrackError, ValueError):

@@ -162,10 +162,12 @@ class _SvmStage:
 
 
 def fit_svm(run_id: str, *, c: float | None = None, kernel: str | None = None) -> SvmResult:
-    """(Re)fit the SVM stage of a run: the verified best checkpoint's features of the run's data.
-
-    Logs `svm_val_acc` / `svm_val_f1` (at step = the run's final epoch) and the `svm` model to the run;
-    `c` and `kernel` default to the run's own settings.
+    """Refit the SVM stage of a finished run, from its verified best checkpoint's features of the run's
+    data, as a run of its own nested under it (`mlflow.parentRunId`, tag `aqtrack.refit_of`): the
+    refit's params (svm_c, svm_kernel), its `svm_val_acc` / `svm_val_f1` (at step = the training run's
+    final epoch) and its `svm` model. The training run itself is left as it is, so each of its metrics
+    keeps one point per step and every refit's score says which C and kernel made it.
+    `c` and `kernel` default to the run's own settings. Returns the refit's result (`run_id`: the refit).
     """
     client = tracking.connect()
     run = tracking.get_run(client, run_id, label="svm")
@@ -187,7 +189,24 @@ def fit_svm(run_id: str, *, c: float | None = None, kernel: str | None = None) -
     features = {"train": embed(network, data.x_train)[0], "val": embed(network, data.x_val)[0]}
     step = int(run.data.tags.get(CHECKPOINT_EPOCH_TAG, best.state.epoch))
     tags = {exports.TAG_BEST_EPOCH: str(best.state.epoch)}
-    return _SvmStage(client, run_id, step, data, features, tags).fit_and_log(svm, again=True)
+    refit = tracking.create_child_run(
+        client,
+        run,
+        name=f"svm-{svm.svm_kernel}-C{svm.svm_c:g}",
+        tags={tracking.TAG_REFIT_OF: run_id, **tags},
+    )
+    with tracking.terminating(client, refit):
+        params = {"svm_c": svm.svm_c, "svm_kernel": svm.svm_kernel, "best_epoch": best.state.epoch}
+        client.log_batch(refit, params=_params(params))
+        result = _SvmStage(client, refit, step, data, features, tags).fit_and_log(svm, again=True)
+    result.refit_of = run_id
+    return result
+
+
+def _params(values: dict[str, Any]) -> list:
+    from mlflow.entities import Param
+
+    return [Param(k, str(v)) for k, v in values.items()]
 
 
 def plot_curves(source: str | Path) -> Figure:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -82,3 +83,48 @@ def ignored_signals() -> Iterator[None]:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+LAUNCHER_POLL_S = 1.0
+
+
+@contextlib.contextmanager
+def stop_when_launcher_dies(watch: bool) -> Iterator[None]:
+    """With `watch`, for the block: once the `mlflow run` process that started this one is gone, this
+    process gets SIGTERM, so training stops as on any SIGTERM (the last complete epoch published, the
+    run marked KILLED, its lock released) instead of training on as an orphan nobody waits for."""
+    launcher = _launcher() if watch else None
+    if launcher is None:
+        yield
+        return
+    done = threading.Event()
+
+    def watch_it() -> None:
+        while not done.wait(LAUNCHER_POLL_S):
+            if not launcher.is_running():  # also False for a new process that reused its pid
+                log.warning("the `mlflow run` process (pid %d) is gone: stopping", launcher.pid)
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+
+    thread = threading.Thread(target=watch_it, name="aqtrack-launcher-watch", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+
+
+def _launcher():
+    """The nearest ancestor that is `mlflow run` (between it and us there may be a shell, e.g. conda's
+    activation), else the parent process."""
+    import psutil
+
+    me = psutil.Process()
+    for process in me.parents():
+        try:
+            words = " ".join(process.cmdline()[:4])
+        except psutil.Error:
+            continue
+        if "mlflow" in words and " run" in words:
+            return process
+    return me.parent()

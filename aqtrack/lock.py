@@ -2,7 +2,10 @@
 
 On one machine an exclusive `flock` per (tracking store, run) decides, race-free; the kernel drops it
 when its process dies, even by SIGKILL, so a killed run can be resumed at once. Across machines the
-lock cannot reach: there the run's status and heartbeat tag do (see `pipeline._check_not_running`).
+lock cannot reach: there the run's status and heartbeat tag do (see `tracking.held_elsewhere`).
+
+The same kind of lock serialises the first contact with a new embedded sqlite store: MLflow creates
+its schema then, and two processes doing it at once can crash one of them.
 """
 
 from __future__ import annotations
@@ -14,35 +17,74 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 from aqtrack.errors import ResumeError
 
 
+def _locks_dir() -> Path:
+    path = Path(tempfile.gettempdir()) / f"aqtrack-{os.getuid()}-locks"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def lock_path(tracking_uri: str, run_id: str) -> Path:
     store = hashlib.sha256(tracking_uri.encode()).hexdigest()[:12]
-    return Path(tempfile.gettempdir()) / f"aqtrack-{os.getuid()}-locks" / f"{store}-{run_id}.lock"
+    return _locks_dir() / f"{store}-{run_id}.lock"
+
+
+@contextlib.contextmanager
+def _flocked(path: Path, blocking: bool) -> Iterator[IO[str] | None]:
+    """The open lock file while we hold its lock; None (non-blocking only) if another process holds it."""
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            f.seek(0)
+            yield None
+            return
+        f.truncate(0)
+        f.write(str(os.getpid()))
+        f.flush()
+        try:
+            yield f
+        finally:
+            f.truncate(0)
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager
 def run_lock(tracking_uri: str, run_id: str) -> Iterator[None]:
     """Hold the run for the block, or raise ResumeError naming the process that holds it."""
     path = lock_path(tracking_uri, run_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "unknown"
+    with _flocked(path, blocking=False) as held:
+        if held is None:
+            holder = path.read_text().strip() or "unknown"
             raise ResumeError(
                 f"run {run_id} is being trained by another process on this machine (pid {holder}); "
                 "wait for it to finish, or stop it and resume again"
-            ) from None
-        f.truncate(0)
-        f.write(str(os.getpid()))
-        f.flush()
-        try:
-            yield
-        finally:
-            f.truncate(0)
-            fcntl.flock(f, fcntl.LOCK_UN)
+            )
+        yield
+
+
+def try_run_lock(stack: contextlib.ExitStack, tracking_uri: str, run_id: str) -> bool:
+    """Take the run's lock for the rest of `stack` if no other process holds it; whether we got it."""
+    held = stack.enter_context(_flocked(lock_path(tracking_uri, run_id), blocking=False))
+    return held is not None
+
+
+def held_here(tracking_uri: str, run_id: str) -> bool:
+    """Whether a process on this machine holds the run's lock now (looks, takes nothing)."""
+    path = lock_path(tracking_uri, run_id)
+    if not path.exists():
+        return False
+    with _flocked(path, blocking=False) as held:
+        return held is None
+
+
+@contextlib.contextmanager
+def store_lock(tracking_uri: str) -> Iterator[None]:
+    """Wait for, then hold, the lock of the store's first contact (see the module docstring)."""
+    store = hashlib.sha256(tracking_uri.encode()).hexdigest()[:12]
+    with _flocked(_locks_dir() / f"store-{store}.lock", blocking=True):
+        yield

@@ -5,10 +5,12 @@ The loop reports to a `Tracker` (MLflow or a no-op) and never branches on which 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
-from collections.abc import Callable, Iterable
+import warnings
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -153,24 +155,61 @@ def build_trainer(
 
 
 def restore(trainer: Trainer, state: TrainState) -> None:
-    """Load a checkpoint's weights, optimizer, schedule and RNG into a freshly built trainer."""
-    saved = state.model_spec
-    for key, value in trainer.spec.to_dict().items():
-        if saved.get(key) != value:
-            raise ResumeError(
-                f"checkpoint model has {key}={saved.get(key)} but the data and settings give {value}; "
-                "resume with the data the run was trained on"
-            )
-    try:
+    """Load a checkpoint's weights, optimizer, schedule and RNG into a freshly built trainer (a resume:
+    the same settings, so the same computation continues)."""
+    _check_spec(trainer, state, ("in_channels", "num_classes", "hidden", "dropout"))
+    with _mismatch_is_resume_error():
         trainer.model.load_state_dict(state.model)
         trainer.optimizer.load_state_dict(state.optimizer)
         trainer.scheduler.load_state_dict(state.scheduler)
         if state.scaler:  # a no-op when the scaler is switched off
             trainer.precision.scaler.load_state_dict(state.scaler)
+    restore_rng(state.rng, trainer.data_generator)
+
+
+def restore_fork(trainer: Trainer, state: TrainState, source_seed: int) -> None:
+    """Continue another run's checkpoint (`state`, at epoch N) with this trainer's own settings: the
+    checkpoint's weights, optimizer moments (Adam's running averages) and RNG, but this config's
+    optimizer hyperparameters and schedule, the schedule advanced to where it stands after N epochs.
+    With unchanged settings this is exactly `restore`. A seed other than `source_seed` re-seeds the
+    randomness (dropout, data order) from here on."""
+    _check_spec(trainer, state, ("in_channels", "num_classes", "hidden"))  # dropout may change
+    hyperparameters = [{k: v for k, v in g.items() if k != "params"} for g in trainer.optimizer.param_groups]
+    with _mismatch_is_resume_error():
+        trainer.model.load_state_dict(state.model)
+        trainer.optimizer.load_state_dict(state.optimizer)
+        if state.scaler:
+            trainer.precision.scaler.load_state_dict(state.scaler)
+    for group, settings in zip(trainer.optimizer.param_groups, hyperparameters, strict=True):
+        group.update(settings)  # lr, weight decay, ... and the schedule's initial_lr: this config's
+    with warnings.catch_warnings():
+        # "lr_scheduler.step() before optimizer.step()": expected, this replays the schedule's epochs.
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(state.epoch):
+            trainer.scheduler.step()
+    restore_rng(state.rng, trainer.data_generator)
+    if trainer.config.train.seed != source_seed:
+        seed_everything(trainer.config.train.seed)
+        trainer.data_generator.manual_seed(trainer.config.train.seed)
+
+
+def _check_spec(trainer: Trainer, state: TrainState, keys: tuple[str, ...]) -> None:
+    saved, built = state.model_spec, trainer.spec.to_dict()
+    for key in keys:
+        if saved.get(key) != built[key]:
+            raise ResumeError(
+                f"checkpoint model has {key}={saved.get(key)} but the data and settings give {built[key]}; "
+                "resume with the data the run was trained on"
+            )
+
+
+@contextlib.contextmanager
+def _mismatch_is_resume_error() -> Iterator[None]:
+    try:
+        yield
     except (RuntimeError, ValueError, KeyError) as e:
         first = str(e).strip().splitlines()[0]
         raise ResumeError(f"checkpoint does not match the model this aqtrack builds: {first}") from e
-    restore_rng(state.rng, trainer.data_generator)
 
 
 def train_one_epoch(trainer: Trainer) -> tuple[dict[str, float], list[float]]:

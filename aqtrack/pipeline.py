@@ -1,7 +1,19 @@
-"""The public Python API: `train` (new or resumed run) and `rebuild_report`. The CLI calls these.
+"""The public Python API: `train` (a new run, a resume or a fork) and `rebuild_report`. The CLI calls these.
 
-Everything that can be refused (settings, data, the run to resume, its checkpoint) is checked before
-any run is created or touched, so bad input never leaves a half-made run behind.
+Everything that can be refused is checked as early as it can be: settings and the data file before the
+tracking store is even contacted (a refused file leaves no `mlflow.db`), the run to continue and its
+checkpoint before any run is created or touched. So bad input never leaves a half-made run behind.
+
+Which run a training writes into (`MLFLOW_RUN_ID` is set by `mlflow run` for the run it made, and by
+users to re-attach):
+
+| asked for          | MLFLOW_RUN_ID unset | it names an empty run    | it names a run holding a training |
+|--------------------|---------------------|--------------------------|-----------------------------------|
+| a new run          | a new run           | that run                 | a new run (a warning says why)    |
+| `--resume ID`      | run ID itself       | that run, with ID's past | run ID itself                     |
+| `--fork ID`        | a new run           | that run                 | a new run                         |
+
+A training never writes a second history into a run that holds one.
 """
 
 from __future__ import annotations
@@ -9,13 +21,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
-import shutil
 import socket
 import tempfile
-import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -27,33 +38,41 @@ from aqtrack.checkpoint import (
     BEST,
     CHECKPOINT_EPOCH_TAG,
     LAST,
-    MANIFEST_SUFFIX,
     History,
     Manifest,
     TrainState,
     manifest_path,
-    verify_checkpoint,
+    write_checkpoints,
 )
-from aqtrack.config import Config, flag, resumed, show
+from aqtrack.config import (
+    RESUMABLE,
+    Config,
+    DataConfig,
+    check_values,
+    flag,
+    forked,
+    parse_param,
+    resumed,
+    show,
+)
 from aqtrack.data import ActionQualityData, load_configured
 from aqtrack.describe import GENERATED_NAME_RE, NOTE_TAG, RUN_NAME_TAG, final_note, run_name, start_note
 from aqtrack.distributed import World
 from aqtrack.errors import ConfigError, DistributedError, ResumeError, TrackingLost
 from aqtrack.finish import Finishing, curves_refresher, finish_run
 from aqtrack.interrupts import ignored_signals, stop_signals
-from aqtrack.lock import run_lock
-from aqtrack.loop import EpochHook, Trainer, build_trainer, fit, restore
-from aqtrack.metrics import METRIC_KEYS
+from aqtrack.lock import run_lock, try_run_lock
+from aqtrack.loop import EpochHook, Trainer, build_trainer, fit, restore, restore_fork
+from aqtrack.metrics import METRIC_KEYS, VAL_ACC
 from aqtrack.progress import Progress
 from aqtrack.report import REPORT_FILE, build_report, history_from_points, report_writer, write_report
-from aqtrack.resume import Found, find_checkpoint
+from aqtrack.resume import Found, files_of, find_at_epoch, find_checkpoint, unpublished
 
 log = logging.getLogger(__name__)
 
 AUTO = "auto"
-MLFLOW_RUN_ENV = "MLFLOW_RUN_ID"  # set by `mlflow run` for the run it created
-# A RUNNING run whose owner on another machine published nothing for this long is taken to be dead.
-STALE_AFTER_S = tracking.STALE_AFTER_S
+CHECKPOINTS_DIR = "checkpoints"  # in a run's local folder, as in the run's artifacts
+LEGACY_CHECKPOINTS = "checkpoints"  # aqtrack <= 0.1 kept local copies in <output_dir>/checkpoints/<run id>/
 
 
 @dataclass
@@ -64,47 +83,109 @@ class TrainResult:
     best_epoch: int
     history: History
     report_path: Path
-    resumed_from: str | None
+    resumed_from: str | None  # the run whose checkpoint this training started from (resume or fork)
 
 
-@dataclass
-class _Start:
-    """A validated plan: what to train, from which state, into which run."""
+@dataclass(frozen=True)
+class Request:
+    """What the caller asked for. `settings` holds exactly the settings given explicitly (a flag,
+    `-P name=value`, a keyword), whatever their values: a setting not given is never inferred from
+    comparing a value with its default."""
 
-    config: Config
-    data: ActionQualityData
-    trainer: Trainer
-    state: TrainState
-    source_run: str | None  # the run whose checkpoint we resume, if any
-    found: Found | None  # that checkpoint
-    rename: str = ""  # a name to give the run once it is open (a generated one made readable)
+    resume: str | None = None  # a run id, "auto", or None
+    fork: str | None = None  # a run id
+    fork_epoch: int | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.resume and self.fork:
+            raise ConfigError("pass --resume or --fork, not both: a fork starts a new run, a resume does not")
+        if self.fork_epoch is not None and not self.fork:
+            raise ConfigError("--fork-epoch needs --fork RUN_ID (the run to fork)")
+        if self.fork_epoch is not None and self.fork_epoch < 1:
+            raise ConfigError(f"--fork-epoch must be >= 1 (got {self.fork_epoch})", setting="fork_epoch")
+        for label, run_id in (("--resume", self.resume), ("--fork", self.fork)):
+            if run_id and run_id != AUTO and not tracking.RUN_ID_RE.match(run_id):
+                raise ResumeError(f"{label} {run_id!r}: not a run id (32 lowercase hex characters)")
+        if self.fork == AUTO:
+            raise ResumeError("--fork auto: a fork needs the id of the run to fork")
 
 
 def train(
     resume: str | None = None,
     *,
-    defaults_unset: bool = False,
+    fork: str | None = None,
+    fork_epoch: int | None = None,
     callbacks: Iterable[EpochHook] = (),
     **settings: Any,
 ) -> TrainResult:
-    """Train a new run, or resume one by id (or "auto": the newest unfinished run of the experiment).
+    """Train a new run, resume one by id (or "auto": the newest unfinished run of the same job), or
+    fork one: a new run from its checkpoint at `fork_epoch`, with any settings changed but the data and
+    the network's shape.
 
-    `settings` are Config fields by name, e.g. `train(rounds=1, epochs_per_round=5)`. When resuming,
-    the run's own settings apply and only `config.RESUMABLE` ones (rounds, ...) may change;
-    `defaults_unset` treats settings equal to their defaults as not given (what `mlflow run` needs).
-    `callbacks` are called with the training state at the end of each epoch, once its checkpoint is
-    written, just before the epoch is sent to MLflow.
+    `settings` are Config fields by name, e.g. `train(rounds=1, epochs_per_round=5)`; the ones passed
+    are "given", whatever their values. When resuming, the run's own settings apply and only
+    `config.RESUMABLE` ones (rounds, ...) may change. `callbacks` are called with the training state
+    at the end of each epoch, once its checkpoint is written, just before the epoch is sent to MLflow.
 
     Under torchrun, rank 0 does all of this (callbacks included) and the other ranks follow it.
     """
+    request = Request(resume or None, fork or None, fork_epoch, settings)
     with distributed.joined() as world:
         if not world.is_main:
             return _follow(world)
         try:
-            return _lead(world, resume, defaults_unset, callbacks, settings)
+            return _lead(world, request, callbacks)
         except BaseException as e:
             world.refuse(e)  # the other ranks, still waiting for a plan, stop too
             raise
+
+
+@dataclass
+class _Early:
+    """What can be checked before the tracking store is contacted: a new run's whole config and its data
+    (for a resume or fork, the given settings one by one and a given data file)."""
+
+    config: Config | None = None
+    data: ActionQualityData | None = None
+    data_config: DataConfig | None = None
+
+
+@dataclass
+class _Origin:
+    """Where a training starts: from scratch, or another run's (or its own) verified checkpoint."""
+
+    kind: str  # "new", "resume" or "fork"
+    run: Any = None  # the run whose checkpoint it starts from
+    found: Found | None = None
+    local_dirs: list[Path] = field(default_factory=list)  # where that run's local copies may be
+
+    def __post_init__(self) -> None:
+        # The settings the checkpoint was trained with (the training's own replace them in its state).
+        self.source_config = dict(self.found.state.config) if self.found else {}
+
+
+@dataclass
+class _Start:
+    """A validated plan: what to train, from which state."""
+
+    config: Config
+    data: ActionQualityData
+    trainer: Trainer
+    state: TrainState
+    origin: _Origin
+
+    @property
+    def source(self) -> str | None:
+        return self.origin.run.info.run_id if self.origin.run is not None else None
+
+
+@dataclass(frozen=True)
+class _Opened:
+    """The run a training writes into, once it holds it (its lock)."""
+
+    run_id: str
+    rename: str  # a name to give the run with its first tags ("": keep its name)
 
 
 @dataclass
@@ -116,31 +197,154 @@ class _Plan:
     source_run: str | None
 
 
-def _lead(
-    world: World, resume: str | None, defaults_unset: bool, callbacks: Iterable[EpochHook], settings: dict
-) -> TrainResult:
+def _lead(world: World, request: Request, callbacks: Iterable[EpochHook]) -> TrainResult:
     """Check everything, open the run, tell the other ranks (if any), train and record."""
+    early = _check_early(request)
     client = tracking.connect()
-    env_run = os.environ.get(MLFLOW_RUN_ENV) or None
-    if resume == AUTO:
-        resume = _newest_unfinished(client, env_run, settings)
-    with tempfile.TemporaryDirectory(prefix="aqtrack-resume-") as tmp, contextlib.ExitStack() as held:
-        run = tracking.get_run(client, resume) if resume else None  # checks the id before any use
-        if run:  # before its checkpoint is read: a second resumer must not even download it
-            held.enter_context(run_lock(client.tracking_uri, run.info.run_id))
-        start = _prepare(client, run, settings, defaults_unset, Path(tmp), world)
-        run_id = _open_run(client, start, env_run)
-        if run_id != resume:
-            held.enter_context(run_lock(client.tracking_uri, run_id))
-        world.share_plan(_Plan(run_id, start.state, start.source_run))
+    env = tracking.env_run(client)
+    with tempfile.TemporaryDirectory(prefix="aqtrack-start-") as tmp, contextlib.ExitStack() as held:
+        origin = _origin(client, request, early, env, held, Path(tmp))
+        start = _prepare(origin, request.settings, early, world)
+        opened = _open_run(client, start, env, held)
+        # The other ranks restore what this trainer holds now (for a fork: its own hyperparameters).
+        shared = start.state if start.origin.kind == "new" else start.trainer.snapshot(start.state)
+        world.share_plan(_Plan(opened.run_id, shared, start.source))
         with (
             stop_signals(),
-            tracking.terminating(client, run_id),
-            tracking.system_metrics(client, run_id, start.config.run.system_metrics),
+            tracking.terminating(client, opened.run_id),
+            tracking.system_metrics(client, opened.run_id, start.config.run.system_metrics),
         ):
-            trainer = start.trainer
-            trainer.net = distributed.wrap(trainer.model, trainer.device, world)
-            return _train_in_run(client, run_id, start, callbacks)
+            # DDP's constructor is a collective: every rank wraps its model here, after the plan.
+            start.trainer.net = distributed.wrap(start.trainer.model, start.trainer.device, world)
+            return _train_in_run(client, opened, start, Path(tmp), callbacks)
+
+
+def _check_early(request: Request) -> _Early:
+    """Settings and the data file, before any store exists: a bad flag is reported even with the
+    server down, and a refused file creates no store."""
+    settings = request.settings
+    if request.fork is None and request.resume in (None, AUTO):
+        config = Config.from_dict(settings)
+        _check_writable(Path(config.run.output_dir))
+        return _Early(config, load_configured(config.data), config.data)
+    check_values(settings)
+    if "output_dir" in settings:
+        _check_writable(Path(settings["output_dir"]))
+    data_given = {k: v for k, v in settings.items() if k in DataConfig.__dataclass_fields__}
+    if not data_given:
+        return _Early()
+    data_config = DataConfig(**data_given)  # the run's own split settings may differ: checked later
+    return _Early(data=load_configured(data_config), data_config=data_config)
+
+
+def _origin(client, request: Request, early: _Early, env, held: contextlib.ExitStack, tmp: Path) -> _Origin:
+    if request.fork:
+        run = tracking.get_run(client, request.fork, label="--fork")
+        local_dirs = _local_dirs(run, request.settings)
+        found = find_at_epoch(client, run.info.run_id, local_dirs, tmp, request.fork_epoch)
+        return _Origin("fork", run, found, local_dirs)
+    if request.resume == AUTO:
+        return _newest_unfinished(client, early.config, env, held, tmp)
+    if request.resume:
+        run = tracking.get_run(client, request.resume)
+        # Before its checkpoint is read: a second resumer must not even download it.
+        held.enter_context(run_lock(client.tracking_uri, run.info.run_id))
+        _check_experiment(client, run, request.settings, env)
+        _check_not_running_elsewhere(run)
+        local_dirs = _local_dirs(run, request.settings)
+        return _Origin("resume", run, find_checkpoint(client, run.info.run_id, local_dirs, tmp), local_dirs)
+    return _Origin("new")
+
+
+def _newest_unfinished(client, wanted: Config, env, held: contextlib.ExitStack, tmp: Path) -> _Origin:
+    """`--resume auto`: the newest unfinished run of the same job (experiment, data and every setting a
+    resume cannot change) that no live process holds and that has a verified checkpoint; else a new run.
+    Other runs, crashed or not, are passed over."""
+    experiment_id = (
+        env.info.experiment_id if env else tracking.find_experiment_id(client, wanted.run.experiment)
+    )
+    for run in tracking.unfinished_runs(client, experiment_id):
+        run_id = run.info.run_id
+        if env is not None and run_id == env.info.run_id:
+            continue
+        differs = _job_differences(run, wanted)
+        if differs:
+            log.debug("--resume auto: run %s is another job (%s)", run_id, ", ".join(differs))
+            continue
+        candidate = contextlib.ExitStack()
+        busy = tracking.running_on_another_machine(run)
+        if busy or not try_run_lock(candidate, client.tracking_uri, run_id):
+            log.info("--resume auto: passing over run %s: %s", run_id, busy or "another process trains it")
+            candidate.close()
+            continue
+        local_dirs = _local_dirs(run, {"output_dir": wanted.run.output_dir})
+        try:
+            found = find_checkpoint(client, run_id, local_dirs, tmp)
+        except ResumeError as e:
+            log.warning("--resume auto: passing over run %s: %s", run_id, e)
+            candidate.close()
+            continue
+        held.enter_context(candidate.pop_all())
+        log.info("--resume auto: continuing run %s from epoch %d", run_id, found.state.epoch)
+        return _Origin("resume", run, found, local_dirs)
+    log.info("--resume auto: no unfinished run of this job: a new run")
+    return _Origin("new")
+
+
+def _job_differences(run, wanted: Config) -> list[str]:
+    """The settings a resume could not change that the run has otherwise (or did not log)."""
+    params = run.data.params
+    return [
+        name
+        for name, value in wanted.to_dict().items()
+        if name not in RESUMABLE and (name not in params or parse_param(name, params[name]) != value)
+    ]
+
+
+def _prepare(origin: _Origin, given: dict[str, Any], early: _Early, world: World) -> _Start:
+    """The config, data and trainer, restored to the origin's checkpoint."""
+    state = origin.found.state if origin.found else None
+    if origin.kind == "resume":
+        cfg = resumed(Config.from_dict(state.config), given)
+        _check_rounds(origin.run, cfg, state.epoch)
+        _say_what_is_rerun(origin.run, state.epoch)
+    elif origin.kind == "fork":
+        cfg = forked(Config.from_dict(state.config), given)
+        if cfg.train.total_epochs <= state.epoch:
+            raise ConfigError(
+                f"--fork {origin.run.info.run_id} --fork-epoch {state.epoch}: {flag('rounds')} "
+                f"{cfg.train.rounds} x {flag('epochs_per_round')} {cfg.train.epochs_per_round} leaves "
+                "nothing to train after the fork epoch; pass more rounds"
+            )
+    else:
+        cfg = early.config
+    _check_writable(Path(cfg.run.output_dir))
+    data = early.data if early.data_config == cfg.data else load_configured(cfg.data)
+    trainer = build_trainer(cfg, data, distributed.resolve_device(cfg.train.device, world), world)
+    if origin.kind == "resume":
+        restore(trainer, state)
+    elif origin.kind == "fork":
+        restore_fork(trainer, state, source_seed=Config.from_dict(origin.source_config).train.seed)
+    else:
+        state = TrainState(config=cfg.to_dict(), model_spec=trainer.spec.to_dict())
+    state.config = cfg.to_dict()
+    return _Start(cfg, data, trainer, state, origin)
+
+
+def _check_rounds(run, cfg: Config, epoch: int) -> None:
+    total, run_id = cfg.train.total_epochs, run.info.run_id
+    if total < epoch:
+        need = math.ceil(epoch / cfg.train.epochs_per_round)
+        raise ResumeError(
+            f"--resume {run_id}: the run has trained {epoch} epochs, more than {flag('rounds')} "
+            f"{cfg.train.rounds} x {cfg.train.epochs_per_round} ({total}); pass {flag('rounds')} {need} "
+            "or more"
+        )
+    if total == epoch and run.info.status == "FINISHED":
+        raise ResumeError(
+            f"--resume {run_id}: the run has trained {epoch} of {total} epochs "
+            f"({run.info.status}); pass {flag('rounds')} above {cfg.train.rounds} to train longer"
+        )
 
 
 def _follow(world: World) -> TrainResult:
@@ -153,9 +357,9 @@ def _follow(world: World) -> TrainResult:
     device = distributed.resolve_device(cfg.train.device, world)
     trainer = build_trainer(cfg, load_configured(cfg.data), device, world)
     if state.model:
-        restore(trainer, state)
+        restore(trainer, state)  # rank 0's restored state: a fork's hyperparameters are in it already
     with ignored_signals():
-        trainer.net = distributed.wrap(trainer.model, device, world)
+        trainer.net = distributed.wrap(trainer.model, device, world)  # a collective, as on rank 0
         try:
             fit(trainer, state, tracking.NullTracker(), None)
         except RuntimeError as e:
@@ -165,80 +369,45 @@ def _follow(world: World) -> TrainResult:
                 f"rank {world.rank}: lost the other processes in epoch {state.epoch + 1}; rank 0's output "
                 "says why it stopped"
             ) from e
+    return _result(plan.run_id, state, cfg, plan.source_run)
+
+
+def _result(run_id: str, state: TrainState, cfg: Config, source: str | None) -> TrainResult:
     return TrainResult(
-        run_id=plan.run_id,
+        run_id=run_id,
         epochs=state.epoch,
         best_val_acc=state.best_val_acc,
         best_epoch=state.best_epoch,
         history=state.history,
-        report_path=Path(cfg.run.output_dir) / REPORT_FILE,
-        resumed_from=plan.source_run,
+        report_path=run_directory(cfg.run.output_dir, run_id) / REPORT_FILE,
+        resumed_from=source,
     )
 
 
-def _newest_unfinished(client, env_run: str | None, settings: dict[str, Any]) -> str | None:
-    # Under `mlflow run`, the experiment is the one MLflow put its run in.
-    experiment_id = (
-        client.get_run(env_run).info.experiment_id
-        if env_run
-        else tracking.find_experiment_id(client, settings.get("experiment", Config().run.experiment))
-    )
-    resume = tracking.latest_unfinished_run(client, experiment_id, exclude=env_run)
-    log.info("--resume auto: %s", f"continuing run {resume}" if resume else "no unfinished run: a new one")
-    return resume
+def run_directory(output_dir: str | Path, run_id: str) -> Path:
+    """A run's own local folder: its legacy report, checkpoint copies and plots. Runs sharing an
+    --output-dir never share files, and the legacy monitor lists each folder as its own training."""
+    return Path(output_dir) / run_id
 
 
-def _prepare(
-    client, run, settings: dict[str, Any], defaults_unset: bool, tmp: Path, world: World = distributed.SINGLE
-) -> _Start:
-    """Check everything and build the trainer; `run` is the run to resume, if any."""
-    found = resume = None
-    if run:
-        resume = run.info.run_id
-        _check_experiment(client, run, settings, defaults_unset)
-        _check_not_running_elsewhere(run)
-        local = checkpoint_dir(_given(run, "output_dir", settings, defaults_unset), resume)
-        found = find_checkpoint(client, resume, local, tmp)
-        state = found.state
-        cfg = resumed(Config.from_dict(state.config), settings, defaults_unset=defaults_unset)
-        if cfg.train.total_epochs <= state.epoch and run.info.status == "FINISHED":
-            raise ResumeError(
-                f"--resume {resume}: the run has trained {state.epoch} of {cfg.train.total_epochs} epochs "
-                f"({run.info.status}); pass {flag('rounds')} above {cfg.train.rounds} to train longer"
-            )
-        _say_what_is_rerun(run, state.epoch)
-        state.config = cfg.to_dict()
-    else:
-        cfg = Config.from_dict(settings)
-        state = None
-    _check_writable(Path(cfg.run.output_dir))
-    data = load_configured(cfg.data)
-    trainer = build_trainer(cfg, data, distributed.resolve_device(cfg.train.device, world), world)
-    if state is None:
-        state = TrainState(config=cfg.to_dict(), model_spec=trainer.spec.to_dict())
-    else:
-        restore(trainer, state)
-    return _Start(cfg, data, trainer, state, resume, found)
+def checkpoint_dir(output_dir: str | Path, run_id: str) -> Path:
+    """Where training writes the run's checkpoint files before uploading them."""
+    return run_directory(output_dir, run_id) / CHECKPOINTS_DIR
 
 
-def _given(run, name: str, settings: dict[str, Any], defaults_unset: bool) -> str:
-    """A setting as this resume will use it: typed now, else the run's param, else the default."""
-    if _typed(settings, name, defaults_unset):
-        return settings[name]
-    return run.data.params.get(name) or getattr(Config().run, name)
+def _local_dirs(run, settings: dict[str, Any]) -> list[Path]:
+    """Where the run's local checkpoint copies may be: under the --output-dir given now, else the run's
+    own (its param), in today's layout and the one before it."""
+    output_dir = settings.get("output_dir") or run.data.params.get("output_dir") or Config().run.output_dir
+    run_id = run.info.run_id
+    return [checkpoint_dir(output_dir, run_id), Path(output_dir) / LEGACY_CHECKPOINTS / run_id]
 
 
-def _typed(settings: dict[str, Any], name: str, defaults_unset: bool) -> bool:
-    """Whether the user gave this setting (under `mlflow run`, a default value counts as not given)."""
-    return name in settings and not (defaults_unset and settings[name] == Config().to_dict()[name])
-
-
-def _check_experiment(client, run, settings: dict[str, Any], defaults_unset: bool) -> None:
+def _check_experiment(client, run, settings: dict[str, Any], env) -> None:
     """A run id from another experiment than the one asked for is a mistake, not a wish to move it."""
-    env_run = os.environ.get(MLFLOW_RUN_ENV)
-    if env_run:  # under `mlflow run`, the experiment is the one MLflow's run is in
-        wanted = client.get_experiment(client.get_run(env_run).info.experiment_id).name
-    elif _typed(settings, "experiment", defaults_unset):
+    if env is not None:  # under `mlflow run`, the experiment is the one MLflow's run is in
+        wanted = client.get_experiment(env.info.experiment_id).name
+    elif "experiment" in settings:
         wanted = settings["experiment"]
     else:
         return
@@ -251,19 +420,14 @@ def _check_experiment(client, run, settings: dict[str, Any], defaults_unset: boo
 
 
 def _check_not_running_elsewhere(run) -> None:
-    """The lock covers this machine; a RUNNING run whose owner on another machine showed signs of life
-    recently is taken to be training still."""
-    tags, run_id = run.data.tags, run.info.run_id
-    host = tags.get(tracking.TAG_OWNER, "").rpartition(":")[0]
-    if run.info.status != "RUNNING" or not host or host == socket.gethostname():
-        return
-    heartbeat = tags.get(tracking.TAG_HEARTBEAT, "")
-    quiet = time.time() - (float(heartbeat) if heartbeat.isdigit() else 0.0)
-    if quiet < STALE_AFTER_S:
+    """The lock covers this machine (we hold it); across machines, the heartbeat decides."""
+    busy = tracking.running_on_another_machine(run)
+    if busy:
+        run_id = run.info.run_id
         raise ResumeError(
-            f"--resume {run_id}: the run is RUNNING on {host} (last epoch published {quiet:.0f} s ago); if "
-            f"that process is gone, mark the run KILLED (MlflowClient().set_terminated('{run_id}', "
-            f"'KILLED')) or wait {STALE_AFTER_S - quiet:.0f} s"
+            f"--resume {run_id}: the run is {busy}; if that process is gone, mark the run KILLED "
+            f"(MlflowClient().set_terminated('{run_id}', 'KILLED')) or wait until it has been quiet for "
+            f"{tracking.STALE_AFTER_S} s"
         )
 
 
@@ -279,19 +443,46 @@ def _say_what_is_rerun(run, epoch: int) -> None:
         )
 
 
-def _open_run(client, start: _Start, env_run: str | None) -> str:
-    """The run to train in: the resumed run itself, the run `mlflow run` made, or a new one."""
-    source, name = start.source_run, start.config.run.run_name
-    if source and env_run in (None, source):
+def _open_run(client, start: _Start, env, held: contextlib.ExitStack) -> _Opened:
+    """The run to train in, held (locked) by this process: see the module docstring's table."""
+    cfg, origin, source = start.config, start.origin, start.source
+    name = cfg.run.run_name
+    resuming = origin.kind == "resume"
+    if env is not None and not (resuming and env.info.run_id == source):
+        if _adopt(client, env, held):
+            return _Opened(env.info.run_id, name or _readable(cfg, env.info.run_name))
+        env_id = env.info.run_id
+        goes = f"continuing run {source} itself" if resuming else "training in a new run"
+        log.warning(
+            "%s=%s names a run that holds a training already (or another process is starting one in "
+            "it); %s%s",
+            tracking.MLFLOW_RUN_ENV,
+            env_id,
+            goes,
+            "" if resuming else f" (to continue {env_id}: aqtrack train --resume {env_id})",
+        )
+    if resuming:
         client.update_run(source, status="RUNNING", name=name or None)
-        return source
-    if env_run:  # MLflow named it: the user's --run-name, or a generated name we make readable
-        start.rename = name or _readable(start.config, client.get_run(env_run).info.run_name)
-        return env_run
-    experiment_id = tracking.experiment_id(client, start.config.run.experiment)
+        return _Opened(source, "")
+    experiment_id = env.info.experiment_id if env else tracking.experiment_id(client, cfg.run.experiment)
     run = tracking.create_run(client, experiment_id, name or None)
-    start.rename = "" if name else _readable(start.config, run.info.run_name)
-    return run.info.run_id
+    held.enter_context(run_lock(client.tracking_uri, run.info.run_id))
+    return _Opened(run.info.run_id, "" if name else _readable(cfg, run.info.run_name))
+
+
+def _adopt(client, env, held: contextlib.ExitStack) -> bool:
+    """Take the MLFLOW_RUN_ID run if it holds no training and no other process is taking it."""
+    run_id = env.info.run_id
+    candidate = contextlib.ExitStack()
+    if not try_run_lock(candidate, client.tracking_uri, run_id):
+        return False
+    if tracking.holds_training(client.get_run(run_id)):  # read again, under the lock
+        candidate.close()
+        return False
+    held.enter_context(candidate.pop_all())
+    if client.get_run(run_id).info.status != "RUNNING":
+        client.update_run(run_id, status="RUNNING")
+    return True
 
 
 def _readable(cfg: Config, name: str) -> str:
@@ -299,28 +490,34 @@ def _readable(cfg: Config, name: str) -> str:
     return run_name(cfg, name) if GENERATED_NAME_RE.match(name or "") else ""
 
 
-def _train_in_run(client, run_id: str, start: _Start, callbacks: Iterable[EpochHook]) -> TrainResult:
-    cfg, state, source = start.config, start.state, start.source_run
-    stats = start.data.stats()
+def _train_in_run(
+    client, opened: _Opened, start: _Start, tmp: Path, callbacks: Iterable[EpochHook]
+) -> TrainResult:
+    cfg, state, run_id = start.config, start.state, opened.run_id
+    state.run_id = run_id
+    folder = run_directory(cfg.run.output_dir, run_id)
+    local = folder / CHECKPOINTS_DIR
     tracker = tracking.MlflowTracker(client, run_id, patience=cfg.run.tracking_patience)
+    # First the files the run starts from (each before its manifest, then the checkpoint-epoch tag),
+    # then what the run is; the links to the source run go out last, once this run is whole.
+    files, epoch_tag = _starting_files(client, run_id, start, local, tmp)
+    for path in files:
+        tracker.log_artifact(path, ARTIFACT_DIR)
     tracker.log_params({k: show(v) for k, v in cfg.to_dict().items()})  # `true`, as typed
-    tags = _tags(client, run_id, cfg, start.data, source)
-    note = start_note(cfg, start.data, run_id, _resumed_how(tags, source, state.epoch))
-    tracker.set_tags({**tags, NOTE_TAG: note, **({RUN_NAME_TAG: start.rename} if start.rename else {})})
-    tracker.log_json(stats, tracking.DATASET_STATS_ARTIFACT)
-    if source and source != run_id:
-        _carry_over(client, tracker, source, run_id, start.found)
+    tags = _tags(client, run_id, start, epoch_tag)
+    note = start_note(cfg, start.data, run_id, _how_it_started(start, run_id, tags))
+    tracker.set_tags({**tags, NOTE_TAG: note, **({RUN_NAME_TAG: opened.rename} if opened.rename else {})})
+    tracker.log_json(start.data.stats(), tracking.DATASET_STATS_ARTIFACT)
     tracker.flush()
+    _link_source(client, start, run_id)
     exports.log_datasets(client, run_id, start.data, cfg.data.data_seed)
     tracker.skip = tracking.sync_history(client, run_id, state.history)
-    state.run_id = run_id
 
-    output_dir = Path(cfg.run.output_dir)
-    local = checkpoint_dir(cfg.run.output_dir, run_id)
+    write_report = report_writer(tracker, folder, start.data.stats(), run_id)
     hooks = [
-        report_writer(tracker, output_dir, stats, run_id),
+        write_report,
         gradient_alerts(tracker),
-        curves_refresher(tracker, output_dir, cfg.train.checkpoint_interval),
+        curves_refresher(tracker, folder, cfg.train.checkpoint_interval),
         *callbacks,
     ]
     trained_before = state.epoch
@@ -329,7 +526,7 @@ def _train_in_run(client, run_id: str, start: _Start, callbacks: Iterable[EpochH
             fit(start.trainer, state, tracker, local, on_epoch_end=[*hooks, progress])
         if state.epoch == trained_before:  # killed after its last epoch: only the wrapping-up is left
             log.info("run %s: all %d epochs were already trained; finishing it", run_id, state.epoch)
-            hooks[0](state)
+            write_report(state)
         tracker.drain()  # the run is closed only once everything it should hold is sent
         _finish(Finishing(client, run_id, cfg, start.data, state, local))  # with the server answering
         _describe_results(client, tracker, note, state)
@@ -339,23 +536,102 @@ def _train_in_run(client, run_id: str, start: _Start, callbacks: Iterable[EpochH
             f"{e}: training stopped; the checkpoint of epoch {epoch} is in {local}, and "
             f"`aqtrack train --resume {run_id}` continues from it once the server is back"
         ) from e
-    return TrainResult(
-        run_id=run_id,
-        epochs=state.epoch,
-        best_val_acc=state.best_val_acc,
-        best_epoch=state.best_epoch,
-        history=state.history,
-        report_path=output_dir / REPORT_FILE,
-        resumed_from=source,
-    )
+    return _result(run_id, state, cfg, start.source)
 
 
-def _resumed_how(tags: dict[str, str], source: str | None, epoch: int) -> str:
+def _starting_files(client, run_id: str, start: _Start, local: Path, tmp: Path) -> tuple[list[Path], int]:
+    """The checkpoint files to publish before training, and the epoch of the run's last.pt after them.
+
+    Continuing in the same run: the local copies its artifacts lack or hold older (a process that died
+    before uploading them, or lost its server), so the run never ends holding checkpoints older than its
+    last epoch. Starting from another run (a resume under `mlflow run`, a fork): the starting state as
+    this run's last.pt, and its best checkpoint so far as this run's best."""
+    state, origin = start.state, start.origin
+    if origin.kind == "new":
+        return [], 0
+    if origin.kind == "resume" and start.source == run_id:
+        found = [f for d in origin.local_dirs if d.is_dir() for f in unpublished(client, run_id, d, tmp)]
+        published = [m.epoch for _, m in found if m.file == LAST]
+        if found:
+            log.info("run %s: publishing %d local checkpoint file(s) it lacks", run_id, len(found))
+        return files_of(found), max(published, default=0)
+    best = _best_so_far(client, start, tmp)
+    names = [LAST] if best is not None else [BEST, LAST]
+    files = write_checkpoints(start.trainer.snapshot(state), local, names)
+    if best is not None:
+        best.config, best.run_id = state.config, run_id
+        files = write_checkpoints(best, local, [BEST]) + files
+    return files, state.epoch
+
+
+def _best_so_far(client, start: _Start, tmp: Path) -> TrainState | None:
+    """The best checkpoint of the source run up to the starting epoch, when it is not the starting
+    checkpoint itself (None then). A fork from before the source's newest best may not find it stored
+    (best files are replaced as the best improves); the fork's best then starts at the fork epoch."""
+    state, origin = start.state, start.origin
+    if state.best_epoch == state.epoch:
+        return None
+    try:
+        return find_at_epoch(client, start.source, origin.local_dirs, tmp, state.best_epoch).state
+    except ResumeError:
+        val_acc = state.history.metrics[VAL_ACC][state.epoch - 1]
+        log.warning(
+            "run %s: its best checkpoint up to epoch %d (epoch %d, val_acc %.4f) is not stored; the new "
+            "run's best starts from epoch %d (val_acc %.4f)",
+            start.source,
+            state.epoch,
+            state.best_epoch,
+            state.best_val_acc,
+            state.epoch,
+            val_acc,
+        )
+        state.best_val_acc, state.best_epoch = val_acc, state.epoch
+        return None
+
+
+def _tags(client, run_id: str, start: _Start, epoch_tag: int) -> dict[str, str]:
+    cfg, origin, source = start.config, start.origin, start.source
+    tags = {
+        tracking.TAG_DATA_SOURCE: start.data.source,
+        tracking.TAG_ROUNDS: str(cfg.train.rounds),
+        "aqtrack.version": _version(),
+        tracking.TAG_OWNER: f"{socket.gethostname()}:{os.getpid()}",
+    }
+    if epoch_tag:
+        tags[CHECKPOINT_EPOCH_TAG] = str(epoch_tag)
+    if origin.kind == "resume" and source == run_id:
+        count = client.get_run(run_id).data.tags.get(tracking.TAG_RESUME_COUNT, "0")
+        tags[tracking.TAG_RESUME_COUNT] = str(int(count) + 1)
+    elif origin.kind == "resume":
+        tags[tracking.TAG_RESUMED_FROM] = source
+    elif origin.kind == "fork":
+        tags[tracking.TAG_FORKED_FROM] = f"{source}@{start.state.epoch}"
+    return tags
+
+
+def _link_source(client, start: _Start, run_id: str) -> None:
+    """On the source run, the one tag it gets: where it was continued, or forked."""
+    source = start.source
+    if start.origin.kind == "resume" and source != run_id:
+        client.set_tag(source, tracking.TAG_CONTINUED_IN, run_id)
+    elif start.origin.kind == "fork":
+        forks = client.get_run(source).data.tags.get(tracking.TAG_FORKS, "")
+        entry = f"{run_id}@{start.state.epoch}"
+        client.set_tag(source, tracking.TAG_FORKS, ",".join(filter(None, [forks, entry])))
+
+
+def _how_it_started(start: _Start, run_id: str, tags: dict[str, str]) -> str:
     """For the description: how this run came to continue an earlier one ("" for a fresh run)."""
-    if tags.get(tracking.TAG_RESUMED_FROM):
-        return f"from run `{source}` at epoch {epoch}"
-    if source:
-        return f"at epoch {epoch} (resume #{tags[tracking.TAG_RESUME_COUNT]})"
+    origin, epoch, source = start.origin, start.state.epoch, start.source
+    if origin.kind == "fork":
+        saved = Config.from_dict(origin.source_config).to_dict()
+        changes = [f"{k} {saved[k]} → {v}" for k, v in start.config.to_dict().items() if saved[k] != v]
+        changed = f" with {', '.join(changes)}" if changes else " with the same settings"
+        return f"**Forked** from run `{source}` at epoch {epoch}{changed}."
+    if origin.kind == "resume" and source != run_id:
+        return f"**Resumed** from run `{source}` at epoch {epoch}."
+    if origin.kind == "resume":
+        return f"**Resumed** at epoch {epoch} (resume #{tags[tracking.TAG_RESUME_COUNT]})."
     return ""
 
 
@@ -379,48 +655,6 @@ def _finish(job: Finishing) -> None:
         raise TrackingLost(f"tracking server {job.client.tracking_uri} lost while finishing ({first})") from e
 
 
-def checkpoint_dir(output_dir: str | Path, run_id: str) -> Path:
-    """Where training writes the run's checkpoint files before uploading them."""
-    return Path(output_dir) / "checkpoints" / run_id
-
-
-def _tags(client, run_id: str, cfg: Config, data: ActionQualityData, source: str | None) -> dict[str, str]:
-    tags = {
-        tracking.TAG_DATA_SOURCE: data.source,
-        tracking.TAG_ROUNDS: str(cfg.train.rounds),
-        "aqtrack.version": _version(),
-        tracking.TAG_OWNER: f"{socket.gethostname()}:{os.getpid()}",
-    }
-    if source == run_id:
-        count = client.get_run(run_id).data.tags.get(tracking.TAG_RESUME_COUNT, "0")
-        tags[tracking.TAG_RESUME_COUNT] = str(int(count) + 1)
-    elif source:
-        tags[tracking.TAG_RESUMED_FROM] = source
-    return tags
-
-
-def _carry_over(client, tracker: tracking.MlflowTracker, source: str, run_id: str, found: Found) -> None:
-    """Resumed into a new run (under `mlflow run`): give it the checkpoint it starts from, as its
-    last.pt, and the source's best checkpoint (when it verifies), and link the two runs."""
-    carry = found.path.parent / "carry-over"
-    carry.mkdir()
-    shutil.copyfile(found.path, carry / LAST)
-    files = [carry / LAST, Manifest.of(carry / LAST, found.state.epoch, run_id).write(carry)]
-    best = tracking.download_artifact(client, source, f"{ARTIFACT_DIR}/{BEST}", carry / "best")
-    best_manifest = tracking.download_artifact(
-        client, source, f"{ARTIFACT_DIR}/{BEST}{MANIFEST_SUFFIX}", carry / "best"
-    )
-    if best and best_manifest:
-        try:
-            verify_checkpoint(best, Manifest.read(best_manifest))
-            files += [best, best_manifest]
-        except ResumeError as e:
-            log.warning("run %s: not carrying over its best checkpoint: %s", source, e)
-    for path in files:
-        tracker.log_artifact(path, ARTIFACT_DIR)
-    client.set_tag(source, tracking.TAG_CONTINUED_IN, run_id)
-
-
 def rebuild_report(run_id: str, output_dir: Path) -> Path:
     """Rebuild `experiment_report.json` for any run from its MLflow metrics (plus its checkpoint's
     batch losses and dataset stats, where the run has them)."""
@@ -429,7 +663,7 @@ def rebuild_report(run_id: str, output_dir: Path) -> Path:
     points = tracking.fetch_history(client, run_id, METRIC_KEYS)
     with tempfile.TemporaryDirectory(prefix="aqtrack-report-") as tmp:
         try:
-            batch_source = find_checkpoint(client, run_id, None, Path(tmp), label="report").state.history
+            batch_source = find_checkpoint(client, run_id, [], Path(tmp), label="report").state.history
         except ResumeError as e:
             log.warning("%s: the report has no batch losses", e)
             batch_source = None
@@ -443,13 +677,18 @@ def rebuild_report(run_id: str, output_dir: Path) -> Path:
 
 
 def _check_writable(directory: Path) -> None:
+    """Refuse an --output-dir that cannot be written, without creating it (nothing is made for a
+    refused start): a write test in it, or in its nearest existing parent."""
+    existing = next(p for p in (directory, *directory.parents) if p.exists() or p == p.parent)
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=directory, prefix=".aqtrack-write-check-"):
+        if not existing.is_dir():
+            raise NotADirectoryError(20, "Not a directory")
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".aqtrack-write-check-"):
             pass
     except OSError as e:
         raise ConfigError(
-            f"{flag('output_dir')} {directory}: not writable ({e.strerror or e}); choose another directory"
+            f"{flag('output_dir')} {directory}: not writable ({e.strerror or e}); choose another directory",
+            setting="output_dir",
         ) from e
 
 

@@ -24,7 +24,8 @@ class SvmResult:
     val_f1: float  # macro F1 over the classes
     c: float
     kernel: str
-    run_id: str = ""
+    run_id: str = ""  # the run it is logged to
+    refit_of: str = ""  # for an `aqtrack svm` refit: the training run whose network it uses
 
 
 def fit_svm(

@@ -12,6 +12,7 @@ import os
 import random
 import re
 import shutil
+import socket
 import tempfile
 import time
 import urllib.error
@@ -21,7 +22,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from aqtrack.checkpoint import CHECKPOINT_EPOCH_TAG, History
-from aqtrack.errors import ResumeError, TrackingError, TrackingLost
+from aqtrack.errors import ConfigError, ResumeError, TrackingError, TrackingLost
+from aqtrack.lock import held_here, store_lock
+from aqtrack.metrics import METRIC_KEYS
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -47,6 +50,11 @@ TAG_DATA_SOURCE = "aqtrack.data_source"
 TAG_HEARTBEAT = "aqtrack.heartbeat"  # unix time of the run's last epoch-end tag update
 TAG_OWNER = "aqtrack.owner"  # host:pid of the process training the run
 TAG_ROUNDS = "aqtrack.rounds"  # params are immutable; the current target when resumed with more rounds
+TAG_FORKED_FROM = "aqtrack.forked_from"  # on a fork: "<source run id>@<epoch>"
+TAG_FORKS = "aqtrack.forks"  # on a fork's source: "<fork run id>@<epoch>,..." (newest last)
+TAG_REFIT_OF = "aqtrack.refit_of"  # on an `aqtrack svm` refit run: the training run it refits
+PARENT_RUN_TAG = "mlflow.parentRunId"  # what the MLflow UI nests runs by
+MLFLOW_RUN_ENV = "MLFLOW_RUN_ID"  # set by `mlflow run` for the run it created; users set it to re-attach
 # A RUNNING run whose owner published nothing for this long is taken to be dead.
 STALE_AFTER_S = 900
 DATASET_STATS_ARTIFACT = "dataset_stats.json"
@@ -246,18 +254,22 @@ def connect() -> MlflowClient:
     from mlflow import MlflowClient
 
     uri = mlflow.get_tracking_uri()
-    client = MlflowClient(uri)
     if not server_answers(uri):  # one short look first: MLflow's own calls retry for much longer
         raise TrackingError(
             f"cannot use tracking store {uri}: no answer within {PROBE_TIMEOUT_S:g} s; "
             "check MLFLOW_TRACKING_URI and that the server is up"
         )
-    try:
-        client.search_experiments(max_results=1)
-    except Exception as e:  # any failure here means the store is unusable; say which and why
-        raise TrackingError(
-            f"cannot use tracking store {uri}: {_first_line(e)}; check MLFLOW_TRACKING_URI and the server"
-        ) from e
+    # An embedded store gets its schema on first contact; two processes doing that at once on a new
+    # file can crash one (alembic's migration is not safe against itself), so first contacts queue.
+    first_contact = store_lock(uri) if uri.startswith("sqlite:") else contextlib.nullcontext()
+    with first_contact:
+        client = MlflowClient(uri)
+        try:
+            client.search_experiments(max_results=1)
+        except Exception as e:  # any failure here means the store is unusable; say which and why
+            raise TrackingError(
+                f"cannot use tracking store {uri}: {_first_line(e)}; check MLFLOW_TRACKING_URI and the server"
+            ) from e
     return client
 
 
@@ -298,17 +310,71 @@ def get_run(client: MlflowClient, run_id: str, label: str = "--resume"):
     return run
 
 
-def latest_unfinished_run(client: MlflowClient, experiment_id: str | None, exclude: str | None) -> str | None:
-    """Newest run of the experiment that did not finish and has a checkpoint (for `--resume auto`)."""
+def unfinished_runs(client: MlflowClient, experiment_id: str | None) -> list:
+    """The experiment's runs that did not finish and have a published checkpoint, newest first (the
+    candidates of `--resume auto`)."""
     if experiment_id is None:
-        return None
-    runs = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.`{CHECKPOINT_EPOCH_TAG}` != '' and attributes.status != 'FINISHED'",
-        order_by=["attributes.start_time DESC"],
-        max_results=10,
+        return []
+    return list(
+        client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`{CHECKPOINT_EPOCH_TAG}` != '' and attributes.status != 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1000,
+        )
     )
-    return next((r.info.run_id for r in runs if r.info.run_id != exclude), None)
+
+
+def env_run(client: MlflowClient):
+    """The run MLFLOW_RUN_ID names (`mlflow run` sets it for the run it made), or None when unset."""
+    run_id = os.environ.get(MLFLOW_RUN_ENV, "")
+    if not run_id:
+        return None
+    if not RUN_ID_RE.match(run_id):
+        raise ConfigError(
+            f"{MLFLOW_RUN_ENV}={run_id!r}: not a run id (32 lowercase hex characters); unset it"
+        )
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as e:
+        raise ConfigError(
+            f"{MLFLOW_RUN_ENV}={run_id}: no such run in {client.tracking_uri} ({_first_line(e)}); unset it"
+        ) from e
+    if run.info.lifecycle_stage == "deleted":
+        raise ConfigError(f"{MLFLOW_RUN_ENV}={run_id}: the run is deleted; unset {MLFLOW_RUN_ENV}")
+    return run
+
+
+def holds_training(run) -> bool:
+    """Whether the run holds (or held) an aqtrack training: metrics, a checkpoint or an owner. A run
+    `mlflow run` just made holds none, and is ours to train in."""
+    tags = run.data.tags
+    return bool(CHECKPOINT_EPOCH_TAG in tags or TAG_OWNER in tags or set(METRIC_KEYS) & set(run.data.metrics))
+
+
+def held_elsewhere(run, tracking_uri: str) -> str | None:
+    """Why the run is being trained by a live process now, or None: the one rule `aqtrack runs`, resume
+    and `--resume auto` share. On this machine the run lock says it (the kernel drops it when its
+    process dies); a RUNNING run whose owner is another machine is taken to be alive while its last
+    heartbeat (an epoch published) is under STALE_AFTER_S old."""
+    if held_here(tracking_uri, run.info.run_id):
+        return "trained by a process on this machine"
+    return running_on_another_machine(run)
+
+
+def running_on_another_machine(run) -> str | None:
+    """The cross-machine half of `held_elsewhere` (for a caller that holds the run's lock itself)."""
+    tags = run.data.tags
+    host = tags.get(TAG_OWNER, "").rpartition(":")[0]
+    if run.info.status != "RUNNING" or not host or host == socket.gethostname():
+        return None
+    heartbeat = tags.get(TAG_HEARTBEAT, "")
+    quiet = time.time() - (float(heartbeat) if heartbeat.isdigit() else 0.0)
+    if quiet < STALE_AFTER_S:
+        return f"RUNNING on {host} (last epoch published {quiet:.0f} s ago)"
+    return None
 
 
 def create_run(client: MlflowClient, experiment_id: str, name: str | None) -> Any:
@@ -321,6 +387,14 @@ def create_run(client: MlflowClient, experiment_id: str, name: str | None) -> An
         return client.create_run(experiment_id, run_name=name)
     finally:
         random.setstate(state)
+
+
+def create_child_run(client: MlflowClient, parent, name: str, tags: Mapping[str, str]) -> str:
+    """A new run nested under `parent` in the MLflow UI (same experiment, `mlflow.parentRunId`)."""
+    run = client.create_run(
+        parent.info.experiment_id, run_name=name, tags={PARENT_RUN_TAG: parent.info.run_id, **tags}
+    )
+    return run.info.run_id
 
 
 def search_runs(client: MlflowClient, experiment_ids: list[str], max_results: int = 1000) -> list:

@@ -145,7 +145,7 @@ def measure(uri: str, variants: dict[str, dict], pairs: int, out: Path) -> dict:
         out_dir = str(out / name)
         runs[name] = aqtrack.train(**settings, output_dir=out_dir).run_id
         cli_runs[name] = aqtrack.train(**settings, output_dir=out_dir).run_id
-        size_mb[name] = (out / name / "checkpoints" / runs[name] / "last.pt").stat().st_size / 1e6
+        size_mb[name] = (out / name / runs[name] / "checkpoints" / "last.pt").stat().st_size / 1e6
     probe = Probe()
     marks: dict[str, tuple[float, float]] = {}
 

@@ -188,7 +188,7 @@ def compare(tmp: Path, ref_id: str, run_id: str, out: Path, ref_out: Path, epoch
     ]
     if any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[1]):
         problems.append("final weights differ")
-    reports = [json.loads((d / REPORT_FILE).read_text()) for d in (out, ref_out)]
+    reports = [json.loads((d / r / REPORT_FILE).read_text()) for d, r in ((out, run_id), (ref_out, ref_id))]
     for report in reports:
         report.pop("timestamp"), report.pop("run_id")
     if reports[0] != reports[1]:

@@ -10,7 +10,9 @@ import pytest
 from mlflow import MlflowClient
 
 import aqtrack
+from aqtrack import tracking
 from aqtrack.cli import main
+from aqtrack.lock import run_lock
 from aqtrack.metrics import METRIC_KEYS
 
 
@@ -71,10 +73,24 @@ def test_runs_command_prints_one_line_per_run(runs, capsys):
     assert re.search(r" broken +FAILED +2/4 .* yes, from epoch 2 ", rows[runs["failed"]])
 
 
-def test_a_run_that_looks_alive_is_not_offered_for_resume(runs):
-    MlflowClient().update_run(runs["failed"], status="RUNNING")  # as if another process trained it now
+def test_a_run_a_live_process_holds_is_not_offered_for_resume(runs, mlflow_store):
+    client = MlflowClient()
+    client.update_run(runs["failed"], status="RUNNING")  # as if a process trained it now
     table = aqtrack.runs_table().set_index("run_id")
-    assert table.loc[runs["failed"], "resumable"].startswith("not now: training?")
+    assert table.loc[runs["failed"], "resumable"] == "yes, from epoch 2"  # this machine: no lock, dead
+
+    with run_lock(mlflow_store, runs["failed"]):  # what a live training on this machine holds
+        table = aqtrack.runs_table().set_index("run_id")
+    assert table.loc[runs["failed"], "resumable"] == "not now: trained by a process on this machine"
+
+    client.set_tag(runs["killed"], tracking.TAG_OWNER, "another-machine:4242")
+    client.set_tag(runs["killed"], tracking.TAG_HEARTBEAT, str(int(time.time()) - 60))
+    client.update_run(runs["killed"], status="RUNNING")
+    table = aqtrack.runs_table().set_index("run_id")
+    assert re.fullmatch(
+        r"not now: RUNNING on another-machine \(last epoch published 6\d s ago\)",
+        table.loc[runs["killed"], "resumable"],
+    )
 
 
 def test_runs_of_all_experiments_name_their_experiment(tiny, capsys):

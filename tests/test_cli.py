@@ -46,11 +46,17 @@ def test_bool_settings_take_a_bare_flag_a_value_or_no_prefix(args: list[str], ex
     assert getattr(parsed, "svm", None) is expected  # absent unless typed, like every setting
 
 
-def test_bool_setting_with_a_bad_value_is_refused_by_argparse(capsys: pytest.CaptureFixture) -> None:
-    with pytest.raises(SystemExit) as info:
-        main(["train", "--system-metrics", "maybe"])
-    assert info.value.code == 2
-    assert "expected true or false (got 'maybe')" in capsys.readouterr().err
+def one_error_line(capsys: pytest.CaptureFixture) -> str:
+    """The one line a refused command line prints (no argparse usage dump)."""
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("aqtrack: error: "), err
+    return lines[0]
+
+
+def test_bool_setting_with_a_bad_value_is_one_error_line(capsys: pytest.CaptureFixture) -> None:
+    assert main(["train", "--system-metrics", "maybe"]) == 2
+    assert "--system-metrics: expected true or false (got 'maybe')" in one_error_line(capsys)
 
 
 def _run_python(code: str) -> subprocess.CompletedProcess:
@@ -84,19 +90,50 @@ def test_python_m_aqtrack_help_exits_zero() -> None:
     assert "train" in result.stdout and "report" in result.stdout
 
 
-def test_bad_flag_value_exits_2_via_argparse(capsys: pytest.CaptureFixture) -> None:
-    with pytest.raises(SystemExit) as info:
-        main(["train", "--rounds", "abc"])
-    assert info.value.code == 2
-    err = capsys.readouterr().err
-    assert "--rounds" in err and "'abc'" in err
+def test_bad_flag_value_is_one_error_line_naming_the_flag(capsys: pytest.CaptureFixture) -> None:
+    assert main(["train", "--rounds", "abc"]) == 2
+    assert one_error_line(capsys) == (
+        "aqtrack: error: --rounds: expected a whole number (got 'abc'); see `aqtrack train --help`"
+    )
 
 
-def test_unknown_optimizer_choice_exits_2_via_argparse(capsys: pytest.CaptureFixture) -> None:
-    with pytest.raises(SystemExit) as info:
-        main(["train", "--optimizer", "sgd"])
-    assert info.value.code == 2
-    assert "--optimizer" in capsys.readouterr().err
+def test_unknown_optimizer_choice_is_one_error_line(capsys: pytest.CaptureFixture) -> None:
+    assert main(["train", "--optimizer", "sgd"]) == 2
+    assert "--optimizer: invalid choice: 'sgd'" in one_error_line(capsys)
+
+
+def test_an_abbreviated_flag_is_refused_with_a_suggestion(capsys: pytest.CaptureFixture) -> None:
+    # argparse would take --round for --rounds; a typo must not pass silently
+    assert main(["train", "--round", "3"]) == 2
+    assert "unrecognized arguments: --round 3; did you mean --rounds?" in one_error_line(capsys)
+
+
+@pytest.mark.parametrize(
+    ("argv", "error"),
+    [
+        (["--rounds", "1.5"], "-P rounds / --rounds: expected a whole number (got '1.5')"),
+        (["--rounds", "0"], "-P rounds / --rounds must be >= 1 (got 0)"),
+        (["--epochs_per_round", "x"], "-P epochs_per_round / --epochs-per-round: expected a whole number"),
+        (["--fork_epoch", "2.5"], "-P fork_epoch / --fork-epoch: expected a whole number (got '2.5')"),
+        (["--round", "3"], "-P round: not a parameter of this project; did you mean -P rounds?"),
+    ],
+)
+def test_under_mlflow_run_an_error_names_the_parameter_and_the_flag(capsys, argv, error) -> None:
+    assert main(["train", "--from-mlproject", *argv]) == 2
+    line = one_error_line(capsys)
+    assert line.startswith(f"aqtrack: error: {error}"), line
+    assert len(line) < 300
+
+
+def test_mlproject_parameters_arrive_as_the_settings_they_name() -> None:
+    from aqtrack.cli import _from_mlproject
+
+    argv = ["train", "--from-mlproject", "--rounds", "3.0", "--epochs_per_round", "5", "--svm", "false"]
+    argv += ["--resume_run_id", "auto", "--fork_run_id", "", "--fork_epoch", "2"]
+    args = build_parser().parse_args(_from_mlproject(argv))
+    assert (args.rounds, args.epochs_per_round, args.svm) == (3, 5, False)
+    assert (args.resume, args.fork, args.fork_epoch) == ("auto", "", 2)
+    assert not hasattr(args, "lr")  # not given: absent, whatever its default
 
 
 def _all_runs() -> list:

@@ -6,7 +6,16 @@ from typing import Any
 
 import pytest
 
-from aqtrack.config import RESUMABLE, Config, config_fields, flag, resumed
+from aqtrack.config import (
+    RESUMABLE,
+    Config,
+    check_values,
+    config_fields,
+    flag,
+    forked,
+    parse_int,
+    resumed,
+)
 from aqtrack.errors import ConfigError
 
 INVALID = [
@@ -117,25 +126,53 @@ def test_resumed_refuses_a_changed_non_resumable_setting(name: str, value: Any) 
     assert "\n" not in message
 
 
-def test_resumed_with_defaults_unset_ignores_a_value_equal_to_its_default() -> None:
+def test_resumed_applies_a_given_rounds_even_when_it_equals_the_default() -> None:
+    # The headline fault: `-P rounds=3` on a 2-round run was taken for "not given" (3 is the default).
     saved = Config.from_dict(SAVED)
-    default_lr = Config().train.lr
-    assert default_lr == 0.001 != saved.train.lr
-    cfg = resumed(saved, {"lr": default_lr, "rounds": 4}, defaults_unset=True)
-    assert cfg.train.lr == 0.01
-    assert cfg.train.rounds == 4
+    assert Config().train.rounds == 3 != saved.train.rounds
+    assert resumed(saved, {"rounds": 3}).train.rounds == 3
 
 
-def test_resumed_without_defaults_unset_refuses_a_value_equal_to_its_default() -> None:
+def test_resumed_refuses_a_given_value_equal_to_its_default_that_changes_the_run() -> None:
     saved = Config.from_dict(SAVED)
     with pytest.raises(ConfigError, match=r"--lr=0\.001 \(the run has 0\.01\)"):
         resumed(saved, {"lr": Config().train.lr})
 
 
-def test_resumed_with_defaults_unset_still_refuses_a_typed_change() -> None:
+def test_resumed_error_points_to_a_fork_for_changing_other_settings() -> None:
+    with pytest.raises(ConfigError, match=r"--fork RUN_ID --fork-epoch N"):
+        resumed(Config.from_dict(SAVED), {"lr": 0.05})
+
+
+def test_forked_changes_any_setting_but_the_data_and_the_network_shape() -> None:
     saved = Config.from_dict(SAVED)
-    with pytest.raises(ConfigError, match=r"--lr=0\.05"):
-        resumed(saved, {"lr": 0.05}, defaults_unset=True)
+    cfg = forked(saved, {"lr": 5e-4, "batch_size": 8, "dropout": 0.0, "optimizer": "adam", "hidden": 16})
+    assert (cfg.train.lr, cfg.train.batch_size, cfg.model.dropout) == (5e-4, 8, 0.0)
+    assert cfg.train.optimizer == "adam" and cfg.model.hidden == 16
+    for name, value in (("hidden", 32), ("data", "other.npz"), ("n_train", 5), ("data_seed", 1)):
+        with pytest.raises(ConfigError, match="in a fork") as info:
+            forked(saved, {name: value})
+        assert f"{flag(name)}={value!r}" in str(info.value)
+
+
+def test_check_values_checks_each_given_setting_alone() -> None:
+    check_values({"rounds": 3, "lr": 1e-7})  # lr below the default min_lr is fine on its own
+    with pytest.raises(ConfigError, match=r"^--rounds must be >= 1 \(got 0\)$") as info:
+        check_values({"rounds": 0})
+    assert info.value.setting == "rounds"
+    with pytest.raises(ConfigError, match="unknown setting"):
+        check_values({"round": 3})
+
+
+@pytest.mark.parametrize(("text", "value"), [("3", 3), ("3.0", 3), ("-2", -2), ("1e2", 100)])
+def test_parse_int_takes_whole_numbers_as_mlflow_passes_them(text: str, value: int) -> None:
+    assert parse_int(text) == value
+
+
+@pytest.mark.parametrize("text", ["1.5", "abc", "", "nan"])
+def test_parse_int_refuses_what_is_not_a_whole_number(text: str) -> None:
+    with pytest.raises(ValueError, match="expected a whole number"):
+        parse_int(text)
 
 
 def test_resumed_refuses_unknown_names_with_config_error() -> None:

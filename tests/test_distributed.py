@@ -109,7 +109,7 @@ def test_two_processes_stopped_and_resumed_by_run_id_match_one_process(tmp_path)
     for key, series in two.items():
         assert [step for step, _ in series] == list(range(1, EPOCHS + 1)), key  # one point per epoch
     # Only rank 0 wrote files: one set of checkpoints, under the run's own id.
-    assert [p.name for p in (tmp_path / "out" / "checkpoints").iterdir()] == [run_id]
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [run_id]
     assert not list(tmp_path.glob("**/.*.tmp"))
 
     one = metric_points(aqtrack.train(**{**SETTINGS, "output_dir": str(tmp_path / "one")}).run_id)

@@ -106,9 +106,12 @@ def test_a_data_files_splits_are_dataset_inputs_named_after_it(tiny, tmp_path, r
 
 
 def test_figures_are_logged_and_the_curves_drawn_at_the_first_periodic_checkpoint(tiny, tmp_path):
-    plots = Path(tiny["output_dir"]) / CURVES_ARTIFACT
     seen = []
-    result = aqtrack.train(**tiny, callbacks=[lambda state: seen.append((state.epoch, plots.exists()))])
+
+    def plots_drawn(state):
+        seen.append((state.epoch, (Path(tiny["output_dir"]) / state.run_id / CURVES_ARTIFACT).exists()))
+
+    result = aqtrack.train(**tiny, callbacks=[plots_drawn])
 
     assert seen[:2] == [(1, False), (2, True)]  # checkpoint_interval 2
     client = MlflowClient()

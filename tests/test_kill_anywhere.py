@@ -59,7 +59,7 @@ def outcome(run_id: str, output_dir: Path, tmp: Path) -> tuple[dict, dict, dict]
     points = {k: [(m.step, m.value) for m in client.get_metric_history(run_id, k)] for k in METRIC_KEYS}
     path = client.download_artifacts(run_id, f"checkpoints/{LAST}", str(tmp / run_id))
     weights = torch.load(path, weights_only=True)["model"]
-    report = json.loads((output_dir / REPORT_FILE).read_text())
+    report = json.loads((output_dir / run_id / REPORT_FILE).read_text())
     report = {k: v for k, v in report.items() if k not in ("timestamp", "run_id")}
     return {k: sorted(v) for k, v in points.items()}, weights, report
 

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 
+import psutil
+import pytest
 import yaml
 from mlflow import MlflowClient
 
 import aqtrack
 from aqtrack.checkpoint import BEST, LAST
-from aqtrack.config import Config, flag, parse_bool
+from aqtrack.cli import MLPROJECT_PARAMETERS
+from aqtrack.config import Config
+from aqtrack.lock import run_lock
 from aqtrack.metrics import METRIC_KEYS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,27 +30,19 @@ def mlproject_main() -> dict:
     return yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]["main"]
 
 
-def test_mlproject_parameters_are_exactly_the_cli_settings_with_the_same_defaults():
-    params = mlproject_main()["parameters"]
-    defaults = Config().to_dict()
-
-    assert set(params) == set(defaults) | {"resume_run_id"}
-    for name, default in defaults.items():
-        declared = params[name]["default"]
-        if isinstance(default, bool):
-            assert parse_bool(declared) == default, name
-        elif isinstance(default, str):
-            assert (declared or "") == default, name
-        else:
-            assert float(declared) == default, name
-    assert params["resume_run_id"]["default"] == ""
+def test_mlproject_declares_no_parameter_so_only_the_given_ones_reach_aqtrack():
+    # A declared parameter reaches the command with its default when not given, and MLflow logs that
+    # default as the run's param: a resume could not tell `-P rounds=3` from nothing.
+    main = mlproject_main()
+    assert "parameters" not in main
+    assert main["command"] == "python -m aqtrack train --from-mlproject"
 
 
-def test_mlproject_command_passes_every_parameter_to_its_flag():
-    command = mlproject_main()["command"]
-    assert command.startswith("python -m aqtrack train --from-mlproject --resume {resume_run_id}")
-    for name in Config().to_dict():
-        assert f"{flag(name)} {{{name}}}" in command, name
+def test_every_setting_is_an_mlproject_parameter_of_the_same_name():
+    names = set(Config().to_dict()) | {"resume_run_id", "fork_run_id", "fork_epoch"}
+    assert set(MLPROJECT_PARAMETERS) == names
+    text = (REPO / "MLproject").read_text()
+    assert all(name in text for name in ("resume_run_id", "fork_run_id", "fork_epoch"))
 
 
 def test_conda_env_lists_the_same_dependencies_as_pyproject():
@@ -72,30 +70,113 @@ def points(run_id: str) -> dict[str, list[tuple[int, float]]]:
     return {k: sorted((m.step, m.value) for m in client.get_metric_history(run_id, k)) for k in METRIC_KEYS}
 
 
-def test_mlflow_run_trains_then_resumes_into_its_own_run_with_the_whole_history(tmp_path, mlflow_store, tiny):
+def runs_of(experiment: str = "action-quality") -> list:
     client = MlflowClient()
-    first = mlflow_run(tmp_path, mlflow_store, {**tiny, "rounds": 1, "svm": "false"})
-    assert first.returncode == 0, first.stderr[-3000:]
-    (a,) = client.search_runs([client.get_experiment_by_name("action-quality").experiment_id])
-    assert a.info.status == "FINISHED"
-    assert [s for s, _ in points(a.info.run_id)["val_acc"]] == [1, 2]
+    return client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
 
-    second = mlflow_run(tmp_path, mlflow_store, {**tiny, "rounds": 2, "resume_run_id": a.info.run_id})
+
+def test_mlflow_run_resume_with_rounds_equal_to_the_default_trains_to_it(tmp_path, mlflow_store, tiny):
+    # The headline flow that failed: a value given with -P that equals its default counted as not given.
+    client = MlflowClient()
+    first = mlflow_run(tmp_path, mlflow_store, {**tiny, "svm": "false"})  # 2 rounds; the default is 3
+    assert first.returncode == 0, first.stderr[-3000:]
+    (a,) = runs_of()
+    assert a.info.status == "FINISHED"
+    assert [s for s, _ in points(a.info.run_id)["val_acc"]] == [1, 2, 3, 4]
+    assert a.data.params["lr"] == "0.001" and a.data.params["rounds"] == "2"  # real values on its page
+
+    second = mlflow_run(tmp_path, mlflow_store, {"resume_run_id": a.info.run_id, "rounds": "3.0"})
     assert second.returncode == 0, second.stderr[-3000:]
 
-    b = next(r for r in client.search_runs([a.info.experiment_id]) if r.info.run_id != a.info.run_id)
+    b = next(r for r in runs_of() if r.info.run_id != a.info.run_id)
     assert b.info.status == "FINISHED"
     assert b.data.tags["aqtrack.resumed_from"] == a.info.run_id
+    assert b.data.tags["aqtrack.rounds"] == "3"
+    assert b.data.params["svm"] == "false" and b.data.params["hidden"] == "8"  # the run's own settings
     # MLflow's generated names, made readable; the description says where b came from
-    assert re.fullmatch(r"synthetic-h8-1x2-[a-z]+-[a-z]+-\d+", a.info.run_name), a.info.run_name
-    assert re.fullmatch(r"synthetic-h8-2x2-[a-z]+-[a-z]+-\d+", b.info.run_name), b.info.run_name
-    assert f"**Resumed** from run `{a.info.run_id}` at epoch 2." in b.data.tags["mlflow.note.content"]
+    assert re.fullmatch(r"synthetic-h8-2x2-[a-z]+-[a-z]+-\d+", a.info.run_name), a.info.run_name
+    assert re.fullmatch(r"synthetic-h8-3x2-[a-z]+-[a-z]+-\d+", b.info.run_name), b.info.run_name
+    assert f"**Resumed** from run `{a.info.run_id}` at epoch 4." in b.data.tags["mlflow.note.content"]
     assert client.get_run(a.info.run_id).data.tags["aqtrack.continued_in"] == b.info.run_id
-    # -P svm=false skipped the SVM stage; the resume, not given it, kept the run's setting
-    assert a.data.params["svm"] == "false"
     assert not {"svm_val_acc", "svm_val_f1"} & (set(a.data.metrics) | set(b.data.metrics))
     names = {Path(f.path).name for f in client.list_artifacts(b.info.run_id, "checkpoints")}
     assert {LAST, BEST} <= names
-    straight = aqtrack.train(**tiny)  # the same 4 epochs in one go, in this process
+    straight = aqtrack.train(**{**tiny, "rounds": 3, "svm": False})  # the same 6 epochs in one go
     assert points(b.info.run_id) == points(straight.run_id)
-    assert [s for s, _ in points(a.info.run_id)["val_acc"]] == [1, 2]  # the source run is unchanged
+    assert [s for s, _ in points(a.info.run_id)["val_acc"]] == [1, 2, 3, 4]  # the source is unchanged
+
+
+def test_mlflow_run_resume_without_rounds_continues_to_the_runs_own_total(tmp_path, mlflow_store, tiny):
+    def stop_after_epoch_2(state):
+        if state.epoch == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        aqtrack.train(**tiny, svm=False, callbacks=[stop_after_epoch_2])
+    (a,) = runs_of()
+
+    done = mlflow_run(tmp_path, mlflow_store, {"resume_run_id": a.info.run_id})
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    b = next(r for r in runs_of() if r.info.run_id != a.info.run_id)
+    assert [s for s, _ in points(b.info.run_id)["val_acc"]] == [1, 2, 3, 4]
+    assert b.data.tags["aqtrack.rounds"] == "2"
+
+
+def test_mlflow_run_with_a_fractional_integer_parameter_is_one_error_line_and_a_failed_run(
+    tmp_path, mlflow_store
+):
+    done = mlflow_run(tmp_path, mlflow_store, {"rounds": "1.5"})
+
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("aqtrack: error:")]
+    assert errors == [
+        "aqtrack: error: -P rounds / --rounds: expected a whole number (got '1.5'); "
+        "see `aqtrack train --help`"
+    ]
+    assert "usage:" not in done.stderr
+    (run,) = runs_of()
+    assert run.info.status == "FAILED"
+
+
+def test_when_the_mlflow_run_process_dies_training_stops_as_on_sigterm(tmp_path, mlflow_store, tiny):
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": mlflow_store,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+    params = {**tiny, "rounds": 1, "epochs_per_round": 500, "svm": "false"}
+    p_args = [arg for k, v in params.items() for arg in ("-P", f"{k}={v}")]
+    command = [sys.executable, "-m", "mlflow", "run", str(REPO), "--env-manager", "local", *p_args]
+    command += ["--experiment-name", "action-quality"]
+    launcher = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.DEVNULL)
+    try:
+        training = wait_for_training(launcher, epoch=2)
+        launcher.kill()  # SIGKILL: `mlflow run` cannot pass anything on
+        launcher.wait(timeout=30)
+        training.wait(timeout=60)  # psutil: the orphan must stop by itself
+    finally:
+        for process in [launcher, *psutil.Process().children(recursive=True)]:
+            with contextlib.suppress(Exception):
+                process.kill()
+    (run,) = runs_of()
+    assert run.info.status == "KILLED"
+    published = int(run.data.tags["aqtrack.checkpoint_epoch"])
+    assert [s for s, _ in points(run.info.run_id)["val_acc"]] == list(range(1, published + 1))
+    assert published < 500
+    with run_lock(mlflow_store, run.info.run_id):  # released: it can be resumed at once
+        pass
+
+
+def wait_for_training(launcher: subprocess.Popen, epoch: int) -> psutil.Process:
+    """The aqtrack process `mlflow run` started, once its run has published `epoch`."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert launcher.poll() is None, "mlflow run ended early"
+        experiment = MlflowClient().get_experiment_by_name("action-quality")
+        runs = MlflowClient().search_runs([experiment.experiment_id]) if experiment else []
+        if runs and int(runs[0].data.tags.get("aqtrack.checkpoint_epoch", 0)) >= epoch:
+            children = psutil.Process(launcher.pid).children(recursive=True)
+            return next(p for p in children if "aqtrack" in " ".join(p.cmdline()))
+        time.sleep(0.2)
+    pytest.fail(f"epoch {epoch} not published within 120 s")

@@ -82,9 +82,13 @@ def test_notebook_trains_resumes_and_plots_in_one_kernel(executed) -> None:
 def test_notebook_refits_the_svm_and_lists_the_runs(executed) -> None:
     nb, store = executed
     svm_out = _text(_cell(nb, "svm = aqtrack.fit_svm"))
-    assert re.search(r"val_acc=0\.\d+", svm_out), svm_out
+    refit = re.search(r"SVM refit ([0-9a-f]{32}) \(linear, C=10\): val_acc=0\.\d+", svm_out)
+    assert refit, svm_out
     run_id = re.search(r"run ([0-9a-f]{32})", _text(_cell(nb, "result = aqtrack.train"))).group(1)
-    assert MlflowClient(store).get_run(run_id).data.metrics["svm_val_acc"] > 0
+    client = MlflowClient(store)
+    assert client.get_run(run_id).data.metrics["svm_val_acc"] > 0  # the training's own SVM stage
+    nested = client.get_run(refit[1]).data
+    assert nested.tags["mlflow.parentRunId"] == run_id and nested.metrics["svm_val_acc"] > 0
 
     table = _cell(nb, "aqtrack.runs_table")
     html = next(o["data"]["text/html"] for o in table.outputs if "text/html" in o.get("data", {}))

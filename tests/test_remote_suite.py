@@ -153,7 +153,7 @@ def test_killed_mid_upload_then_resumed_by_id_ends_as_on_the_embedded_store(
     # proxied: the bytes are in the server's artifact directory, not anywhere the client wrote
     stored = server.artifacts.glob(f"*/{run_id}/artifacts/{ARTIFACT_DIR}/{LAST}")
     assert [p.read_bytes() for p in stored] == [
-        (tmp_path / "out1" / "checkpoints" / run_id / LAST).read_bytes()
+        (tmp_path / "out1" / run_id / "checkpoints" / LAST).read_bytes()
     ]
 
     assert rebuilt_report(run_id, tmp_path / "rebuilt") == reference["rebuilt"]

@@ -61,28 +61,66 @@ def test_training_fits_the_svm_on_the_best_features_and_logs_it_once(tiny, tmp_p
     assert client.get_run(result.run_id).data.tags[TAG_SVM] == "kernel=rbf C=1"
 
 
-def test_no_svm_leaves_the_svm_out_and_aqtrack_svm_fits_it_later(tiny, tmp_path, capsys):
+def test_no_svm_leaves_the_svm_out_and_aqtrack_svm_fits_it_later_as_a_nested_run(tiny, tmp_path, capsys):
     result = aqtrack.train(**tiny, svm=False)
     client = MlflowClient()
     assert client.get_metric_history(result.run_id, SVM_VAL_ACC) == []
     experiment_id = client.get_run(result.run_id).info.experiment_id
     assert list(client.search_logged_models([experiment_id], f"name = '{SVM_MODEL}'")) == []
+    before = client.get_run(result.run_id).data
 
     assert main(["svm", result.run_id, "--svm-kernel", "linear", "--svm-c", "0.5"]) == 0
 
     f = best_features(result.run_id, tiny, tmp_path)
     expected = fit_svm(f["x_train"], f["y_train"], f["x_val"], f["y_val"], c=0.5, kernel="linear")
-    (acc,) = client.get_metric_history(result.run_id, SVM_VAL_ACC)
-    (f1,) = client.get_metric_history(result.run_id, SVM_VAL_F1)
-    assert acc.step == f1.step == 4
+    (refit,) = refits_of(result.run_id)
+    assert refit.info.status == "FINISHED" and refit.info.run_name == "svm-linear-C0.5"
+    assert refit.data.tags["mlflow.parentRunId"] == result.run_id  # nested under it in the MLflow UI
+    best_epoch = torch.load(
+        MlflowClient().download_artifacts(result.run_id, f"checkpoints/{BEST}", str(tmp_path / "b")),
+        weights_only=True,
+    )["epoch"]
+    assert refit.data.params == {"svm_c": "0.5", "svm_kernel": "linear", "best_epoch": str(best_epoch)}
+    (acc,) = client.get_metric_history(refit.info.run_id, SVM_VAL_ACC)
+    (f1,) = client.get_metric_history(refit.info.run_id, SVM_VAL_F1)
+    assert acc.step == f1.step == 4  # the training run's final epoch
     assert (acc.value, f1.value) == pytest.approx((expected.val_acc, expected.val_f1))
     assert capsys.readouterr().out.strip() == (
-        f"run {result.run_id}: SVM (kernel=linear, C=0.5) "
+        f"run {result.run_id}: SVM refit (kernel=linear, C=0.5) logged as nested run {refit.info.run_id}: "
         f"svm_val_acc {expected.val_acc:.4f}, svm_val_f1 {expected.val_f1:.4f}"
     )
-    assert client.get_run(result.run_id).data.tags[TAG_SVM] == "kernel=linear C=0.5"
-    pipeline = mlflow.sklearn.load_model(f"runs:/{result.run_id}/{SVM_MODEL}")
+    assert refit.data.tags[TAG_SVM] == "kernel=linear C=0.5"
+    pipeline = mlflow.sklearn.load_model(f"runs:/{refit.info.run_id}/{SVM_MODEL}")
     assert pipeline.named_steps["svc"].kernel == "linear"
+    after = client.get_run(result.run_id).data  # the training run itself is untouched
+    assert (after.metrics, after.params) == (before.metrics, before.params)
+
+
+def test_refits_never_stack_points_at_one_step_and_each_says_what_made_it(tiny):
+    result = aqtrack.train(**tiny)  # its own SVM stage: rbf, C=1
+    client = MlflowClient()
+    for c in (0.5, 2.0, 0.5):
+        aqtrack.fit_svm(result.run_id, c=c, kernel="linear")
+
+    (own,) = client.get_metric_history(result.run_id, SVM_VAL_ACC)  # still one point at its step
+    assert own.step == 4
+    refits = refits_of(result.run_id)
+    assert [(r.data.params["svm_kernel"], r.data.params["svm_c"]) for r in refits] == [
+        ("linear", "0.5"),
+        ("linear", "2.0"),
+        ("linear", "0.5"),
+    ]
+    for refit in refits:
+        for key in (SVM_VAL_ACC, SVM_VAL_F1):
+            assert [m.step for m in client.get_metric_history(refit.info.run_id, key)] == [4], key
+    assert aqtrack.runs_table()["run_id"].tolist() == [result.run_id]  # refits listed with their run
+
+
+def refits_of(run_id: str) -> list:
+    client = MlflowClient()
+    experiment_id = client.get_run(run_id).info.experiment_id
+    runs = client.search_runs([experiment_id], f"tags.`aqtrack.refit_of` = '{run_id}'")
+    return sorted(runs, key=lambda r: r.info.start_time)
 
 
 @pytest.mark.parametrize(

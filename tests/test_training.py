@@ -196,9 +196,10 @@ def test_grad_norm_is_the_pre_clip_norm_of_the_batch_gradient(tiny):
 
 def test_legacy_report_has_the_visualizers_keys_and_the_whole_history(tiny, tmp_path):
     first = aqtrack.train(**{**tiny, "rounds": 1})
-    aqtrack.train(resume=first.run_id, rounds=2)
+    resumed = aqtrack.train(resume=first.run_id, rounds=2)
 
-    report = json.loads((Path(tiny["output_dir"]) / REPORT_FILE).read_text())
+    assert resumed.report_path == Path(tiny["output_dir"]) / first.run_id / REPORT_FILE
+    report = json.loads(resumed.report_path.read_text())
     assert set(LEGACY_KEYS) <= set(report)
     assert report["current_epoch"] == 4 and report["epochs"] == [1, 2, 3, 4]
     for key in ("control_losses", "grad_norms", "learning_rates", "val_acc", "train_acc", "val_loss"):
@@ -214,7 +215,7 @@ def test_legacy_report_has_the_visualizers_keys_and_the_whole_history(tiny, tmp_
 
 def test_report_rebuilt_from_mlflow_metrics_matches_the_one_written_in_training(tiny, tmp_path):
     result = aqtrack.train(**tiny)
-    written = json.loads((Path(tiny["output_dir"]) / REPORT_FILE).read_text())
+    written = json.loads(result.report_path.read_text())
 
     path = aqtrack.rebuild_report(result.run_id, tmp_path / "rebuilt")
 
