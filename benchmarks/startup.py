@@ -7,6 +7,10 @@ Times, as subprocesses alternating in one run (median over pairs):
   aqtrack train --help        builds every settings flag from the config dataclasses
 and prints each one's median wall time (target: `--help` < 0.3 s) and its ratio to `python -c pass`.
 
+Then a refused start: `aqtrack train --data bad.csv` (a file with no channel columns), against the
+imports it needs (`python -c "import aqtrack.pipeline, pandas"`): the difference is the time from the
+end of the imports to the one-line refusal (target < 2 s), and no store may be created for it.
+
 Then it checks, with `python -X importtime`, that none of torch, mlflow, matplotlib, sklearn or pandas is
 imported by any of the three `--help` commands (they must stay lazy), and lists the slowest imports.
 
@@ -39,19 +43,42 @@ def commands() -> dict[str, list[str]]:
     }
 
 
-def wall(command: list[str]) -> float:
+def wall(command: list[str], expect: int = 0) -> float:
     start = time.perf_counter()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - start
+    done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    elapsed = time.perf_counter() - start
+    if done.returncode != expect:
+        raise SystemExit(f"{' '.join(command)}: exit {done.returncode}, expected {expect}: {done.stderr}")
+    return elapsed
+
+
+def refusal(script: str) -> float:
+    """A bad data file is refused within 2 s after the imports, before any store exists."""
+    Path("bad.csv").write_text("sample_id,frame,label\n0,0,0\n0,1,0\n")
+    commands = {
+        "imports": [sys.executable, "-c", "import aqtrack.pipeline, pandas"],
+        "refused": [script, "train", "--data", "bad.csv"],
+    }
+    expect = {"imports": 0, "refused": 2}
+    runs = {name: (lambda n=name, c=c: wall(c, expect[n])) for name, c in commands.items()}
+    rows = h.alternate(runs, 5)
+    after = h.median([{"x": r["refused"] - r["imports"]} for r in rows], "x")
+    met = "met" if after < 2 else "NOT met"
+    print(
+        f"\naqtrack train --data bad.csv: refused in {h.median(rows, 'refused') * 1000:.0f} ms, of which "
+        f"{after * 1000:.0f} ms after its imports (target < 2 s: {met}); store created: "
+        f"{Path('mlflow.db').exists()}"
+    )
+    heavy = sorted({m.split(".")[0] for m in imported(commands["refused"])} & {"mlflow"})
+    print(f"  mlflow imported before the refusal: {'yes' if heavy else 'no'}")
+    return after
 
 
 def imported(command: list[str]) -> dict[str, int]:
     """{module: cumulative import microseconds} from `python -X importtime <command>`."""
     if command[0] != sys.executable:  # the console script is a Python file: run it under -X importtime
         command = [sys.executable, *command]
-    done = subprocess.run(
-        [command[0], "-X", "importtime", *command[1:]], check=True, capture_output=True, text=True
-    )
+    done = subprocess.run([command[0], "-X", "importtime", *command[1:]], capture_output=True, text=True)
     times = {}
     for line in done.stderr.splitlines():
         m = re.match(r"import time:\s+\d+ \|\s+(\d+) \|( *)(\S+)", line)
@@ -90,6 +117,9 @@ def main() -> None:
             slowest = sorted(((t, m) for m, t in times.items() if "." not in m), reverse=True)[:4]
             top = ", ".join(f"{m} {t / 1000:.0f} ms" for t, m in slowest)
             print(f"  {name:<26} {', '.join(heavy) or 'none'}  (slowest top-level imports: {top})")
+        after = refusal(cmds["aqtrack --help"][0])
+        help_s = h.median(rows, "aqtrack --help")
+        print(f"RESULT help_s={help_s:.3f} refusal_after_imports_s={after:.3f}")
 
 
 if __name__ == "__main__":
