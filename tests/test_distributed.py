@@ -266,9 +266,10 @@ def test_fp16_grad_norm_is_the_unscaled_pre_clip_norm(tiny, monkeypatch):
     reference = _trainer({**tiny, "max_grad_norm": 1e-3})  # the same weights, full precision
     reference.train_batches.set_epoch(1)
     trainer.train_batches.set_epoch(1)
-    x, y = next(iter(reference.train_loader))
+    x, y, lengths = next(iter(reference.train_loader))
     grads = torch.autograd.grad(
-        torch.nn.functional.cross_entropy(reference.model.train()(x), y), list(reference.model.parameters())
+        torch.nn.functional.cross_entropy(reference.model.train()(x, lengths), y),
+        list(reference.model.parameters()),
     )
     expected = torch.sqrt(sum(g.pow(2).sum() for g in grads)).item()
 
