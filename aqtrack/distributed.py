@@ -207,8 +207,9 @@ class GlobalBatchNorm1d(MaskedBatchNorm1d):
         x64, dims = x.double(), [0, *range(2, x.dim())]  # statistics per channel (dim 1)
         if mask is None:
             count = x64.new_full((1,), x[:, 0].numel())
-        else:  # padded frames add exact zeros to both sums, and nothing to the count
-            x64, count = torch.where(mask[:, None, :], x64, 0), mask.sum().to(x64.dtype).view(1)
+        else:  # padded frames (finite: convolutions of zeros) add exact zeros to both sums, and
+            # nothing to the count; multiplying by the mask is much cheaper than torch.where on CPU
+            x64, count = x64 * mask[:, None, :].to(x64.dtype), mask.sum().to(x64.dtype).view(1)
         local = torch.cat([x64.sum(dim=dims), x64.square().sum(dim=dims), count])
         # Every process calls this all-reduce once per forward, padded share or not (a collective).
         total = _AllReduce.apply(local)  # [2C + 1]: sum, sum of squares, count

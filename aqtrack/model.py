@@ -80,11 +80,13 @@ class MaskedBatchNorm1d(nn.BatchNorm1d):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         if mask is None or not (self.training or self.running_mean is None):
             return super().forward(x)
-        # Statistics in float32 even under autocast (fp16 sums of squares lose too much).
-        x32, keep = x.float(), mask[:, None, :]  # [B, C, T], [B, 1, T]
+        # Statistics in float32 even under autocast (fp16 sums of squares lose too much). Frames past
+        # the end are finite (convolutions of zeros), so a 0/1 mask multiplies them out: on CPU that is
+        # several times faster than torch.where.
+        x32, keep = x.float(), mask[:, None, :].float()  # [B, C, T], [B, 1, T]
         count = keep.sum()
-        mean = torch.where(keep, x32, 0).sum(dim=(0, 2)) / count  # [C]
-        centred = torch.where(keep, x32 - mean[:, None], 0)  # padded frames add exact zeros
+        mean = (x32 * keep).sum(dim=(0, 2)) / count  # [C]
+        centred = (x32 - mean[:, None]) * keep  # padded frames add exact zeros
         var = centred.square().sum(dim=(0, 2)) / count  # biased: what normalises the batch
         if self.training and self.track_running_stats:
             self.update_running_stats(mean, var, count)
@@ -107,22 +109,23 @@ class MaskedBatchNorm1d(nn.BatchNorm1d):
             scale = scale * self.weight
         shift = -mean * scale + (self.bias if self.bias is not None else 0)
         shape = (1, -1, *[1] * (x.dim() - 2))
-        return (x * scale.view(shape).to(x.dtype) + shift.view(shape).to(x.dtype)).to(x.dtype)
+        return x * scale.view(shape).to(x.dtype) + shift.view(shape).to(x.dtype)
 
 
 class _Block(nn.Sequential):
-    """Conv1d -> BatchNorm -> ReLU over [B, C, T]; a Sequential so state-dict keys stay `<i>.<j>.*`."""
+    """Conv1d -> BatchNorm -> ReLU over [B, C, T]; a Sequential so state-dict keys stay `<i>.<j>.*`.
+
+    With a mask (bool [B, T], True on real frames) its input must be zero past each sequence's end
+    (the network zeroes x once, each block its own output): the convolution's outputs at real frames
+    then see exactly what an unpadded sequence sees through the conv's own zero padding. Its outputs
+    past the end are left out of the batch statistics and zeroed for the next block."""
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         conv, norm, act = self
         if mask is None:
             return act(norm(conv(x)))
-        keep = mask[:, None, :]  # [B, 1, T]
-        # The input is zero past each sequence's end, so the convolution's real outputs see exactly
-        # what an unpadded sequence sees through the conv's own zero padding; its outputs past the end
-        # are left out of the batch statistics and zeroed again for the next block.
-        h = norm(conv(torch.where(keep, x, 0)), mask)
-        return torch.where(keep, act(h), 0)
+        keep = mask[:, None, :].to(x.dtype)  # [B, 1, T]: 1 on real frames, 0 past the end
+        return act(norm(conv(x), mask)) * keep
 
 
 class ActionQualityNet(nn.Module):
@@ -145,7 +148,7 @@ class ActionQualityNet(nn.Module):
     def set_normalization(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> None:
         """Standardise inputs with the per-channel mean and std of the real frames of x [N, T, C] (the
         training split); `lengths` [N] default to `lengths_of(x)`, so NaN padding is left out."""
-        lengths = torch.from_numpy(lengths_of(x.numpy())) if lengths is None else lengths
+        lengths = trailing_lengths(x) if lengths is None else lengths
         if bool((lengths == x.shape[1]).all()):  # fixed length: as it always was
             self.mean.copy_(x.mean(dim=(0, 1)))
             self.std.copy_(x.std(dim=(0, 1)).clamp_min(1e-6))
@@ -163,9 +166,11 @@ class ActionQualityNet(nn.Module):
             h = self.encoder(x.transpose(1, 2))  # [B, H, T]
             return torch.cat([h.mean(dim=2), h.amax(dim=2)], dim=1)  # [B, 2H]
         mask = frame_mask(lengths, x.shape[1])  # [B, T]
-        h = x.transpose(1, 2)  # [B, C, T]
+        # Padding may be NaN, and NaN * 0 is NaN: replaced here, once; the blocks then multiply by
+        # the mask, which is cheaper than torch.where.
+        h = torch.where(mask[:, :, None], x, 0).transpose(1, 2)  # [B, C, T], zero past each end
         for block in self.encoder:
-            h = block(h, mask)  # [B, H, T], zero past each sequence's end
+            h = block(h, mask)  # [B, H, T], zero past each end
         mean = h.sum(dim=2) / lengths[:, None].to(h.dtype)
         peak = torch.where(mask[:, None, :], h, float("-inf")).amax(dim=2)
         return torch.cat([mean, peak], dim=1)  # [B, 2H]
@@ -176,7 +181,8 @@ class ActionQualityNet(nn.Module):
 
 class NanPaddedNet(nn.Module):
     """The network as the exported MLflow model: x float32 [B, T, C] of any B and T, where a sequence
-    shorter than T ends in NaN frames; its length is found inside the graph (`trailing_lengths`)."""
+    shorter than T ends in NaN frames; its length is found inside the graph (`trailing_lengths`). A
+    sequence of NaN frames only has no real frame: its logits are NaN."""
 
     def __init__(self, network: ActionQualityNet) -> None:
         super().__init__()
