@@ -30,7 +30,7 @@ from aqtrack.checkpoint import (
 from aqtrack.config import Config
 from aqtrack.data import ActionQualityData
 from aqtrack.distributed import SINGLE, Shards, World
-from aqtrack.errors import ResumeError, TrainingDiverged
+from aqtrack.errors import DataError, ResumeError, TrainingDiverged
 from aqtrack.interrupts import deferred
 from aqtrack.metrics import GRAD_NORM, GRAD_NORM_MAX, LR, TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_LOSS
 from aqtrack.model import ActionQualityNet, ModelSpec, build_model, crop_batch, lengths_of
@@ -73,9 +73,15 @@ def _batches(x: np.ndarray, y: np.ndarray, lengths: np.ndarray | None) -> _Batch
     real frames (None: every sequence is T frames long)."""
     if lengths is not None:
         lengths = np.asarray(lengths, dtype=np.int64)
-        in_range = len(lengths) == 0 or (lengths.min() >= 1 and lengths.max() <= x.shape[1])
-        if lengths.shape != y.shape or not in_range:
-            raise ValueError(f"lengths must be {len(y)} integers in 1..{x.shape[1]} (the frames of x)")
+        if lengths.shape != y.shape:
+            raise ValueError(f"lengths has shape {lengths.shape}; want one per sequence: ({len(y)},)")
+        bad = np.flatnonzero((lengths < 1) | (lengths > x.shape[1]))
+        if len(bad):
+            raise DataError(
+                f"{len(bad)} sequence(s) have no real frame or more than the {x.shape[1]} there are (first: "
+                f"sequence {bad[0]}, length {lengths[bad[0]]}); a sequence holds at least one frame with "
+                "a value, and only trailing frames may be NaN"
+            )
     return _Batches(torch.from_numpy(x), torch.from_numpy(y), lengths)
 
 

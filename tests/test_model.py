@@ -12,6 +12,7 @@ from padding import pad_with_nan, variable_length
 
 from aqtrack.config import Config
 from aqtrack.data import load_data
+from aqtrack.errors import DataError
 from aqtrack.loop import build_trainer, evaluate, make_loader, train_one_epoch
 from aqtrack.model import (
     MaskedBatchNorm1d,
@@ -158,8 +159,10 @@ def test_loader_cuts_each_batch_to_its_longest_sequence_and_passes_lengths_only_
     assert batches[2][2] is None  # both 12 frames long: no padding, the plain path
     for xb, _, _ in make_loader(x[:, :12], y, 2, None, 0):  # no lengths: everything fills T
         assert xb.shape[1] == 12
-    with pytest.raises(ValueError, match=r"lengths must be 6 integers in 1\.\.20"):
-        make_loader(x, y, 2, None, 0, np.array([0, 1, 2, 3, 4, 5]))
+    x[3] = np.nan  # a sequence with no real frame is refused, naming it
+    no_frame = r"^1 sequence\(s\) have no real frame .* \(first: sequence 3, length 0\)"
+    with pytest.raises(DataError, match=no_frame):
+        make_loader(x, y, 2, None, 0, lengths_of(x))
 
 
 def test_embed_of_nan_padded_sequences_equals_each_sequence_alone():
