@@ -27,6 +27,7 @@ from torch.utils.data import BatchSampler, DistributedSampler, Sampler
 
 from aqtrack.config import flag
 from aqtrack.errors import ConfigError, DistributedError
+from aqtrack.model import MaskedBatchNorm1d
 
 log = logging.getLogger(__name__)
 
@@ -191,29 +192,31 @@ class Shards(Sampler[list[int]]):
         return len(self.global_sizes)
 
 
-class GlobalBatchNorm1d(nn.BatchNorm1d):
+class GlobalBatchNorm1d(MaskedBatchNorm1d):
     """BatchNorm1d whose training statistics are those of the global batch, summed over all processes
     (torch's SyncBatchNorm does this on GPUs only; this works with gloo on CPU too). Sums are taken in
     float64 so mean and variance from E[x^2] - E[x]^2 lose nothing to cancellation. The all-reduce is
     differentiable: the backward pass sums the statistics' gradients over the processes the same way.
-    Evaluation uses the running statistics, identical on every process, with no communication."""
+    With a mask (x [B, C, T], mask bool [B, T]; see `MaskedBatchNorm1d`) the sums and the count are
+    over the real frames of every process, whatever length each process cut its share to. Evaluation
+    uses the running statistics, identical on every process, with no communication."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x [B, C] or [B, C, T]
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:  # x [B, C(, T)]
         if not self.training:
-            return super().forward(x)
+            return super().forward(x)  # BatchNorm1d with the running statistics
         x64, dims = x.double(), [0, *range(2, x.dim())]  # statistics per channel (dim 1)
-        count = x64.new_full((1,), x[:, 0].numel())
+        if mask is None:
+            count = x64.new_full((1,), x[:, 0].numel())
+        else:  # padded frames (finite: convolutions of zeros) add exact zeros to both sums, and
+            # nothing to the count; multiplying by the mask is much cheaper than torch.where on CPU
+            x64, count = x64 * mask[:, None, :].to(x64.dtype), mask.sum().to(x64.dtype).view(1)
         local = torch.cat([x64.sum(dim=dims), x64.square().sum(dim=dims), count])
+        # Every process calls this all-reduce once per forward, padded share or not (a collective).
         total = _AllReduce.apply(local)  # [2C + 1]: sum, sum of squares, count
         c, count = self.num_features, total[-1]
         mean = total[:c] / count
         var = (total[c : 2 * c] / count - mean.square()).clamp_min(0)
-        with torch.no_grad():
-            self.num_batches_tracked.add_(1)
-            m = self.momentum
-            self.running_mean.mul_(1 - m).add_(mean.to(self.running_mean.dtype), alpha=m)
-            unbiased = var * count / (count - 1).clamp_min(1)
-            self.running_var.mul_(1 - m).add_(unbiased.to(self.running_var.dtype), alpha=m)
+        self.update_running_stats(mean, var, count)
         scale = self.weight.double() * torch.rsqrt(var + self.eps)
         shift = self.bias.double() - mean * scale
         shape = (1, -1, *[1] * (x.dim() - 2))
@@ -238,10 +241,10 @@ class _AllReduce(torch.autograd.Function):
 
 
 def sync_batchnorm(module: nn.Module) -> nn.Module:
-    """Replace every BatchNorm1d by a GlobalBatchNorm1d holding the same parameters and buffers, so
-    state dicts, checkpoints and the optimizer's parameter list are unchanged."""
+    """Replace every BatchNorm1d (masked or not) by a GlobalBatchNorm1d holding the same parameters and
+    buffers, so state dicts, checkpoints and the optimizer's parameter list are unchanged."""
     for name, child in module.named_children():
-        if type(child) is nn.BatchNorm1d:
+        if type(child) in (nn.BatchNorm1d, MaskedBatchNorm1d):
             synced = GlobalBatchNorm1d(child.num_features, child.eps, child.momentum, device="meta")
             synced.weight, synced.bias = child.weight, child.bias
             for buffer in ("running_mean", "running_var", "num_batches_tracked"):

@@ -38,6 +38,10 @@ CONFUSION_ARTIFACT = f"{PLOTS_DIR}/confusion_matrix.png"
 TAG_BEST_EPOCH = "aqtrack.best_epoch"  # on a LoggedModel: the best checkpoint it was made from
 # pt2 (torch.export) rather than pickle: loading it runs no pickled code and needs no aqtrack installed.
 NETWORK_FORMAT = "pt2"
+NETWORK_INPUT = (
+    "float32 [B, T, C] raw joint angles, any B and T; a sequence shorter than T ends in NaN frames "
+    "(its length: up to its last frame with any non-NaN value)"
+)
 READY, PENDING = "READY", "PENDING"
 TRAINING, VALIDATION = "training", "validation"  # dataset contexts, as the MLflow UI names them
 AMBIGUOUS_SOURCE_WARNING = "The specified dataset source can be interpreted in multiple ways"
@@ -101,29 +105,58 @@ def _logged_models(client: MlflowClient, experiment_id: str, name: str) -> list[
 def log_network(
     client: MlflowClient, run_id: str, network: Any, example: np.ndarray, tags: Mapping[str, str]
 ) -> str:
-    """Log the network (eval mode) as the run's `model`: signature [B, T, C] float32 -> logits."""
+    """Log the network (eval mode) as the run's `model`: float32 [B, T, C] -> logits [B, num_classes],
+    for any B and T, where a sequence shorter than T ends in NaN frames.
+
+    The logged graph is `NanPaddedNet`: it finds each sequence's length from its trailing NaN frames
+    and runs the masked network, so a sequence gets the logits it gets alone, however it is padded.
+    MLflow exports pt2 with `torch.export.Dim.AUTO` on every -1 dimension of the signature's input
+    (mlflow.pytorch has no dynamic-shapes argument): the signature [-1, -1, C] makes batch and frames
+    dynamic. `example` [>= 2, T, C] (two rows or more, else the batch is fixed at 1); its second
+    sequence is cut short with NaN frames, so the example shows the padding too."""
     import torch
-    from mlflow.models import infer_signature
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    from aqtrack.model import NanPaddedNet
 
     mlflow_pytorch = _mlflow_pytorch()
-
+    exported = NanPaddedNet(network).eval()
+    example = _mixed_lengths(example)
     with torch.inference_mode():
-        logits = network(torch.from_numpy(example)).numpy()
+        logits = exported(torch.from_numpy(example)).numpy()
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, example.shape[2]))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, logits.shape[1]))]),
+    )
 
     def log(model_id: str) -> None:
         mlflow_pytorch.log_model(
-            network,
+            exported,
             name=NETWORK_MODEL,
             model_id=model_id,
             run_id=run_id,
-            signature=infer_signature(example, logits),
+            signature=signature,
             input_example=example,
+            metadata={"input": NETWORK_INPUT},
             pip_requirements=_requirements("mlflow", "torch", "numpy"),
             serialization_format=NETWORK_FORMAT,
             validate_serving_input=False,  # loading it back costs ~0.3 s; the tests load and predict
         )
 
     return _log_model(client, run_id, NETWORK_MODEL, tags, log)
+
+
+def _mixed_lengths(example: np.ndarray) -> np.ndarray:
+    """A float32 copy of `example` whose second sequence is at most half as long as the first (NaN
+    after that), unless the sequences already differ in length."""
+    from aqtrack.model import lengths_of
+
+    example = np.array(example, dtype=np.float32)
+    lengths = lengths_of(example)
+    if len(example) > 1 and (lengths == lengths[0]).all():
+        example[1, max(1, lengths[1] // 2) :] = np.nan
+    return example
 
 
 def _mlflow_pytorch():

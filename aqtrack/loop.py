@@ -32,10 +32,10 @@ from aqtrack.checkpoint import (
 from aqtrack.config import Config
 from aqtrack.data import ActionQualityData
 from aqtrack.distributed import SINGLE, Shards, World
-from aqtrack.errors import ResumeError, TrainingDiverged
+from aqtrack.errors import DataError, ResumeError, TrainingDiverged
 from aqtrack.interrupts import deferred
 from aqtrack.metrics import GRAD_NORM, GRAD_NORM_MAX, LR, TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_LOSS
-from aqtrack.model import ActionQualityNet, ModelSpec, build_model
+from aqtrack.model import ActionQualityNet, ModelSpec, build_model, crop_batch, lengths_of
 from aqtrack.precision import Precision, precision_for
 
 if TYPE_CHECKING:
@@ -51,23 +51,53 @@ def seed_everything(seed: int) -> None:
 
 
 class _Batches(torch.utils.data.Dataset):
-    """Tensors indexed a whole batch at a time: one gather per batch instead of one per sample."""
+    """Tensors indexed a whole batch at a time: one gather per batch instead of one per sample.
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+    A batch is (x [B, T_b, C], y [B], lengths [B] or None): x cut to the longest real length in the
+    batch (`crop_batch`), lengths None when no sequence in it is padded, so the model takes its plain
+    path. Whether a batch is padded is read from the numpy `lengths` on the host (no device sync)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, lengths: np.ndarray | None) -> None:
         self.x, self.y = x, y
+        # All full length (fixed-length data): skip the per-batch check altogether.
+        self.lengths = None if lengths is None or (lengths == x.shape[1]).all() else lengths
 
     def __len__(self) -> int:
         return len(self.y)
 
-    def __getitem__(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.x[idx], self.y[idx]
+    def __getitem__(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        x, lengths = crop_batch(self.x, self.lengths, idx)
+        return x, self.y[idx], lengths
+
+
+def _batches(x: np.ndarray, y: np.ndarray, lengths: np.ndarray | None) -> _Batches:
+    """x float32 [N, T, C] (shorter sequences end in NaN frames), y int64 [N], lengths int64 [N] of
+    real frames (None: every sequence is T frames long)."""
+    if lengths is not None:
+        lengths = np.asarray(lengths, dtype=np.int64)
+        if lengths.shape != y.shape:
+            raise ValueError(f"lengths has shape {lengths.shape}; want one per sequence: ({len(y)},)")
+        bad = np.flatnonzero((lengths < 1) | (lengths > x.shape[1]))
+        if len(bad):
+            raise DataError(
+                f"{len(bad)} sequence(s) have no real frame or more than the {x.shape[1]} there are (first: "
+                f"sequence {bad[0]}, length {lengths[bad[0]]}); a sequence holds at least one frame with "
+                "a value, and only trailing frames may be NaN"
+            )
+    return _Batches(torch.from_numpy(x), torch.from_numpy(y), lengths)
 
 
 def make_loader(
-    x: np.ndarray, y: np.ndarray, batch_size: int, generator: torch.Generator | None, num_workers: int
+    x: np.ndarray,
+    y: np.ndarray,
+    batch_size: int,
+    generator: torch.Generator | None,
+    num_workers: int,
+    lengths: np.ndarray | None = None,
 ) -> DataLoader:
-    """Batches of (x [B, T, C], y [B]); shuffled by `generator` when one is given."""
-    data = _Batches(torch.from_numpy(x), torch.from_numpy(y))
+    """Batches of (x [B, T_b, C], y [B], lengths [B] or None), see `_Batches`; shuffled by `generator`
+    when one is given. `lengths` [N]: real frames per sequence (None: all fill x's T)."""
+    data = _batches(x, y, lengths)
     order = RandomSampler(data, generator=generator) if generator is not None else SequentialSampler(data)
     return DataLoader(
         data,
@@ -79,10 +109,16 @@ def make_loader(
 
 
 def sharded_loader(
-    x: np.ndarray, y: np.ndarray, batches: Shards, generator: torch.Generator | None, num_workers: int
+    x: np.ndarray,
+    y: np.ndarray,
+    batches: Shards,
+    generator: torch.Generator | None,
+    num_workers: int,
+    lengths: np.ndarray | None = None,
 ) -> DataLoader:
-    """This process's share of each batch of (x [B, T, C], y [B]), in the order `batches` gives."""
-    data = _Batches(torch.from_numpy(x), torch.from_numpy(y))
+    """This process's share of each batch, in the order `batches` gives, as `make_loader`'s batches:
+    each process cuts its share to the longest real length in it."""
+    data = _batches(x, y, lengths)
     return DataLoader(data, sampler=batches, batch_size=None, num_workers=num_workers, generator=generator)
 
 
@@ -127,7 +163,9 @@ def build_trainer(
     seed_everything(t.seed)
     spec = ModelSpec(data.channels, data.num_classes, cfg.model.hidden, cfg.model.dropout)
     model = build_model(spec)
-    model.set_normalization(torch.from_numpy(data.x_train))
+    # Real lengths from the NaN padding (fixed-length data: all T, and nothing is masked).
+    train_lengths, val_lengths = lengths_of(data.x_train), lengths_of(data.x_val)
+    model.set_normalization(torch.from_numpy(data.x_train), torch.from_numpy(train_lengths))
     model.to(device)
     optimizer_cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
     optimizer = optimizer_cls(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
@@ -144,8 +182,10 @@ def build_trainer(
         model=model,
         optimizer=optimizer,
         scheduler=scheduler,
-        train_loader=sharded_loader(data.x_train, data.y_train, train_batches, generator, t.num_workers),
-        val_loader=sharded_loader(data.x_val, data.y_val, val_batches, None, t.num_workers),
+        train_loader=sharded_loader(
+            data.x_train, data.y_train, train_batches, generator, t.num_workers, train_lengths
+        ),
+        val_loader=sharded_loader(data.x_val, data.y_val, val_batches, None, t.num_workers, val_lengths),
         data_generator=generator,
         device=device,
         train_batches=train_batches,
@@ -222,10 +262,11 @@ def train_one_epoch(trainer: Trainer) -> tuple[dict[str, float], list[float]]:
     sizes = trainer.train_batches.global_sizes  # samples in each batch, all processes together
     loss_sums, norms = [], []
     correct = torch.zeros((), dtype=torch.long, device=device)
-    for (x, y), size in zip(trainer.train_loader, sizes, strict=True):
+    for (x, y, lengths), size in zip(trainer.train_loader, sizes, strict=True):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        lengths = _to(lengths, device)  # None: no padding in this batch, the plain path
         with precision.autocast():
-            logits = net(x)
+            logits = net(x, lengths)
             loss_sum = F.cross_entropy(logits, y, reduction="sum")
         # DDP averages gradients over the processes: so scaled, that is the gradient of the mean loss
         # over the whole batch, however it was shared out (alone: the plain batch mean).
@@ -253,6 +294,10 @@ def train_one_epoch(trainer: Trainer) -> tuple[dict[str, float], list[float]]:
     return metrics, batch_losses.tolist()
 
 
+def _to(lengths: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    return None if lengths is None else lengths.to(device, non_blocking=True)
+
+
 def _applied(norms: torch.Tensor, scaler: torch.amp.GradScaler) -> torch.Tensor:
     """The norms of the steps that updated the weights: with fp16, an overflow (inf norm) makes the
     scaler skip the step and lower its scale, which is expected, not divergence."""
@@ -271,9 +316,9 @@ def evaluate(
     total_loss = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
     seen = 0
-    for x, y in loader:
+    for x, y, lengths in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        logits = model(x)
+        logits = model(x, _to(lengths, device))
         total_loss += F.cross_entropy(logits, y, reduction="sum").double()
         correct += (logits.argmax(dim=1) == y).sum()
         seen += len(y)

@@ -72,8 +72,8 @@ def lightning_fit(settings: dict, uri: str, out: Path) -> str:
             self.model.set_normalization(torch.from_numpy(data.x_train))
 
         def _step(self, batch, split: str) -> torch.Tensor:
-            x, y = batch
-            logits = self.model(x)
+            x, y, lengths = batch  # lengths None: no padding in the batch (fixed-length data)
+            logits = self.model(x, lengths)
             loss = F.cross_entropy(logits, y)
             acc = (logits.argmax(dim=1) == y).float().mean()
             self.log(f"{split}_loss", loss, on_step=False, on_epoch=True, batch_size=len(y))

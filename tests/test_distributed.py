@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 import torch
 from mlflow import MlflowClient
+from padding import variable_length
 
 import aqtrack
 from aqtrack import cli, loop
@@ -37,6 +38,7 @@ from aqtrack.data import load_data
 from aqtrack.distributed import SINGLE, Shards, World, resolve_device, world_from_env
 from aqtrack.errors import ConfigError
 from aqtrack.metrics import GRAD_NORM, GRAD_NORM_MAX, LR, METRIC_KEYS, TRAIN_ACC, TRAIN_LOSS, VAL_ACC
+from aqtrack.model import lengths_of
 from aqtrack.precision import mixed, precision_for
 from aqtrack.tracking import NullTracker
 
@@ -139,14 +141,15 @@ def test_a_run_rank_0_refuses_stops_every_rank_at_once_with_one_line(tmp_path):
     assert experiment is None or not client.search_runs([experiment.experiment_id])
 
 
-def _rank_epoch(rank: int, tiny: dict, port: int, out: Path) -> None:
-    """One epoch on rank `rank` of 2 (torch.multiprocessing target): its metrics and weights to `out`."""
+def _rank_epoch(rank: int, tiny: dict, port: int, out: Path, low: int | None = None) -> None:
+    """One epoch on rank `rank` of 2 (torch.multiprocessing target): its metrics and weights to `out`.
+    `low`: on variable-length data, lengths uniform in low..100 (see `_trainer`)."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2")
     os.environ["LOCAL_RANK"] = str(rank)
     from aqtrack import distributed
 
     with distributed.joined() as world:
-        trainer = _trainer(tiny, world)
+        trainer = _trainer(tiny, world, low)
         trainer.net = distributed.wrap(trainer.model, trainer.device, world)
         trainer.train_batches.set_epoch(1)
         metrics, batch_losses = loop.train_one_epoch(trainer)
@@ -156,9 +159,11 @@ def _rank_epoch(rank: int, tiny: dict, port: int, out: Path) -> None:
     torch.save(result, out / f"rank{rank}.pt")
 
 
-def _trainer(tiny: dict, world: World = SINGLE) -> loop.Trainer:
+def _trainer(tiny: dict, world: World = SINGLE, low: int | None = None) -> loop.Trainer:
+    """`low`: every sequence cut to a length in low..100, NaN after it."""
     cfg = Config.from_dict({**tiny, "n_train": 67, "n_val": 33, "dropout": 0.0})
     data = load_data("synthetic", n_train=67, n_val=33, val_fraction=0.2, seed=0)
+    data = data if low is None else variable_length(data, low)
     return loop.build_trainer(cfg, data, torch.device("cpu"), world)
 
 
@@ -192,6 +197,37 @@ def test_ranks_hold_the_global_grad_norm_and_metrics_of_one_process(tiny, tmp_pa
     # Not compared: the convolution biases before each BatchNorm (their gradient is rounding noise,
     # which Adam scales to lr-sized steps; see the module docstring) and the running means trailing them.
     for key, value in alone.model.state_dict().items():
+        if not (key.endswith(".0.bias") or key.endswith("running_mean")):
+            assert torch.allclose(two["model"][key].double(), value.double(), rtol=1e-4, atol=1e-6), key
+
+
+def test_ranks_on_variable_length_data_take_batch_statistics_over_the_real_frames_of_both(tiny, tmp_path):
+    """Each rank cuts its share of a batch to its own longest sequence; with statistics over the real
+    frames of both shares, the epoch is still the one-process epoch."""
+    torch.multiprocessing.start_processes(
+        _rank_epoch, args=(tiny, _free_port(), tmp_path, 30), nprocs=2, start_method="spawn"
+    )
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    alone = _trainer(tiny, low=30)
+    alone.train_batches.set_epoch(1)
+    lengths = lengths_of(alone.train_loader.dataset.x.numpy())
+    assert lengths.min() < 100  # variable length indeed ...
+    cut = []
+    for rank in (0, 1):
+        share = Shards(67, 16, World(rank, 2), seed=alone.config.train.seed)
+        share.set_epoch(1)
+        cut.append([int(lengths[b].max()) for b in share if b])
+    assert cut[0] != cut[1]  # ... and the ranks cut their shares of a batch to different lengths
+
+    metrics, batch_losses = loop.train_one_epoch(alone)
+    val = loop.evaluate(alone.model, alone.val_loader, alone.device)
+
+    assert ranks[0]["metrics"] == ranks[1]["metrics"] and ranks[0]["val"] == ranks[1]["val"]
+    two = ranks[0]
+    assert two["metrics"] == pytest.approx(metrics, rel=TRAIN_RTOL)
+    assert two["batch_losses"] == pytest.approx(batch_losses, rel=TRAIN_RTOL)
+    assert two["val"] == pytest.approx(val, rel=VAL_RTOL)
+    for key, value in alone.model.state_dict().items():  # as in the fixed-length test above
         if not (key.endswith(".0.bias") or key.endswith("running_mean")):
             assert torch.allclose(two["model"][key].double(), value.double(), rtol=1e-4, atol=1e-6), key
 
@@ -266,9 +302,10 @@ def test_fp16_grad_norm_is_the_unscaled_pre_clip_norm(tiny, monkeypatch):
     reference = _trainer({**tiny, "max_grad_norm": 1e-3})  # the same weights, full precision
     reference.train_batches.set_epoch(1)
     trainer.train_batches.set_epoch(1)
-    x, y = next(iter(reference.train_loader))
+    x, y, lengths = next(iter(reference.train_loader))
     grads = torch.autograd.grad(
-        torch.nn.functional.cross_entropy(reference.model.train()(x), y), list(reference.model.parameters())
+        torch.nn.functional.cross_entropy(reference.model.train()(x, lengths), y),
+        list(reference.model.parameters()),
     )
     expected = torch.sqrt(sum(g.pow(2).sum() for g in grads)).item()
 

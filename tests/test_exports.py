@@ -3,6 +3,7 @@ its datasets, its figures, and all of it exactly once when the run is killed whi
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -10,17 +11,28 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mlflow.models
 import mlflow.pyfunc
+import mlflow.pytorch
 import numpy as np
 import torch
 from mlflow import MlflowClient
+from mlflow.pyfunc.scoring_server import infer_and_parse_data
+from padding import pad_with_nan
 
 import aqtrack
 from aqtrack.checkpoint import BEST
 from aqtrack.data import load_data
-from aqtrack.exports import CONFUSION_ARTIFACT, CURVES_ARTIFACT, NETWORK_MODEL, SVM_MODEL, TAG_BEST_EPOCH
+from aqtrack.exports import (
+    CONFUSION_ARTIFACT,
+    CURVES_ARTIFACT,
+    NETWORK_MODEL,
+    SVM_MODEL,
+    TAG_BEST_EPOCH,
+    log_network,
+)
 from aqtrack.metrics import SVM_VAL_ACC, SVM_VAL_F1
-from aqtrack.model import ModelSpec, build_model
+from aqtrack.model import ModelSpec, NanPaddedNet, build_model, lengths_of
 
 REPO = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -59,7 +71,7 @@ def test_pyfunc_model_predicts_like_the_best_checkpoint_and_is_registered(tiny, 
     np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-6)
     assert (logits.argmax(axis=1) == expected.argmax(axis=1)).all()
     signature = model.metadata.signature
-    assert signature.inputs.inputs[0].shape == (-1, 100, 8) and signature.outputs.inputs[0].shape == (-1, 4)
+    assert signature.inputs.inputs[0].shape == (-1, -1, 8) and signature.outputs.inputs[0].shape == (-1, 4)
 
     (logged,) = logged_models(result.run_id, NETWORK_MODEL)
     assert logged.tags[TAG_BEST_EPOCH] == str(best_epoch) == str(result.best_epoch)
@@ -67,6 +79,61 @@ def test_pyfunc_model_predicts_like_the_best_checkpoint_and_is_registered(tiny, 
     assert version.source == f"models:/{logged.model_id}" and version.run_id == result.run_id
     registered = mlflow.pyfunc.load_model("models:/action-quality-net/1")
     np.testing.assert_allclose(registered.predict(x), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_the_logged_network_takes_any_batch_and_length_with_trailing_nan_frames():
+    network = trained_like_network()
+    example = load_data("synthetic", n_train=4, n_val=4, val_fraction=0.2, seed=0).x_val[:2]
+    client = MlflowClient()
+    run_id = client.create_run(client.create_experiment("export")).info.run_id
+
+    model_id = log_network(client, run_id, network, example, tags={})
+
+    model = mlflow.pyfunc.load_model(f"runs:/{run_id}/{NETWORK_MODEL}")
+    exported = mlflow.pytorch.load_model(f"models:/{model_id}")  # the pt2 graph itself
+    rng = np.random.default_rng(0)
+    for frames in (50, 100, 300):
+        lengths = [frames, frames // 2, 1, 37, frames - 3]
+        x = pad_with_nan(rng.normal(1.0, 2.0, (5, frames, 8)).astype(np.float32), np.array(lengths))
+        logits = model.predict(x)  # the pyfunc's schema enforcement lets NaN through
+        with torch.no_grad():
+            expected = network(torch.from_numpy(x), torch.tensor(lengths)).numpy()
+            alone = [network(torch.from_numpy(x[i : i + 1, :n])).numpy()[0] for i, n in enumerate(lengths)]
+            graph = exported(torch.from_numpy(x)).numpy()
+        np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(logits, np.stack(alone), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(graph, logits, rtol=1e-6, atol=1e-6)
+    assert model.predict(x[:1]).shape == (1, 4)  # a single sequence too
+
+    signature = model.metadata.signature
+    spec = signature.inputs.inputs[0]
+    assert spec.shape == (-1, -1, 8) and spec.type == np.dtype(np.float32)
+    assert "NaN frames" in model.metadata.metadata["input"]
+    shown = model.input_example
+    assert shown.dtype == np.float32 and shown.shape == (2, 100, 8)
+    assert lengths_of(shown).tolist() == [100, 50]  # the example shows two lengths, as NaN padding
+    # A serving request carries the NaN frames as JSON nulls; the scoring server reads them back as NaN.
+    request = json.loads(mlflow.models.convert_input_example_to_serving_input(shown))
+    assert request["inputs"][1][-1] == [None] * 8
+    parsed = infer_and_parse_data(request, signature.inputs)
+    with torch.no_grad():
+        expected = NanPaddedNet(network)(torch.from_numpy(shown)).numpy()
+    np.testing.assert_allclose(model.predict(parsed), expected, rtol=1e-5, atol=1e-5)
+
+
+def trained_like_network() -> torch.nn.Module:
+    """A small network with non-trivial weights, normalisation and running statistics, in eval mode."""
+    torch.manual_seed(0)
+    network = build_model(ModelSpec(in_channels=8, num_classes=4, hidden=8, dropout=0.0))
+    with torch.no_grad():
+        network.mean.normal_()
+        network.std.uniform_(0.5, 2.0)
+        for name, buffer in network.named_buffers():
+            if name.endswith("running_mean"):
+                buffer.normal_(0, 0.3)
+            elif name.endswith("running_var"):
+                buffer.uniform_(0.5, 2.0)
+    return network.eval()
 
 
 def test_train_and_validation_sets_are_the_runs_dataset_inputs_logged_once(tiny):
