@@ -18,6 +18,7 @@ from aqtrack.errors import ConfigError
 OPTIMIZERS = ("adamw", "adam")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("none", "bf16", "fp16")
+MISSING_POLICIES = ("interpolate", "refuse")
 SVM_KERNELS = ("rbf", "linear", "poly", "sigmoid")
 TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
@@ -61,18 +62,41 @@ def _check(ok: bool, name: str, requirement: str, value: Any) -> None:
 
 @dataclass
 class DataConfig:
-    data: str = option("synthetic", "'synthetic' (embedded, seeded) or a .npz/.csv/.parquet file")
+    data: str = option("synthetic", "'synthetic' (embedded, seeded) or a .npz/.csv/.parquet/.ts file")
     n_train: int = option(800, "synthetic data: number of training sequences")
     n_val: int = option(200, "synthetic data: number of validation sequences")
-    val_fraction: float = option(0.2, "data files without a 'split': stratified validation fraction")
-    data_seed: int = option(0, "seed of the synthetic data and of the train/val split of data files")
+    n_test: int = option(200, "synthetic data: number of test sequences; 0 = no test split")
+    test_fraction: float = option(
+        0.2,
+        "data files without a 'split': test fraction (stratified; grouped by subject when the file "
+        "has subjects); 0 = no test split",
+    )
+    val_fraction: float = option(
+        0.2, "data files without a 'split': validation fraction of what remains after the test split"
+    )
+    missing: str = option(
+        "interpolate",
+        "missing values inside recordings (NaN, skipped frames): interpolate (linear over frames) or refuse",
+        choices=MISSING_POLICIES,
+    )
+    data_seed: int = option(0, "seed of the synthetic data and of the splits of data files")
 
     def __post_init__(self) -> None:
         _check_types(self)
         _check(bool(self.data), "data", "'synthetic' or a path", self.data)
         _check(self.n_train >= 1, "n_train", ">= 1", self.n_train)
         _check(self.n_val >= 1, "n_val", ">= 1", self.n_val)
+        _check(self.n_test >= 0, "n_test", ">= 0 (0 = no test split)", self.n_test)
+        _check(
+            0.0 <= self.test_fraction < 1.0,
+            "test_fraction",
+            "in [0, 1) (0 = no test split)",
+            self.test_fraction,
+        )
         _check(0.0 < self.val_fraction < 1.0, "val_fraction", "between 0 and 1", self.val_fraction)
+        _check(
+            self.missing in MISSING_POLICIES, "missing", f"one of {', '.join(MISSING_POLICIES)}", self.missing
+        )
 
 
 @dataclass
