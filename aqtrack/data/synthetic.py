@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from aqtrack.data import ActionQualityData
+from aqtrack.data import ActionQualityData, Split
 
 CLASS_NAMES = ("good_form", "shallow_depth", "asymmetric", "knee_valgus")
 CHANNELS = (
@@ -29,19 +29,42 @@ SEQ_LEN = 100
 JOINT_GAIN = np.array([0.9, 1.0, 0.45])
 
 
-def generate(n_train: int, n_val: int, seed: int) -> ActionQualityData:
-    """`n_train` + `n_val` sequences, classes balanced, deterministic for a given `seed`."""
+def generate(n_train: int, n_val: int, seed: int, n_test: int = 0) -> ActionQualityData:
+    """`n_train` + `n_val` (+ `n_test`; 0 = no test split) sequences, classes balanced, deterministic for a
+    given `seed`. The test split has its own random stream: train and val do not change with `n_test`."""
     rng = np.random.default_rng(seed)
     k = len(CLASS_NAMES)
     y = np.concatenate([rng.permutation(np.arange(n) % k) for n in (n_train, n_val)])
     x = _sequences(y, rng)
+    test = None
+    if n_test:
+        test_rng = np.random.default_rng([seed, 1])
+        y_test = test_rng.permutation(np.arange(n_test) % k)
+        test = _split("test", _sequences(y_test, test_rng), y_test)
     return ActionQualityData(
-        x_train=x[:n_train],
-        y_train=y[:n_train],
-        x_val=x[n_train:],
-        y_val=y[n_train:],
+        train=_split("train", x[:n_train], y[:n_train]),
+        val=_split("val", x[n_train:], y[n_train:]),
+        test=test,
         class_names=CLASS_NAMES,
+        channel_names=CHANNELS,
         source="synthetic",
+        split_info={
+            "method": "synthetic",
+            "n_train": n_train,
+            "n_val": n_val,
+            "n_test": n_test,
+            "seed": seed,
+        },
+    )
+
+
+def _split(name: str, x: np.ndarray, y: np.ndarray) -> Split:
+    return Split(
+        x=x,
+        y=y.astype(np.int64),
+        lengths=np.full(len(y), SEQ_LEN, dtype=np.int64),
+        sample_ids=np.array([f"{name}-{i}" for i in range(len(y))]),
+        subjects=None,
     )
 
 
