@@ -18,6 +18,7 @@ from aqtrack.errors import ConfigError
 OPTIMIZERS = ("adamw", "adam")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("none", "bf16", "fp16")
+MISSING_POLICIES = ("interpolate", "refuse")
 SVM_KERNELS = ("rbf", "linear", "poly", "sigmoid")
 TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
@@ -103,17 +104,33 @@ def _check(ok: bool, name: str, requirement: str, value: Any) -> None:
 class DataConfig:
     data: str = option(
         "synthetic",
-        "'synthetic' (embedded, seeded) or a .npz/.csv/.parquet file",
+        "'synthetic' (embedded, seeded) or a .npz/.csv/.parquet/.ts file",
         check=(bool, "'synthetic' or a path"),
     )
     n_train: int = option(800, "synthetic data: number of training sequences", check=_at_least(1))
     n_val: int = option(200, "synthetic data: number of validation sequences", check=_at_least(1))
+    n_test: int = option(
+        200,
+        "synthetic data: number of test sequences; 0 = no test split",
+        check=(lambda v: v >= 0, ">= 0 (0 = no test split)"),
+    )
+    test_fraction: float = option(
+        0.2,
+        "data files without a 'split': test fraction (stratified; grouped by subject when the file "
+        "has subjects); 0 = no test split",
+        check=(lambda v: 0.0 <= v < 1.0, "in [0, 1) (0 = no test split)"),
+    )
     val_fraction: float = option(
         0.2,
-        "data files without a 'split': stratified validation fraction",
+        "data files without a 'split': validation fraction of what remains after the test split",
         check=(lambda v: 0.0 < v < 1.0, "between 0 and 1"),
     )
-    data_seed: int = option(0, "seed of the synthetic data and of the train/val split of data files")
+    missing: str = option(
+        "interpolate",
+        "missing values inside recordings (NaN, skipped frames): interpolate (linear over frames) or refuse",
+        choices=MISSING_POLICIES,
+    )
+    data_seed: int = option(0, "seed of the synthetic data and of the splits of data files")
 
     def __post_init__(self) -> None:
         _check_fields(self)

@@ -1,102 +1,241 @@
-"""User data files (.npz, .csv, .parquet) -> validated `ActionQualityData`.
+"""User data files (.csv, .parquet, .npz, .ts) -> validated `ActionQualityData`.
 
-Every problem becomes a one-line `DataError` naming the file, what is wrong and how to fix it; when several
-checks fail at once they are reported together so the user can fix the file in one go.
+A dataset is N samples (recordings), each a sequence of frames with C numeric channels and one class
+label. Samples may have different numbers of frames (at least 2 each).
+
+Long table: .csv (comma-separated, with a header row) or .parquet, one row per frame of a sample.
+    sample_id   which sample the row belongs to (numbers or strings); samples are ordered by it.
+    frame       the frame's integer position in its sample. Numbers may start anywhere (0, 1, ...) and
+                rows may come in any order: frames are ordered by `frame`. A skipped number is a
+                missing frame (see Missing values); a duplicate or a non-integer frame is an error, and
+                so is a sample whose numbers skip more frames than it lists ('frame' counts frames, it is
+                not a time). A sample's length is its last frame - first frame + 1.
+    label       the sample's class (see Labels); one value per sample.
+    ch_<name>   one or more numeric channel columns; channel_names are the <name>s, in file column order.
+    split       optional, one per sample: 'train', 'val' or 'test' (see Splits).
+    subject     optional, one per sample: who was recorded (see Splits).
+    Any other column must hold one value per sample (side, session, camera, ...): it is kept as
+    per-sample metadata. A column that changes within a sample (e.g. a per-frame `timestamp`) is
+    refused: rename it ch_<name> to use it as a channel, or drop it.
+    Every listed frame is real: a row whose channels are NaN is a frame with missing values.
+
+.npz (numpy.savez; pickled object arrays are never loaded):
+    X             float [N, T, C]. A sample shorter than T ends in padding: trailing frames that are NaN
+                  in every channel (the UCR/tslearn convention); or give
+    lengths       optional int [N], each sample's real frames (2..T): frames past it are ignored,
+                  whatever they hold. A ragged X (an object array of [T_i, C] arrays) is refused: pad it.
+    y             [N] integer class indices or strings (see Labels).
+    class_names   optional [K] strings: the names of classes 0..K-1 (integer y) or the class order
+                  (string y); it may list a class that has no sample.
+    channel_names optional [C] strings; default ch_0, ch_1, ...
+    sample_id     optional [N] unique ids; default 0..N-1.
+    split, subject  optional [N], as in long tables.
+    Any other 1-D array of N values is per-sample metadata; other arrays are ignored (noted).
+
+.ts (aeon/sktime format; needs the optional extra: pip install 'aqtrack[ts]'): read with aeon's
+    `load_from_ts_file`, equal or unequal length. Classes come in the file's @classLabel order with its
+    spelling (aeon lowercases labels; the header's case is restored). Channels are ch_0, ch_1, ...;
+    trailing all-NaN frames are padding, as in .npz.
+
+Missing values: a NaN inside a sample's real length, or a skipped frame number, is a missing value.
+    missing="interpolate" (default): each channel is interpolated linearly over the frame index; values
+    before its first / after its last observed value take the nearest observed one. The count is
+    logged, noted and recorded in dataset_stats. missing="refuse": the file is refused. A sample with a
+    channel that has no value at all is refused either way; so is any infinite value.
+
+Labels: integers are class indices 0..K-1 (named class_0.. unless class_names names them); an integer
+    class with no sample (labels 1..K leave class 0 empty) is an error unless class_names lists it.
+    Strings become classes in sorted order (or class_names order). Anything else (1.5, NaN) is refused.
+    At least 2 classes must have samples.
+
+Splits: a `split` column/array is used as given ('test' optional: without it there is no test split).
+    When it has no 'val', validation is taken from 'train' (val_fraction). A subject on two sides is a
+    warning, not an error. Without a `split`: test first (test_fraction of the samples, stratified by
+    class; 0 = none), then validation (val_fraction of the rest), seeded by data_seed. With subjects both
+    are grouped (scikit-learn's StratifiedGroupKFold: one of round(1/fraction) folds of subjects), so no
+    subject is in two splits. A class with fewer than 3 samples (or data with fewer than 3 subjects) gets
+    no test samples; this is noted. Every class needs a training sample.
+
+Every problem is a one-line `DataError` naming the file, the problem and the fix; several problems found
+together are reported together. Nothing read from the file is echoed beyond a few short names.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import zipfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
 
 import numpy as np
 
-from aqtrack.data import ActionQualityData
+from aqtrack.config import MISSING_POLICIES, DataConfig
+from aqtrack.data import MIN_FRAMES, ActionQualityData, Split, lengths_of, pad_sequences
+from aqtrack.data.missing import fill_missing
 from aqtrack.errors import DataError
 
 log = logging.getLogger(__name__)
 
-NPZ_KEYS = ("X", "y", "split", "class_names")
+NPZ_ARRAYS = ("X", "y", "lengths", "split", "subject", "class_names", "channel_names", "sample_id")
 REQUIRED_COLUMNS = ("sample_id", "frame", "label")
-OPTIONAL_COLUMNS = ("split",)
+PER_SAMPLE_COLUMNS = ("split", "subject")  # optional columns with a meaning of their own
 CHANNEL_PREFIX = "ch_"
-SPLITS = ("train", "val")
+SPLITS = ("train", "val", "test")
+MAX_MESSAGE = 300  # characters of a DataError, file name included
 _SHOW = 5  # how many offending values/samples a message lists before "..."
+_NAME = 24  # longest name (column, label, id) echoed from a file
 
-_NPZ_HINT = "save X float [N, T, C] and y int [N] with numpy.savez"
-_TABLE_HINT = (
-    f"expected columns {', '.join(REQUIRED_COLUMNS)}, optional split, "
-    f"and one or more channel columns named {CHANNEL_PREFIX}<name>"
-)
+_NPZ_HINT = "save X float [N, T, C] and y [N] with numpy.savez"
+_TABLE_HINT = "expected a header row, then one row per frame: sample_id, frame, label, ch_<name>..."
 
 
 @dataclass
 class _Raw:
-    """Arrays as read from a file, before validation; `sample_ids` only names samples in messages."""
+    """What a reader found, before validation. `x` float32 [N, T, C] NaN-padded once checked."""
 
     x: np.ndarray
     y: np.ndarray
+    lengths: np.ndarray | None = None  # None: trailing all-NaN frames are padding
     split: np.ndarray | None = None
+    subjects: np.ndarray | None = None
     class_names: np.ndarray | None = None
-    sample_ids: np.ndarray | None = None
+    channel_names: tuple[str, ...] | None = None
+    sample_ids: np.ndarray | None = None  # None: samples are named "sample i" (npz, .ts)
+    metadata: dict[str, np.ndarray] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
-def load_file(path: Path, *, val_fraction: float, seed: int) -> ActionQualityData:
-    """Load a .npz or long-format .csv/.parquet file; files without a `split` get a seeded stratified one."""
+@dataclass
+class _Clean:
+    """A validated dataset before it is split: missing values filled, labels as class indices."""
+
+    samples: Split
+    class_names: tuple[str, ...]
+    channel_names: tuple[str, ...]
+    filled: int
+    notes: list[str]
+
+
+def load_file(
+    path: Path,
+    *,
+    val_fraction: float,
+    seed: int,
+    test_fraction: float = DataConfig.test_fraction,
+    missing: str = DataConfig.missing,
+) -> ActionQualityData:
+    """Load a .csv/.parquet long table, a .npz or a .ts file (formats: this module's docstring).
+
+    Returns the splits (x float32 [N, T_max, C], NaN after each sample's real length) with the notes of
+    what was decided (splits made, values filled). Raises DataError, one line naming the file, for
+    anything the file or the settings get wrong.
+    """
     path = Path(path)
+    _check_settings(path, val_fraction, test_fraction, missing)
+    raw = _read(path)
+    clean = _validate(path, raw, missing)
+    partition = _partition(
+        path, clean, raw.split, test_fraction=test_fraction, val_fraction=val_fraction, seed=seed
+    )
+    data = ActionQualityData(
+        train=clean.samples.select(partition.train),
+        val=clean.samples.select(partition.val),
+        test=None if partition.test is None else clean.samples.select(partition.test),
+        class_names=clean.class_names,
+        channel_names=clean.channel_names,
+        source=str(path),
+        filled_values=clean.filled,
+        notes=(*clean.notes, *partition.notes),
+        missing_policy=missing,
+        split_info=partition.info,
+    )
+    sizes = ", ".join(f"{len(split)} {name}" for name, split in data.splits.items())
+    log.info("loaded %s: %s samples", path, sizes)
+    return data
+
+
+def _check_settings(path: Path, val_fraction: float, test_fraction: float, missing: str) -> None:
+    problems = []
     if not 0.0 < val_fraction < 1.0:
-        _fail(path, [f"val_fraction must be in (0, 1), got {val_fraction}; use e.g. 0.2"])
+        problems.append(f"val_fraction must be in (0, 1), got {val_fraction}; use e.g. 0.2")
+    if not 0.0 <= test_fraction < 1.0:
+        problems.append(
+            f"test_fraction must be in [0, 1), got {test_fraction}; use e.g. 0.2 (0: no test split)"
+        )
+    if missing not in MISSING_POLICIES:
+        problems.append(f"missing must be one of {', '.join(MISSING_POLICIES)}, got {_short(missing)!r}")
+    if problems:
+        _fail(path, problems)
+
+
+def _read(path: Path) -> _Raw:
     suffix = path.suffix.lower()
     if suffix == ".npz":
-        raw = _load_npz(path)
-    elif suffix in (".csv", ".parquet"):
-        raw = _table_to_raw(path, _read_table(path))
-    else:
-        _fail(path, [f"unsupported file type {path.suffix!r}; use a .npz, .csv or .parquet file"])
-    x, y, split, class_names = _validate(path, raw)
-    if split is None:
-        is_val = _stratified_val_mask(y, len(class_names), val_fraction, seed)
-        if not is_val.any():
-            _fail(path, ["too few samples to make a validation split; give each class at least 2 samples"])
-    else:
-        is_val = split == "val"
-    log.info("loaded %s: %d train, %d val samples", path, int((~is_val).sum()), int(is_val.sum()))
-    return ActionQualityData(
-        x_train=np.ascontiguousarray(x[~is_val]),
-        y_train=y[~is_val],
-        x_val=np.ascontiguousarray(x[is_val]),
-        y_val=y[is_val],
-        class_names=class_names,
-        source=str(path),
-    )
+        return _load_npz(path)
+    if suffix in (".csv", ".parquet"):
+        return _table_to_raw(path, _read_table(path))
+    if suffix == ".ts":
+        return _load_ts(path)
+    _fail(path, [f"unsupported file type {_short(path.suffix)!r}; use a .csv, .parquet, .npz or .ts file"])
+
+
+# --- messages ------------------------------------------------------------------------------------------
 
 
 def _fail(path: Path, problems: list[str]) -> NoReturn:
-    # One line no matter what: column names or exception texts may carry newlines.
-    message = f"{path}: " + " | ".join(problems)
-    raise DataError(" ".join(message.splitlines()))
+    """Raise one DataError line of at most MAX_MESSAGE characters; problems that do not fit are counted."""
+    problems = [" ".join(p.split()) for p in problems]  # one line, whatever the texts held
+    message = f"{path}: {problems[0]}"
+    shown = 1
+    for problem in problems[1:]:
+        left = len(problems) - shown - 1
+        room_for_count = len(f" | (+{left} more)") if left else 0
+        if len(message) + 3 + len(problem) + room_for_count > MAX_MESSAGE:
+            break
+        message, shown = f"{message} | {problem}", shown + 1
+    if shown < len(problems):
+        message += f" | (+{len(problems) - shown} more)"
+    if len(message) > MAX_MESSAGE:  # only when one problem (or the path) is too long on its own
+        message = message[: MAX_MESSAGE - 3] + "..."
+    raise DataError(message)
 
 
-def _plain(value):
-    # numpy scalars repr as np.str_('x'); users should see 'x'.
-    return value.item() if isinstance(value, np.generic) else value
+def _short(value, limit: int = _NAME) -> str:
+    """A value from the file as a short, one-line string: names are echoed, data rows never."""
+    text = " ".join(str(value.item() if isinstance(value, np.generic) else value).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _show(values) -> str:
     values = list(values)
-    shown = ", ".join(repr(_plain(v)) for v in values[:_SHOW])
+    shown = ", ".join(repr(_short(v)) for v in values[:_SHOW])
     return shown + (", ..." if len(values) > _SHOW else "")
 
 
+def _listed(numbers: list[int]) -> str:
+    return ", ".join(map(str, numbers[:_SHOW])) + (", ..." if len(numbers) > _SHOW else "")
+
+
+def _error_text(exc: BaseException) -> str:
+    """An exception's message cut short: parser errors can quote a whole line of the file."""
+    text = re.sub(r"<[^>]*>", "", str(exc))  # aeon quotes its file object: <_io.TextIOWrapper name=...>
+    return _short(text, limit=80) or type(exc).__name__
+
+
 def _where(i: int, sample_ids: np.ndarray | None) -> str:
-    return f"sample {i}" if sample_ids is None else f"sample_id {_plain(sample_ids[i])!r}"
+    return f"sample {i}" if sample_ids is None else f"sample_id {_short(sample_ids[i])!r}"
 
 
-# --- .npz --------------------------------------------------------------------------------------------
+def _note(notes: list[str], message: str, *, warning: bool = False) -> None:
+    """Record a decision taken on the user's behalf: logged once here, kept in `dataset_stats`."""
+    (log.warning if warning else log.info)(message)
+    notes.append(message)
+
+
+# --- .npz ----------------------------------------------------------------------------------------------
 
 
 def _load_npz(path: Path) -> _Raw:
@@ -105,22 +244,29 @@ def _load_npz(path: Path) -> _Raw:
         try:
             archive = np.load(f, allow_pickle=False)
         except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-            _fail(path, [f"not a readable .npz archive ({exc}); {_NPZ_HINT}"])
+            _fail(path, [f"not a readable .npz archive ({_error_text(exc)}); {_NPZ_HINT}"])
         if not isinstance(archive, np.lib.npyio.NpzFile):
             _fail(path, [f"holds a single .npy array, not an .npz archive; {_NPZ_HINT}"])
         with archive:
-            arrays = _read_npz_arrays(path, archive)
-    return _Raw(arrays["X"], arrays["y"], arrays.get("split"), arrays.get("class_names"))
-
-
-def _read_npz_arrays(path: Path, archive: np.lib.npyio.NpzFile) -> dict[str, np.ndarray]:
-    missing = [key for key in ("X", "y") if key not in archive.files]
-    if missing:
-        _fail(path, [f"missing array(s) {', '.join(missing)} (found {_show(archive.files)}); {_NPZ_HINT}"])
-    unknown = sorted(set(archive.files) - set(NPZ_KEYS))
-    if unknown:
-        log.warning("%s: ignoring unknown arrays %s", path, unknown)
-    return {key: _read_npz_array(path, archive, key) for key in NPZ_KEYS if key in archive.files}
+            missing = [key for key in ("X", "y") if key not in archive.files]
+            if missing:
+                _fail(
+                    path,
+                    [f"missing array(s) {', '.join(missing)} (found {_show(archive.files)}); {_NPZ_HINT}"],
+                )
+            arrays = {key: _read_npz_array(path, archive, key) for key in NPZ_ARRAYS if key in archive.files}
+            extra = {key: _read_extra_array(archive, key) for key in archive.files if key not in NPZ_ARRAYS}
+    raw = _Raw(
+        x=arrays["X"],
+        y=arrays["y"],
+        lengths=arrays.get("lengths"),
+        split=arrays.get("split"),
+        subjects=arrays.get("subject"),
+        class_names=arrays.get("class_names"),
+        sample_ids=arrays.get("sample_id"),
+    )
+    _npz_names_and_metadata(path, raw, arrays.get("channel_names"), extra)
+    return raw
 
 
 def _read_npz_array(path: Path, archive: np.lib.npyio.NpzFile, key: str) -> np.ndarray:
@@ -128,12 +274,46 @@ def _read_npz_array(path: Path, archive: np.lib.npyio.NpzFile, key: str) -> np.n
         value = archive[key]
     # ValueError: an object array, which needs pickle (never allowed here).
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
-        _fail(
-            path, [f"array {key!r} cannot be read ({exc}); save plain numeric/string arrays with numpy.savez"]
-        )
+        if key == "X" and "Object arrays" in str(exc):
+            _fail(
+                path,
+                [
+                    "X is an object array (ragged samples need pickle, never loaded); save X as float "
+                    "[N, T_max, C] with NaN after each sample's end, or add an int 'lengths' array"
+                ],
+            )
+        _fail(path, [f"array {key!r} cannot be read ({_error_text(exc)}); save plain numeric/string arrays"])
     if not isinstance(value, np.ndarray):  # NpzFile hands back raw bytes for members that are not .npy
         _fail(path, [f"array {key!r} cannot be read (not .npy data); save the arrays with numpy.savez"])
     return value
+
+
+def _read_extra_array(archive: np.lib.npyio.NpzFile, key: str) -> np.ndarray | None:
+    """An array outside NPZ_ARRAYS: metadata if readable, else None (ignored and noted, not an error)."""
+    try:
+        value = archive[key]
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error):
+        return None  # e.g. a pickled object array: never loaded, reported as ignored
+    return value if isinstance(value, np.ndarray) else None
+
+
+def _npz_names_and_metadata(
+    path: Path, raw: _Raw, channel_names: np.ndarray | None, extra: dict[str, np.ndarray | None]
+) -> None:
+    n = len(raw.x) if raw.x.ndim == 3 else None
+    c = raw.x.shape[2] if raw.x.ndim == 3 else None
+    if channel_names is not None:
+        if channel_names.ndim != 1 or channel_names.dtype.kind not in "US" or len(channel_names) != c:
+            _fail(path, [f"channel_names must be {c} strings (one per channel of X); fix or drop it"])
+        raw.channel_names = tuple(channel_names.astype(str).tolist())
+    ignored = []
+    for key, value in extra.items():
+        if value is not None and value.ndim == 1 and len(value) == n and value.dtype.kind in "biufUS":
+            raw.metadata[key] = value
+        else:
+            ignored.append(key)
+    if ignored:
+        _note(raw.notes, f"ignored array(s) {_show(ignored)}: not one plain value per sample", warning=True)
 
 
 # --- .csv / .parquet (long format: one row per sample and frame) -------------------------------------
@@ -147,7 +327,7 @@ def _read_table(path: Path):
     except pd.errors.EmptyDataError:
         _fail(path, [f"file is empty; {_TABLE_HINT}"])
     except (ValueError, OSError) as exc:  # parser errors, bad encodings and pyarrow errors all land here
-        _fail(path, [f"cannot read file ({exc}); {_TABLE_HINT}"])
+        _fail(path, [f"cannot read file ({_error_text(exc)}); {_TABLE_HINT}"])
     df.columns = [str(c) for c in df.columns]
     return df
 
@@ -156,31 +336,60 @@ def _column_problems(df) -> list[str]:
     import pandas as pd
 
     columns = list(df.columns)
-    problems = []
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
-    if missing:
-        problems.append(f"missing required column(s) {_show(missing)}; {_TABLE_HINT}")
-    known = set(REQUIRED_COLUMNS) | set(OPTIONAL_COLUMNS)
-    unknown = [c for c in columns if c not in known and not c.startswith(CHANNEL_PREFIX)]
-    if unknown:
-        problems.append(f"unknown column(s) {_show(unknown)}; {_TABLE_HINT}")
-    if df.empty:  # nothing else to check, and empty columns read as non-numeric
-        return [*problems, f"file has no rows (zero samples); {_TABLE_HINT}"]
+    wrong_shape = _wrong_shape(columns) if missing else None
+    if wrong_shape:
+        return [wrong_shape]
+    problems = [f"missing required column(s) {_show(missing)}"] if missing else []
     channels = [c for c in columns if c.startswith(CHANNEL_PREFIX)]
-    if not channels:
-        problems.append(f"no channel columns; {_TABLE_HINT}")
+    if df.empty:  # nothing else to check, and empty columns read as non-numeric
+        problems.append("file has no rows (zero samples)")
+    elif not channels:
+        problems.append("no channel columns")
+    if problems:
+        return [*problems, _TABLE_HINT]
     non_numeric = [c for c in channels if not _is_numeric(df[c])]
     if non_numeric:
         problems.append(f"non-numeric values in channel column(s) {_show(non_numeric)}; use numbers only")
-    for c in [c for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if c in columns]:
+    for c in [c for c in (*REQUIRED_COLUMNS, *PER_SAMPLE_COLUMNS) if c in columns]:
         blank = np.flatnonzero(pd.isna(df[c]).to_numpy())
         if len(blank):
             problems.append(
                 f"column {c!r} has {len(blank)} missing value(s) (first at row {blank[0]}); fill them"
             )
-    if "frame" in columns and not _is_integral(df["frame"]):
-        problems.append("column 'frame' must hold integers 0..T-1; renumber the frames")
+    if not _is_integral(df["frame"]):
+        problems.append("column 'frame' must hold integers (frame numbers); renumber the frames")
     return problems
+
+
+def _wrong_shape(columns: list[str]) -> str | None:
+    """Name the commonest wrong shapes (another separator, a wide table, no header) instead of listing
+    the columns the file seems to have."""
+    if len(columns) == 1:
+        for sep, name in (("\t", "tab"), (";", "semicolon"), (" ", "space")):
+            fields = columns[0].strip().split(sep)
+            if len(fields) > 1 and "sample_id" in fields:
+                return f"is {name}-separated, not comma-separated; save it with commas between the columns"
+            if len(fields) > 1:
+                return (
+                    f"is {name}-separated, not comma-separated, with no sample_id column (a wide table, one "
+                    "row per sample?); save a comma-separated long table: one row per frame with sample_id, "
+                    "frame, label, ch_<name>..."
+                )
+    if len(columns) >= 3 and all(_is_number(c) for c in columns):
+        return (
+            "has no header row (its first row is numbers; a wide table, one row per sample?); save a long "
+            "table: a header, then one row per frame with sample_id, frame, label, ch_<name>..."
+        )
+    return None
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text.split(".")[0] if text.count(".") > 1 else text)  # pandas renames duplicates "1.5.1"
+    except ValueError:
+        return False
+    return True
 
 
 def _is_numeric(column) -> bool:
@@ -193,7 +402,7 @@ def _is_integral(column) -> bool:
     if not _is_numeric(column):
         return False
     values = column.dropna().to_numpy(dtype=np.float64)
-    return bool(np.all(values == np.round(values)))
+    return bool(np.all(np.isfinite(values) & (values == np.round(values))))
 
 
 def _table_to_raw(path: Path, df) -> _Raw:
@@ -203,109 +412,280 @@ def _table_to_raw(path: Path, df) -> _Raw:
     try:
         df = df.sort_values(["sample_id", "frame"], kind="stable", ignore_index=True)
     except TypeError as exc:
-        _fail(path, [f"sample_id values cannot be sorted ({exc}); use one type (all numbers or all strings)"])
+        _fail(
+            path,
+            [
+                f"sample_id values cannot be sorted ({_error_text(exc)}); "
+                "use one type (all numbers or all strings)"
+            ],
+        )
     groups = df.groupby("sample_id", sort=True)
-    per_sample = ["label", *(["split"] if "split" in df.columns else [])]
-    problems = _frame_problems(df, groups)
-    for column in per_sample:
-        varying = groups[column].nunique(dropna=False)
-        varying = varying[varying > 1].index
-        if len(varying):
-            problems.append(
-                f"{column} changes within sample_id(s) {_show(varying)}; use one {column} per sample"
-            )
+    channels = [c for c in df.columns if c.startswith(CHANNEL_PREFIX)]
+    per_sample = [c for c in df.columns if c not in ("sample_id", "frame") and c not in channels]
+    metadata = [c for c in per_sample if c != "label" and c not in PER_SAMPLE_COLUMNS]
+    problems = _per_sample_problems(groups, per_sample, metadata) + _frame_problems(df, groups)
     if problems:
         _fail(path, problems)
-    channels = [c for c in df.columns if c.startswith(CHANNEL_PREFIX)]
-    n, t = groups.ngroups, len(df) // groups.ngroups
+
     first = groups.first()
-    label = first["label"]
-    return _Raw(
-        x=df[channels].to_numpy(dtype=np.float64).reshape(n, t, len(channels)),
-        y=label.to_numpy(dtype=np.float64) if _is_numeric(label) else label.to_numpy(),
-        split=first["split"].to_numpy().astype(str) if "split" in df.columns else None,
-        sample_ids=first.index.to_numpy(),
+    frames = df["frame"].to_numpy(dtype=np.float64).astype(np.int64)
+    start = groups["frame"].min().to_numpy(dtype=np.float64).astype(np.int64)
+    lengths = groups["frame"].max().to_numpy(dtype=np.float64).astype(np.int64) - start + 1
+    codes = groups.ngroup().to_numpy()  # the sample of each row, 0..N-1 in sample_id order
+    # Scatter rows into [N, T_max, C]; frames a sample skips stay NaN, i.e. missing (filled or refused).
+    x = np.full((len(first), int(lengths.max()), len(channels)), np.nan, dtype=np.float32)
+    with np.errstate(over="ignore"):  # values beyond float32 become inf, which validation reports
+        x[codes, frames - start[codes]] = df[channels].to_numpy(dtype=np.float64)
+    raw = _Raw(
+        x=x,
+        y=_labels_of(first["label"]),
+        lengths=lengths,
+        split=first["split"].to_numpy(dtype=str) if "split" in df.columns else None,
+        subjects=first["subject"].to_numpy(dtype=str) if "subject" in df.columns else None,
+        channel_names=tuple(c[len(CHANNEL_PREFIX) :] for c in channels),
+        sample_ids=first.index.to_numpy(dtype=str),
+        metadata={c: _metadata_of(first[c]) for c in metadata},
     )
+    skipped = int(lengths.sum() - len(df))
+    if skipped:
+        _note(
+            raw.notes,
+            f"{skipped} skipped frame number(s) are missing frames ({skipped * len(channels)} values)",
+        )
+    if metadata:
+        _note(raw.notes, f"kept per-sample column(s) {_show(metadata)} as metadata")
+    return raw
+
+
+def _per_sample_problems(groups, per_sample: list[str], metadata: list[str]) -> list[str]:
+    varying = groups[per_sample].nunique(dropna=False) > 1  # [samples, columns]
+    problems = []
+    for column in [c for c in per_sample if c not in metadata and varying[c].any()]:
+        samples = varying.index[varying[column].to_numpy()]
+        problems.append(f"{column} changes within sample_id(s) {_show(samples)}; use one {column} per sample")
+    per_frame = [c for c in metadata if varying[c].any()]
+    if per_frame:
+        problems.append(
+            f"column(s) {_show(per_frame)} change within a sample; rename to "
+            f"{CHANNEL_PREFIX}{_short(per_frame[0])} to use as a channel, or drop "
+            "(frames are ordered by 'frame')"
+        )
+    return problems
 
 
 def _frame_problems(df, groups) -> list[str]:
-    # After sorting, a well-formed sample numbers its rows 0, 1, ..., T-1 exactly.
-    expected = groups.cumcount().to_numpy()
-    wrong = df["frame"].to_numpy(dtype=np.float64) != expected
-    lengths = groups.size()
-    bad = df.loc[wrong, "sample_id"].unique()
     problems = []
-    if len(bad):
+    duplicated = df.duplicated(["sample_id", "frame"]).to_numpy()
+    if duplicated.any():
+        bad = df.loc[duplicated, "sample_id"].unique()
+        problems.append(f"sample_id(s) {_show(bad)} have duplicate frame numbers; list each frame once")
+    # Frame numbers that skip more frames than a sample lists are times or ids, not frame counts.
+    span = groups["frame"].max() - groups["frame"].min() + 1
+    sparse = span[span > 2 * groups.size()]
+    if len(sparse):
+        sid = sparse.index[0]
         problems.append(
-            f"sample_id(s) {_show(bad)} have missing or duplicate frames; "
-            "each sample needs frames 0..T-1 exactly once"
+            f"sample_id(s) {_show(sparse.index)} skip more frames than they list (sample_id "
+            f"{_short(sid)!r}: {groups.size()[sid]} rows over {int(sparse.iloc[0])} frames); "
+            "'frame' must count frames 0, 1, 2..."
         )
-    if lengths.nunique() > 1:
-        example: dict[int, object] = {}  # one sample_id per distinct length
-        for sample_id, n in lengths.items():
-            example.setdefault(int(n), sample_id)
-        found = ", ".join(f"{n} for sample_id {_plain(sid)!r}" for n, sid in sorted(example.items())[:_SHOW])
-        problems.append(f"samples have different numbers of frames ({found}); give every sample the same T")
     return problems
+
+
+def _labels_of(column) -> np.ndarray:
+    """Labels as read: numbers as float64 (checked to be whole later), anything else as strings."""
+    return column.to_numpy(dtype=np.float64) if _is_numeric(column) else column.to_numpy(dtype=str)
+
+
+def _metadata_of(column) -> np.ndarray:
+    return column.to_numpy() if _is_numeric(column) else column.to_numpy(dtype=str)
+
+
+# --- .ts (aeon/sktime) ---------------------------------------------------------------------------------
+
+
+def _load_ts(path: Path) -> _Raw:
+    try:
+        from aeon.datasets import load_from_ts_file  # optional extra: aqtrack[ts]
+    except ImportError:
+        _fail(path, ["reading .ts files needs aeon, an optional extra: pip install 'aqtrack[ts]'"])
+    try:
+        cases, labels, meta = load_from_ts_file(str(path), return_meta_data=True)
+    except (OSError, ValueError, IndexError, KeyError) as exc:  # aeon raises OSError for format errors
+        _fail(path, [f"not a readable .ts file ({_error_text(exc)}); check it against aeon's .ts format"])
+    if meta.get("targetlabel") or not meta.get("classlabel") or len(labels) != len(cases):
+        _fail(
+            path,
+            ["has no class labels (@classLabel true <names> in the header); aqtrack needs one per sample"],
+        )
+    if len(cases) == 0:
+        _fail(path, ["has no samples after @data; add one line per sample"])
+    # aeon: [N, C, T] (equal length) or N arrays [C, T_i]; aqtrack wants [T_i, C] per sample.
+    with np.errstate(over="ignore"):
+        x, _ = pad_sequences([np.asarray(case, dtype=np.float64).T for case in cases])
+    names = _ts_class_names(path, [str(v) for v in meta.get("class_values", [])])
+    by_lower = {name.lower(): name for name in names}
+    return _Raw(
+        x=x,
+        y=np.array([by_lower.get(str(v), str(v)) for v in labels]),
+        class_names=np.array(names) if names else None,
+    )
+
+
+def _ts_class_names(path: Path, lowered: list[str]) -> list[str]:
+    """The header's @classLabel names with their original case (aeon lowercases the whole file)."""
+    with path.open(encoding="utf-8", errors="replace") as f:
+        for line in f:
+            tokens = line.split()
+            if tokens and tokens[0].lower() == "@data":
+                break
+            if len(tokens) > 2 and tokens[0].lower() == "@classlabel" and tokens[1].lower() == "true":
+                original = tokens[2:]
+                if [t.lower() for t in original] == lowered and len(set(original)) == len(original):
+                    return original
+    return lowered
 
 
 # --- validation shared by all formats ----------------------------------------------------------------
 
 
-def _validate(path: Path, raw: _Raw) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, tuple[str, ...]]:
-    problems = _x_problems(raw.x, raw.sample_ids)
-    problems += _y_problems(raw.y, raw.sample_ids)
-    n = raw.x.shape[0] if raw.x.ndim == 3 else None
-    if n is not None and raw.y.ndim == 1 and len(raw.y) != n:
-        problems.append(f"X has {n} samples but y has {len(raw.y)}; give one label per sample")
-    if raw.split is not None:
-        problems += _split_problems(raw.split, n)
+def _validate(path: Path, raw: _Raw, missing: str) -> _Clean:
+    problems = _shape_problems(raw)
     if problems:
         _fail(path, problems)
-    y = raw.y.astype(np.int64)
-    class_names = _class_names(path, raw.class_names, y)
-    split = None if raw.split is None else raw.split.astype(str)
-    return _as_float32(raw.x), y, split, class_names
+    x, lengths = _padded(raw)
+    problems = _content_problems(x, lengths, raw) + _label_problems(raw.y, raw.sample_ids)
+    if problems:
+        _fail(path, problems)
+    y, class_names, notes = _classes(path, raw.y, raw.class_names, raw.sample_ids)
+    channel_names = raw.channel_names or tuple(f"ch_{j}" for j in range(x.shape[2]))
+    try:
+        x, filled = fill_missing(x, lengths, missing, sample_ids=raw.sample_ids, channel_names=channel_names)
+    except DataError as exc:
+        _fail(path, [str(exc)])
+    notes = [*raw.notes, *notes]
+    if filled:
+        _note(
+            notes,
+            f"filled {filled} missing value(s) by linear interpolation over frames (--missing {missing})",
+        )
+    n = len(y)
+    sample_ids = raw.sample_ids if raw.sample_ids is not None else np.arange(n).astype(str)
+    samples = Split(
+        x=x,
+        y=y,
+        lengths=lengths,
+        sample_ids=np.asarray(sample_ids).astype(str),
+        subjects=None if raw.subjects is None else raw.subjects.astype(str),
+        metadata=raw.metadata,
+    )
+    return _Clean(samples, class_names, channel_names, filled, notes)
 
 
-def _as_float32(x: np.ndarray) -> np.ndarray:
-    with np.errstate(over="ignore"):  # values beyond float32 become inf, which _x_problems reports
-        return np.ascontiguousarray(x, dtype=np.float32)
-
-
-def _x_problems(x: np.ndarray, sample_ids: np.ndarray | None) -> list[str]:
+def _shape_problems(raw: _Raw) -> list[str]:
+    """Problems with the arrays' types and shapes: without these settled nothing else can be checked."""
+    x = raw.x
     if x.dtype.kind not in "iuf":
         return [f"X must be numeric, got dtype {x.dtype}; store the motion data as floats"]
     if x.ndim != 3:
         return [f"X has shape {x.shape}; expected a 3-D array [N samples, T frames, C channels]"]
-    n, t, c = x.shape
+    n, _, c = x.shape
     if n == 0:
         return ["no samples (X is empty); add at least one sample per class"]
+    problems = [] if c >= 1 else [f"X has C={c} channels; need at least 1"]
+    if raw.y.ndim != 1:
+        problems.append(f"y has shape {raw.y.shape}; expected a 1-D array of class labels [N]")
+    elif len(raw.y) != n:
+        problems.append(f"X has {n} samples but y has {len(raw.y)}; give one label per sample")
+    if raw.lengths is not None:
+        problems += _lengths_problems(raw.lengths, x.shape)
+    if raw.split is not None:
+        problems += _split_problems(raw.split, n)
+    for name, values in (("subject", raw.subjects), ("sample_id", raw.sample_ids)):
+        if values is not None and (values.ndim != 1 or len(values) != n):
+            problems.append(f"{name} has shape {values.shape} but there are {n} samples; give one per sample")
+    if raw.sample_ids is not None and raw.sample_ids.ndim == 1 and len(np.unique(raw.sample_ids)) != n:
+        problems.append("sample_id values repeat; give each sample its own id")
+    return problems
+
+
+def _lengths_problems(lengths: np.ndarray, shape: tuple[int, ...]) -> list[str]:
+    n, t, _ = shape
+    hint = f"give one int per sample, 2..{t} (X has T={t} frames)"
+    if lengths.ndim != 1 or len(lengths) != n or lengths.dtype.kind not in "iu":
+        return [f"lengths must be {n} integers, got {lengths.dtype} {lengths.shape}; {hint}"]
+    beyond = np.flatnonzero(lengths > t)
+    if len(beyond):
+        return [
+            f"lengths has {len(beyond)} value(s) beyond T, first {int(lengths[beyond[0]])} "
+            f"(sample {beyond[0]}); {hint}"
+        ]
+    return []
+
+
+def _split_problems(split: np.ndarray, n: int) -> list[str]:
+    if split.ndim != 1 or len(split) != n:
+        return [
+            f"split has shape {split.shape} but there are {n} samples; "
+            "give one 'train'/'val'/'test' per sample"
+        ]
+    values = split.astype(str)
+    invalid = sorted(set(values) - set(SPLITS))
+    if invalid:
+        return [
+            f"split values must be 'train', 'val' or 'test', found {_show(invalid)}; fix or drop the split"
+        ]
+    if not (values == "train").any():
+        return ["split has no train samples; mark some samples 'train', or drop the split"]
+    return []
+
+
+def _padded(raw: _Raw) -> tuple[np.ndarray, np.ndarray]:
+    """x as float32 [N, T, C] with NaN past each sample's real length, and those lengths [N]."""
+    with np.errstate(over="ignore"):  # values beyond float32 become inf, which _content_problems reports
+        x = np.array(raw.x, dtype=np.float32)  # a copy: the caller's arrays are never changed
+    if raw.lengths is None:
+        return x, lengths_of(x)
+    lengths = np.clip(raw.lengths.astype(np.int64), 0, None)
+    x[np.arange(x.shape[1])[None, :] >= lengths[:, None]] = (
+        np.nan
+    )  # past the length: ignored, whatever it held
+    return x, lengths
+
+
+def _content_problems(x: np.ndarray, lengths: np.ndarray, raw: _Raw) -> list[str]:
     problems = []
-    if t < 2 or c < 1:
-        problems.append(f"X has T={t} frames and C={c} channels; need T >= 2 and C >= 1")
-    # Check after the float32 cast: huge float64 values overflow to inf there.
-    finite = np.isfinite(_as_float32(x)).reshape(n, -1)
-    if not finite.all():
-        first = int(np.argmin(finite.all(axis=1)))
+    short = np.flatnonzero(lengths < MIN_FRAMES)
+    if len(short):
+        i = int(short[0])
         problems.append(
-            f"X has {int((~finite).sum())} NaN/Inf value(s), first in {_where(first, sample_ids)}; "
-            "fill or drop those samples"
+            f"{len(short)} sample(s) have fewer than {MIN_FRAMES} real frames, first "
+            f"{_where(i, raw.sample_ids)} ({int(lengths[i])}); give each sample at least {MIN_FRAMES} "
+            "frames or drop it"
+        )
+    infinite = np.isinf(x).reshape(len(x), -1)
+    if infinite.any():
+        i = int(np.argmax(infinite.any(axis=1)))
+        problems.append(
+            f"X has {int(infinite.sum())} infinite value(s) (or too large for float32), first in "
+            f"{_where(i, raw.sample_ids)}; fix or drop those samples"
         )
     return problems
 
 
-def _y_problems(y: np.ndarray, sample_ids: np.ndarray | None) -> list[str]:
-    if y.ndim != 1:
-        return [f"y has shape {y.shape}; expected a 1-D array of integer class labels [N]"]
+def _label_problems(y: np.ndarray, sample_ids: np.ndarray | None) -> list[str]:
+    if y.dtype.kind in "USb":  # strings (and booleans, read as the strings False/True) name classes
+        return []
     if y.dtype.kind not in "iuf":
-        found = f"found {_plain(y[0])!r} in {_where(0, sample_ids)}" if len(y) else f"got dtype {y.dtype}"
-        return [f"labels must be integers, {found}; use class indices 0..K-1"]
+        return [f"labels must be integers or strings, got dtype {y.dtype}; use class indices 0..K-1 or names"]
     if y.dtype.kind == "f":
         not_int = ~np.isfinite(y) | (y != np.round(y))
         if not_int.any():
             i = int(np.argmax(not_int))
-            return [f"labels must be integers, found {float(y[i])} in {_where(i, sample_ids)}; use 0..K-1"]
+            return [
+                f"labels must be integers, found {float(y[i])} in {_where(i, sample_ids)}; "
+                "use 0..K-1 or class names"
+            ]
     negative = np.flatnonzero(y < 0)
     if len(negative):
         i = int(negative[0])
@@ -315,55 +695,98 @@ def _y_problems(y: np.ndarray, sample_ids: np.ndarray | None) -> list[str]:
     return []
 
 
-def _split_problems(split: np.ndarray, n: int | None) -> list[str]:
-    if split.ndim != 1 or (n is not None and len(split) != n):
-        return [f"split has shape {split.shape} but there are {n} samples; give one 'train'/'val' per sample"]
-    values = split.astype(str)
-    invalid = sorted(set(values) - set(SPLITS))
-    if invalid:
-        return [f"split values must be 'train' or 'val', found {_show(invalid)}; fix or drop the split"]
-    empty = [name for name in SPLITS if not (values == name).any()]
+def _classes(
+    path: Path, y: np.ndarray, names: np.ndarray | None, sample_ids: np.ndarray | None
+) -> tuple[np.ndarray, tuple[str, ...], list[str]]:
+    """(class indices int64 [N], class names, notes). Strings: sorted or `names` order; ints: indices."""
+    if names is not None:
+        names = _checked_class_names(path, names)
+    notes: list[str] = []
+    if y.dtype.kind in "USb":
+        labels = y.astype(str)
+        order = tuple(names) if names is not None else tuple(sorted(set(labels.tolist())))
+        unknown = sorted(set(labels.tolist()) - set(order))
+        if unknown:
+            _fail(path, [f"label(s) {_show(unknown)} are not in class_names; add them or fix the labels"])
+        index = {name: k for k, name in enumerate(order)}
+        y = np.array([index[v] for v in labels.tolist()], dtype=np.int64)
+    else:
+        y = y.astype(np.int64)
+        order = _integer_class_names(path, y, names, sample_ids)
+    present = np.unique(y)
+    if len(present) < 2:
+        only = order[int(present[0])]
+        _fail(
+            path,
+            [f"only one class ({only!r}) has samples; a classifier needs labels from at least 2 classes"],
+        )
+    empty = [order[k] for k in range(len(order)) if k not in set(present.tolist())]
     if empty:
-        return [f"split has no {' or '.join(empty)} samples; mark some samples as each, or drop the split"]
-    return []
+        _note(
+            notes, f"class_names lists class(es) {_show(empty)} with no sample; kept, as listed", warning=True
+        )
+    return y, order, notes
 
 
-def _class_names(path: Path, names: np.ndarray | None, y: np.ndarray) -> tuple[str, ...]:
-    if names is None:
-        num_classes = int(y.max()) + 1
-        if num_classes < 2:
-            _fail(
-                path, ["only one class (all labels are 0); a classifier needs labels from at least 2 classes"]
-            )
-        return tuple(f"class_{i}" for i in range(num_classes))
+def _checked_class_names(path: Path, names: np.ndarray) -> list[str]:
     if names.ndim != 1 or names.dtype.kind not in "US":
         _fail(path, [f"class_names must be a 1-D array of strings, got {names.dtype} {names.shape}; fix it"])
-    names = names.astype(str)
+    names = names.astype(str).tolist()
     problems = []
     if len(names) < 2:
         problems.append(f"{len(names)} class_names given; a classifier needs at least 2 classes")
     if len(set(names)) != len(names):
         problems.append(f"class_names has duplicates ({_show(names)}); make them unique")
-    out_of_range = np.flatnonzero(y >= len(names))
-    if len(out_of_range):
-        i = int(out_of_range[0])
-        problems.append(
-            f"label {y[i]} (sample {i}) is out of range for {len(names)} class_names; "
-            "use labels 0..len(class_names)-1 or add the missing names"
-        )
     if problems:
         _fail(path, problems)
-    return tuple(names.tolist())
+    return names
 
 
-def _stratified_val_mask(y: np.ndarray, num_classes: int, val_fraction: float, seed: int) -> np.ndarray:
-    """Per class, a seeded `round(val_fraction * n)` samples (at least 1, never all) go to validation."""
-    rng = np.random.default_rng(seed)
-    is_val = np.zeros(len(y), dtype=bool)
-    for k in range(num_classes):
-        members = np.flatnonzero(y == k)
-        if len(members) < 2:
-            continue  # a lone sample has to stay in train
-        n_val = min(max(round(val_fraction * len(members)), 1), len(members) - 1)
-        is_val[rng.permutation(members)[:n_val]] = True
-    return is_val
+def _integer_class_names(
+    path: Path, y: np.ndarray, names: list[str] | None, sample_ids: np.ndarray | None
+) -> tuple[str, ...]:
+    if names is not None:
+        out_of_range = np.flatnonzero(y >= len(names))
+        if len(out_of_range):
+            i = int(out_of_range[0])
+            _fail(
+                path,
+                [
+                    f"label {y[i]} ({_where(i, sample_ids)}) is out of range for {len(names)} class_names; "
+                    "use labels 0..len(class_names)-1 or add the missing names"
+                ],
+            )
+        return tuple(names)
+    num_classes = int(y.max()) + 1
+    empty = sorted(set(range(num_classes)) - set(np.unique(y).tolist()))
+    if empty and num_classes > 1:
+        _fail(
+            path,
+            [
+                f"no sample has label {_listed(empty)} (class_{empty[0]}), but integer labels are "
+                f"class indices 0..K-1 (found {int(y.min())}.."
+                f"{int(y.max())}): renumber from 0, use string labels, or list it in class_names"
+            ],
+        )
+    return tuple(f"class_{k}" for k in range(num_classes))
+
+
+def _partition(path: Path, clean: _Clean, split: np.ndarray | None, *, test_fraction, val_fraction, seed):
+    from aqtrack.data.splits import make_splits, split_from_file
+
+    s = clean.samples
+    try:
+        if split is not None:
+            return split_from_file(
+                split.astype(str), s.y, s.subjects, clean.class_names, val_fraction=val_fraction, seed=seed
+            )
+        return make_splits(
+            s.y,
+            s.subjects,
+            clean.class_names,
+            test_fraction=test_fraction,
+            val_fraction=val_fraction,
+            seed=seed,
+        )
+    except DataError as exc:
+        _fail(path, [str(exc)])

@@ -1,0 +1,358 @@
+"""aqtrack.data.files on real users' shapes of data: variable length in every format, string labels and
+class names, per-sample metadata, aeon .ts files, and one-line refusals of files that are not data."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from aqtrack.data import pad_sequences
+from aqtrack.data.files import load_file
+from aqtrack.errors import DataError
+
+REPO = Path(__file__).resolve().parents[1]
+LENGTHS = (5, 8, 3, 6, 7, 4)  # one per sample
+LABELS = (0, 1, 0, 1, 0, 1)
+
+
+def _load(path: Path, **settings):
+    return load_file(path, **{"val_fraction": 0.5, "seed": 0, "test_fraction": 0.0, **settings})
+
+
+def _sequences(c: int = 2) -> list[np.ndarray]:
+    """Sample i is [LENGTHS[i], c] with values 100 * i + frame (+ 0.5 * channel), all distinct."""
+    return [100.0 * i + np.arange(n)[:, None] + 0.5 * np.arange(c)[None, :] for i, n in enumerate(LENGTHS)]
+
+
+def _long_table(seqs: list[np.ndarray], labels=LABELS, start: int = 0) -> pd.DataFrame:
+    rows = [
+        {
+            "sample_id": f"s{i}",
+            "frame": start + f,
+            "label": labels[i],
+            **{f"ch_{j}": v for j, v in enumerate(row)},
+        }
+        for i, seq in enumerate(seqs)
+        for f, row in enumerate(seq)
+    ]
+    return pd.DataFrame(rows)
+
+
+def _all(data) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """x, y, lengths and sample_ids of every split, in sample_id order (to compare loaders)."""
+    splits = list(data.splits.values())
+    ids = np.concatenate([s.sample_ids for s in splits])
+    order = np.argsort(ids, kind="stable")
+    x = np.concatenate([s.x for s in splits])[order]
+    y = np.concatenate([s.y for s in splits])[order]
+    return x, y, np.concatenate([s.lengths for s in splits])[order], ids[order]
+
+
+def _assert_refused(path: Path, expected: str, **settings) -> str:
+    with pytest.raises(DataError) as info:
+        _load(path, **settings)
+    message = str(info.value)
+    assert message.startswith(f"{path}: "), message
+    assert "\n" not in message and len(message) < 300, message
+    assert expected in message, message
+    return message
+
+
+# --- variable length ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_variable_length_table_gives_nan_padded_samples_and_their_lengths(tmp_path, suffix):
+    table = _long_table(_sequences(), start=1).sample(frac=1.0, random_state=0)  # any row order
+    path = tmp_path / f"data{suffix}"
+    table.to_csv(path, index=False) if suffix == ".csv" else table.to_parquet(path, index=False)
+
+    data = _load(path)
+
+    x, y, lengths, ids = _all(data)
+    expected, _ = pad_sequences(_sequences())
+    np.testing.assert_array_equal(x, expected)  # NaN after each sample's end, as pad_sequences does
+    np.testing.assert_array_equal(lengths, LENGTHS)
+    np.testing.assert_array_equal(y, LABELS)
+    assert list(ids) == [f"s{i}" for i in range(6)]
+    assert data.seq_len == max(LENGTHS) and data.x_train.shape[1] == data.x_val.shape[1] == max(LENGTHS)
+    assert data.channel_names == ("0", "1")
+    assert data.stats()["train"]["length"]["max"] <= max(LENGTHS)
+
+
+def test_npz_with_nan_padding_and_npz_with_lengths_load_like_the_table(tmp_path):
+    padded, _ = pad_sequences(_sequences())
+    junk = np.where(np.isnan(padded), -1.0, padded)  # padding that is not NaN: only `lengths` says where
+    np.savez(tmp_path / "nan.npz", X=padded, y=np.array(LABELS))
+    np.savez(tmp_path / "lengths.npz", X=junk, y=np.array(LABELS), lengths=np.array(LENGTHS))
+    _long_table(_sequences()).to_csv(tmp_path / "table.csv", index=False)
+
+    from_table = _all(_load(tmp_path / "table.csv"))
+    for name in ("nan.npz", "lengths.npz"):
+        x, y, lengths, ids = _all(_load(tmp_path / name))
+        np.testing.assert_array_equal(x, from_table[0], err_msg=name)
+        np.testing.assert_array_equal(y, from_table[1])
+        np.testing.assert_array_equal(lengths, from_table[2])
+        assert list(ids) == [str(i) for i in range(6)]
+
+
+def test_npz_with_a_ragged_object_array_is_refused_pointing_to_padding_or_lengths(tmp_path):
+    ragged = np.empty(len(LENGTHS), dtype=object)
+    ragged[:] = _sequences()
+    np.savez(tmp_path / "ragged.npz", X=ragged, y=np.array(LABELS))
+    message = _assert_refused(tmp_path / "ragged.npz", "X is an object array")
+    assert "NaN after each sample's end" in message and "'lengths'" in message
+
+
+@pytest.mark.parametrize(
+    ("lengths", "expected"),
+    [
+        (np.array([5, 8, 3, 6, 7]), "lengths must be 6 integers"),
+        (np.array([5.0, 8, 3, 6, 7, 4]), "lengths must be 6 integers"),
+        (np.array([5, 8, 3, 6, 7, 9]), "lengths has 1 value(s) beyond T, first 9 (sample 5)"),
+        (np.array([5, 8, 1, 6, 7, 4]), "1 sample(s) have fewer than 2 real frames, first sample 2 (1)"),
+    ],
+)
+def test_npz_with_bad_lengths_is_refused(tmp_path, lengths, expected):
+    padded, _ = pad_sequences(_sequences())
+    np.savez(tmp_path / "data.npz", X=padded, y=np.array(LABELS), lengths=lengths)
+    _assert_refused(tmp_path / "data.npz", expected)
+
+
+def test_a_sample_with_one_frame_in_a_table_is_refused_naming_it(tmp_path):
+    table = _long_table(_sequences())
+    table = table[~((table["sample_id"] == "s3") & (table["frame"] > 0))]
+    table.to_csv(tmp_path / "data.csv", index=False)
+    _assert_refused(
+        tmp_path / "data.csv", "1 sample(s) have fewer than 2 real frames, first sample_id 's3' (1)"
+    )
+
+
+# --- labels and class names ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet", ".npz"])
+def test_string_labels_become_classes_in_sorted_order(tmp_path, suffix):
+    names = np.array(["Standing", "Running"])[list(LABELS)]
+    path = tmp_path / f"data{suffix}"
+    if suffix == ".npz":
+        np.savez(path, X=pad_sequences(_sequences())[0], y=names)
+    else:
+        table = _long_table(_sequences(), labels=names)
+        table.to_csv(path, index=False) if suffix == ".csv" else table.to_parquet(path, index=False)
+
+    data = _load(path)
+
+    assert data.class_names == ("Running", "Standing")
+    _, y, _, _ = _all(data)
+    np.testing.assert_array_equal(y, [1, 0, 1, 0, 1, 0])
+    assert data.stats()["train"]["per_class"].keys() == {"Running", "Standing"}
+
+
+def test_npz_class_names_give_the_order_of_string_labels_and_may_list_an_empty_class(tmp_path):
+    x = pad_sequences(_sequences())[0]
+    np.savez(
+        tmp_path / "data.npz",
+        X=x,
+        y=np.array(["b", "c", "b", "c", "b", "c"]),
+        class_names=np.array(["c", "b", "a"]),
+    )
+    data = _load(tmp_path / "data.npz")
+    assert data.class_names == ("c", "b", "a")
+    np.testing.assert_array_equal(_all(data)[1], [1, 0, 1, 0, 1, 0])
+    assert any("class_names lists class(es) 'a' with no sample" in n for n in data.notes)
+
+
+def test_integer_labels_from_1_are_refused_naming_class_0_unless_class_names_lists_it(tmp_path):
+    x = pad_sequences(_sequences())[0]
+    y = np.array(LABELS) + 1
+    np.savez(tmp_path / "from1.npz", X=x, y=y)
+    message = _assert_refused(tmp_path / "from1.npz", "no sample has label 0 (class_0)")
+    assert "found 1..2" in message and "renumber from 0" in message
+
+    np.savez(tmp_path / "listed.npz", X=x, y=y, class_names=np.array(["unused", "good", "bad"]))
+    data = _load(tmp_path / "listed.npz")
+    assert data.class_names == ("unused", "good", "bad") and data.num_classes == 3
+    assert any("'unused' with no sample" in n for n in data.notes)
+
+
+@pytest.mark.parametrize(
+    ("label", "expected"),
+    [(1.5, "labels must be integers, found 1.5 in sample_id 's2'"), (np.nan, "column 'label' has 3 missing")],
+)
+def test_labels_that_are_neither_integers_nor_strings_are_refused(tmp_path, label, expected):
+    table = _long_table(_sequences(), labels=[float(v) for v in LABELS])
+    table.loc[table["sample_id"] == "s2", "label"] = label
+    table.to_csv(tmp_path / "data.csv", index=False)
+    _assert_refused(tmp_path / "data.csv", expected)
+
+
+def test_npz_nan_label_is_refused_naming_the_sample(tmp_path):
+    y = np.array(LABELS, dtype=np.float64)
+    y[4] = np.nan
+    np.savez(tmp_path / "data.npz", X=pad_sequences(_sequences())[0], y=y)
+    _assert_refused(tmp_path / "data.npz", "labels must be integers, found nan in sample 4")
+
+
+# --- metadata -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_columns_constant_within_each_sample_are_kept_as_metadata(tmp_path, suffix):
+    table = _long_table(_sequences())
+    number = table["sample_id"].str[1:].astype(int)
+    table["side"] = np.where(number % 2 == 0, "left", "right")
+    table["session"] = number * 10
+    path = tmp_path / f"data{suffix}"
+    table.to_csv(path, index=False) if suffix == ".csv" else table.to_parquet(path, index=False)
+
+    data = _load(path)
+
+    for split in data.splits.values():
+        idx = np.array([int(s[1:]) for s in split.sample_ids])
+        np.testing.assert_array_equal(split.metadata["side"], np.where(idx % 2 == 0, "left", "right"))
+        np.testing.assert_array_equal(split.metadata["session"], idx * 10)
+    assert data.channel_names == ("0", "1")  # metadata never becomes a channel
+    assert any("kept per-sample column(s) 'side', 'session' as metadata" in n for n in data.notes)
+
+
+def test_npz_arrays_that_are_not_one_value_per_sample_are_ignored_with_a_note(tmp_path):
+    x = pad_sequences(_sequences())[0]
+    np.savez(tmp_path / "data.npz", X=x, y=np.array(LABELS), weights=np.ones((3, 3)), camera=np.arange(6))
+    data = _load(tmp_path / "data.npz")
+    assert "weights" not in data.train.metadata and "camera" in data.train.metadata
+    assert any("ignored array(s) 'weights'" in n for n in data.notes)
+
+
+def test_npz_channel_names_name_the_channels(tmp_path):
+    x = pad_sequences(_sequences())[0]
+    np.savez(tmp_path / "named.npz", X=x, y=np.array(LABELS), channel_names=np.array(["hip", "knee"]))
+    assert _load(tmp_path / "named.npz").channel_names == ("hip", "knee")
+    np.savez(tmp_path / "default.npz", X=x, y=np.array(LABELS))
+    assert _load(tmp_path / "default.npz").channel_names == ("ch_0", "ch_1")
+
+
+# --- aeon .ts -------------------------------------------------------------------------------------------
+
+
+def _ts_file(path: Path, seqs: list[np.ndarray], labels: list[str], equal: bool) -> Path:
+    header = [
+        "@problemName tiny",
+        "@timeStamps false",
+        "@missing false",
+        f"@univariate {'true' if seqs[0].shape[1] == 1 else 'false'}",
+        f"@dimensions {seqs[0].shape[1]}",
+        f"@equalLength {'true' if equal else 'false'}",
+        *([f"@seriesLength {len(seqs[0])}"] if equal else []),
+        f"@classLabel true {' '.join(dict.fromkeys(labels))}",
+        "@data",
+    ]
+    lines = [
+        ":".join(",".join(f"{v:.6f}" for v in s[:, j]) for j in range(s.shape[1])) + f":{lab}"
+        for s, lab in zip(seqs, labels, strict=True)
+    ]
+    path.write_text("\n".join(header + lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("equal", [True, False])
+def test_ts_files_are_read_with_aeon_equal_and_unequal_length(tmp_path, equal):
+    pytest.importorskip("aeon")
+    seqs = [s[:3] for s in _sequences()] if equal else _sequences()
+    labels = ["Walk", "Run", "Walk", "Run", "Walk", "Run"]  # aeon lowercases them; their case comes back
+    data = _load(_ts_file(tmp_path / "tiny.ts", seqs, labels, equal))
+
+    x, y, lengths, ids = _all(data)
+    np.testing.assert_allclose(x, pad_sequences(seqs)[0], rtol=0, atol=1e-6, equal_nan=True)
+    np.testing.assert_array_equal(lengths, [len(s) for s in seqs])
+    assert data.class_names == ("Walk", "Run")  # the header's order
+    np.testing.assert_array_equal(y, [0, 1, 0, 1, 0, 1])
+    assert data.channel_names == ("ch_0", "ch_1") and list(ids) == [str(i) for i in range(6)]
+
+
+def test_broken_ts_file_is_refused_in_one_line(tmp_path):
+    pytest.importorskip("aeon")
+    path = tmp_path / "broken.ts"
+    path.write_text("@classLabel true a b\n@data\n1,2,3:4,5:a\n" + "9," * 5000 + "x:a\n")
+    _assert_refused(path, "not a readable .ts file")
+
+
+def test_ts_file_without_aeon_is_refused_naming_the_extra(tmp_path):
+    path = _ts_file(tmp_path / "tiny.ts", _sequences(), ["a", "b"] * 3, equal=False)
+    code = (
+        "import sys; sys.modules['aeon'] = None\n"
+        "from aqtrack.data.files import load_file\n"
+        "from aqtrack.errors import DataError\n"
+        "try:\n"
+        f"    load_file({str(path)!r}, val_fraction=0.5, seed=0)\n"
+        "except DataError as e:\n"
+        "    print(e)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert (
+        out.stdout.strip()
+        == f"{path}: reading .ts files needs aeon, an optional extra: pip install 'aqtrack[ts]'"
+    )
+
+
+# --- files that are not data: one short line, no data echoed --------------------------------------------
+
+
+def _wide_rows(n_rows: int = 4, n_values: int = 300) -> list[list[str]]:
+    rng = np.random.default_rng(0)
+    return [[str(k % 2 + 1)] + [f"{v:.8f}" for v in rng.normal(size=n_values)] for k in range(n_rows)]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "expected"),
+    [
+        (
+            "ucr.csv",
+            "\n".join("\t".join(r) for r in _wide_rows()),
+            "is tab-separated, not comma-separated, with no sample_id",
+        ),
+        ("headerless.csv", "\n".join(",".join(r) for r in _wide_rows()), "has no header row"),
+        ("semicolons.csv", "sample_id;frame;label;ch_a\ns1;0;0;1.5\n", "is semicolon-separated, not comma"),
+        (
+            "huge_cell.csv",
+            "sample_id,frame,label,ch_a\n1,0,0," + "7" * 100_000 + "\n1,1,0,1\n",
+            "non-numeric values in channel column(s) 'ch_a'",
+        ),
+        ("binary.csv", bytes(range(256)) * 40, "cannot read file"),
+        ("binary.parquet", bytes(range(256)) * 40, "cannot read file"),
+        ("binary.npz", b"PK\x03\x04" + bytes(range(256)) * 40, "not a readable .npz archive"),
+        (
+            "long_header.csv",
+            ",".join(f"column_with_a_rather_long_name_{i}" for i in range(400))
+            + "\n"
+            + ",".join("1" * 400)
+            + "\n",
+            "missing required column(s) 'sample_id', 'frame', 'label'",
+        ),
+    ],
+)
+def test_a_file_that_is_not_a_long_table_is_refused_in_one_short_line_without_its_data(
+    tmp_path, name, content, expected
+):
+    path = tmp_path / name
+    path.write_bytes(content.encode() if isinstance(content, str) else content)
+    message = _assert_refused(path, expected)
+    assert "0.1" not in message and "777777" not in message  # no values from the file
+    assert not any(len(word) > 60 for word in message[len(str(path)) :].split())
+
+
+def test_many_problems_are_reported_together_and_kept_short(tmp_path):
+    table = _long_table(_sequences())
+    table["label"] = table["label"].astype(float)
+    table.loc[table["sample_id"] == "s1", "label"] = -1.0
+    table.loc[table["sample_id"] == "s0", "ch_0"] = np.inf
+    table.to_csv(tmp_path / "data.csv", index=False)
+    message = _assert_refused(tmp_path / "data.csv", "infinite value(s)")
+    assert "negative label(s)" in message
