@@ -95,8 +95,8 @@ class TrainState:
     config: dict[str, Any]  # flat Config.to_dict()
     model_spec: dict[str, Any]
     epoch: int = 0  # completed global epochs, 1-based when counting
-    best_val_acc: float = -1.0
-    best_epoch: int = 0
+    best_score: float = -1.0  # the best value so far of the metric the run selects by (`select_by`)
+    best_epoch: int = 0  # the first epoch that reached it (0: none yet)
     history: History = field(default_factory=History)
     run_id: str = ""
     model: dict[str, Any] = field(default_factory=dict)
@@ -104,6 +104,13 @@ class TrainState:
     scheduler: dict[str, Any] = field(default_factory=dict)
     rng: dict[str, Any] = field(default_factory=dict)
     scaler: dict[str, Any] = field(default_factory=dict)  # fp16 GradScaler state; {} without one
+    class_names: list[str] = field(default_factory=list)  # the classes, in the order of the logits
+
+    @property
+    def best_val_acc(self) -> float:
+        """val_acc at the best epoch (-1 before any epoch)."""
+        values = self.history.metrics.get("val_acc", [])
+        return values[self.best_epoch - 1] if self.best_epoch else -1.0
 
     @property
     def round(self) -> int:
@@ -115,7 +122,8 @@ class TrainState:
             "format_version": FORMAT_VERSION,
             "epoch": self.epoch,
             "round": self.round,
-            "best_val_acc": self.best_val_acc,
+            "best_score": self.best_score,
+            "best_val_acc": self.best_val_acc,  # for readers of older checkpoints
             "best_epoch": self.best_epoch,
             "history": self.history.to_dict(),
             "run_id": self.run_id,
@@ -126,6 +134,7 @@ class TrainState:
             "scheduler": self.scheduler,
             "rng": self.rng,
             "scaler": self.scaler,
+            "class_names": list(self.class_names),
         }
 
 
@@ -194,8 +203,11 @@ def _write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> Path:
     return path
 
 
-# "scaler" came later without a format change: checkpoints without it load with no scaler state.
-CHECKPOINT_KEYS = frozenset(TrainState(config={}, model_spec={}).to_dict()) - {"round", "scaler"}
+# Keys that came later without a format change: a checkpoint without "scaler" loads with no scaler
+# state, without "best_score" with its best_val_acc (runs selected by val_acc then), without
+# "class_names" with none (the data's names are used).
+OPTIONAL_KEYS = {"round", "scaler", "best_score", "class_names"}
+CHECKPOINT_KEYS = frozenset(TrainState(config={}, model_spec={}).to_dict()) - OPTIONAL_KEYS
 
 
 def load_checkpoint(path: Path) -> TrainState:
@@ -230,7 +242,7 @@ def load_checkpoint(path: Path) -> TrainState:
         config=d["config"],
         model_spec=d["model_spec"],
         epoch=d["epoch"],
-        best_val_acc=d["best_val_acc"],
+        best_score=d.get("best_score", d["best_val_acc"]),
         best_epoch=d["best_epoch"],
         history=history,
         run_id=d["run_id"],
@@ -239,6 +251,7 @@ def load_checkpoint(path: Path) -> TrainState:
         scheduler=d["scheduler"],
         rng=d["rng"],
         scaler=d.get("scaler", {}),
+        class_names=list(d.get("class_names", [])),
     )
 
 

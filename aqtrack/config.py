@@ -20,6 +20,8 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("none", "bf16", "fp16")
 MISSING_POLICIES = ("interpolate", "refuse")
 SVM_KERNELS = ("rbf", "linear", "poly", "sigmoid")
+CLASS_WEIGHTS = ("none", "balanced")
+SELECT_BY = ("val_acc", "val_balanced_acc", "val_f1_macro")  # aqtrack.metrics.SELECTABLE
 TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
 
@@ -177,6 +179,18 @@ class TrainConfig:
         "none",
         "mixed precision on CUDA: none, bf16 or fp16 (fp16 with a gradient scaler)",
         choices=PRECISIONS,
+    )
+    class_weight: str = option(
+        "none",
+        "weights of the classes in the loss: none, or balanced (n_samples / (n_classes * class count) of "
+        "the training split, as scikit-learn's compute_class_weight)",
+        choices=CLASS_WEIGHTS,
+    )
+    select_by: str = option(
+        "val_acc",
+        "what the best epoch (the best checkpoint, the logged model, the test scores) is chosen by, on "
+        "the validation split: val_acc, val_balanced_acc or val_f1_macro",
+        choices=SELECT_BY,
     )
 
     def __post_init__(self) -> None:

@@ -7,14 +7,24 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
+
 from aqtrack.checkpoint import TrainState
 from aqtrack.config import Config
 from aqtrack.data import ActionQualityData
-from aqtrack.metrics import TRAIN_LOSS, VAL_ACC, VAL_LOSS
+from aqtrack.metrics import (
+    SVM_TEST_ACC,
+    SVM_VAL_ACC,
+    TEST_ACC,
+    TEST_BALANCED_ACC,
+    TEST_F1_MACRO,
+    TRAIN_LOSS,
+    VAL_ACC,
+    VAL_LOSS,
+)
 
 NOTE_TAG = "mlflow.note.content"
 RUN_NAME_TAG = "mlflow.runName"
-SVM_VAL_ACC = "svm_val_acc"  # logged by the SVM stage, when the run has one
 # What MLflow's own name generator makes ("bold-owl-123"): such a name is ours to make readable.
 GENERATED_NAME_RE = re.compile(r"^[a-z]+-[a-z]+-\d+$")
 RESULTS_PENDING = "_Training; the results are added here when it ends._"
@@ -34,10 +44,10 @@ def start_note(cfg: Config, data: ActionQualityData, run_id: str, origin: str) -
     lines = [
         f"**Action-quality classifier**: 1D CNN (hidden {m.hidden}, dropout {m.dropout:g}), "
         f"{t.rounds} rounds x {t.epochs_per_round} epochs, {t.optimizer} lr {t.lr:g} → {t.min_lr:g} "
-        f"(cosine), batch {t.batch_size}, max grad norm {t.max_grad_norm:g}, seed {t.seed}.",
-        f"**Data**: {data.source}: {len(data.y_train)} train / {len(data.y_val)} val sequences, "
-        f"{data.channels} channels x {data.seq_len} frames, {data.num_classes} classes "
-        f"({', '.join(data.class_names)}).",
+        f"(cosine), batch {t.batch_size}, max grad norm {t.max_grad_norm:g}, seed {t.seed}; the best "
+        f"epoch is chosen by {t.select_by} on the validation split"
+        + (", classes weighted (balanced)." if t.class_weight == "balanced" else "."),
+        f"**Data**: {_data_line(data)}",
     ]
     if origin:
         lines.append(origin)
@@ -45,16 +55,44 @@ def start_note(cfg: Config, data: ActionQualityData, run_id: str, origin: str) -
     return "\n\n".join(lines)
 
 
-def final_note(note: str, state: TrainState, total: int, metrics: Mapping[str, float]) -> str:
-    """`note` with its results filled in from the final state (and the SVM score, if logged)."""
-    h = state.history.metrics
-    results = (
-        f"{state.epoch} of {total} epochs; best val_acc **{state.best_val_acc:.4f}** at epoch "
-        f"{state.best_epoch}; final train_loss {h[TRAIN_LOSS][-1]:.4f}, val_loss {h[VAL_LOSS][-1]:.4f}, "
-        f"val_acc {h[VAL_ACC][-1]:.4f}."
+def _data_line(data: ActionQualityData) -> str:
+    splits = " / ".join(f"{len(split)} {name}" for name, split in data.splits.items())
+    lengths = np.concatenate([split.lengths for split in data.splits.values()])
+    frames = (
+        f"{int(lengths.min())}-{int(lengths.max())} frames (median {float(np.median(lengths)):g})"
+        if lengths.min() != lengths.max()
+        else f"{int(lengths.max())} frames"
     )
+    subjects = [split.subjects for split in data.splits.values() if split.subjects is not None]
+    by_subject = f", {len(set(np.concatenate(subjects)))} subjects, split by subject" if subjects else ""
+    filled = (
+        f"; {data.filled_values} missing values filled ({data.missing_policy})" if data.filled_values else ""
+    )
+    return (
+        f"{data.source}: {splits} sequences{by_subject}, {data.channels} channels x {frames}, "
+        f"{data.num_classes} classes ({', '.join(data.class_names)}){filled or ''}."
+    )
+
+
+def final_note(note: str, state: TrainState, total: int, metrics: Mapping[str, float]) -> str:
+    """`note` with its results filled in from the final state and the run's metrics (the test scores and
+    the SVM's, when logged)."""
+    h = state.history.metrics
+    select_by = Config.from_dict(state.config).train.select_by
+    results = (
+        f"{state.epoch} of {total} epochs; best epoch {state.best_epoch} by {select_by} "
+        f"(**{state.best_score:.4f}**, val_acc {state.best_val_acc:.4f}); final train_loss "
+        f"{h[TRAIN_LOSS][-1]:.4f}, val_loss {h[VAL_LOSS][-1]:.4f}, val_acc {h[VAL_ACC][-1]:.4f}."
+    )
+    if TEST_ACC in metrics:
+        results += (
+            f"\n\n**Test** (held out, evaluated once with the best epoch's network: the numbers to "
+            f"report): test_acc **{metrics[TEST_ACC]:.4f}**, test_balanced_acc "
+            f"**{metrics[TEST_BALANCED_ACC]:.4f}**, test_f1_macro **{metrics[TEST_F1_MACRO]:.4f}**."
+        )
     if SVM_VAL_ACC in metrics:
-        results += f"\n\n**SVM** on the best network's features: val_acc **{metrics[SVM_VAL_ACC]:.4f}**."
+        results += f"\n\n**SVM** on the best network's features: val_acc **{metrics[SVM_VAL_ACC]:.4f}**"
+        results += f", test_acc **{metrics[SVM_TEST_ACC]:.4f}**." if SVM_TEST_ACC in metrics else "."
     return note.replace(RESULTS_PENDING, results)
 
 

@@ -34,7 +34,10 @@ NETWORK_MODEL = "model"  # runs:/<run id>/model
 SVM_MODEL = "svm"  # runs:/<run id>/svm
 PLOTS_DIR = "plots"
 CURVES_ARTIFACT = f"{PLOTS_DIR}/training_curves.png"
-CONFUSION_ARTIFACT = f"{PLOTS_DIR}/confusion_matrix.png"
+CONFUSION_ARTIFACT = f"{PLOTS_DIR}/confusion_matrix.png"  # the validation split's
+TEST_CONFUSION_ARTIFACT = f"{PLOTS_DIR}/test_confusion_matrix.png"
+TEST_DIR = "test"
+PER_CLASS_ARTIFACT = f"{TEST_DIR}/per_class_metrics.json"  # precision, recall, F1, support per class
 TAG_BEST_EPOCH = "aqtrack.best_epoch"  # on a LoggedModel: the best checkpoint it was made from
 # pt2 (torch.export) rather than pickle: loading it runs no pickled code and needs no aqtrack installed.
 NETWORK_FORMAT = "pt2"
@@ -43,7 +46,7 @@ NETWORK_INPUT = (
     "(its length: up to its last frame with any non-NaN value)"
 )
 READY, PENDING = "READY", "PENDING"
-TRAINING, VALIDATION = "training", "validation"  # dataset contexts, as the MLflow UI names them
+TRAINING, VALIDATION, TESTING = "training", "validation", "testing"  # dataset contexts, as MLflow names them
 AMBIGUOUS_SOURCE_WARNING = "The specified dataset source can be interpreted in multiple ways"
 
 
@@ -102,8 +105,32 @@ def _logged_models(client: MlflowClient, experiment_id: str, name: str) -> list[
             return models
 
 
+@dataclass(frozen=True)
+class NetworkInfo:
+    """What a user of the logged network needs beside its weights (its MLflow model metadata): the
+    classes in the order of its logits, the input channels in their order, and the missing-value policy
+    its training data went through (`aqtrack predict` applies the same to new recordings)."""
+
+    class_names: tuple[str, ...]
+    channel_names: tuple[str, ...]
+    missing: str
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "input": NETWORK_INPUT,
+            "class_names": list(self.class_names),
+            "channel_names": list(self.channel_names),
+            "missing": self.missing,
+        }
+
+
 def log_network(
-    client: MlflowClient, run_id: str, network: Any, example: np.ndarray, tags: Mapping[str, str]
+    client: MlflowClient,
+    run_id: str,
+    network: Any,
+    example: np.ndarray,
+    tags: Mapping[str, str],
+    about: NetworkInfo,
 ) -> str:
     """Log the network (eval mode) as the run's `model`: float32 [B, T, C] -> logits [B, num_classes],
     for any B and T, where a sequence shorter than T ends in NaN frames.
@@ -138,7 +165,7 @@ def log_network(
             run_id=run_id,
             signature=signature,
             input_example=example,
-            metadata={"input": NETWORK_INPUT},
+            metadata=about.metadata(),
             pip_requirements=_requirements("mlflow", "torch", "numpy"),
             serialization_format=NETWORK_FORMAT,
             validate_serving_input=False,  # loading it back costs ~0.3 s; the tests load and predict
@@ -150,7 +177,7 @@ def log_network(
 def _mixed_lengths(example: np.ndarray) -> np.ndarray:
     """A float32 copy of `example` whose second sequence is at most half as long as the first (NaN
     after that), unless the sequences already differ in length."""
-    from aqtrack.model import lengths_of
+    from aqtrack.data import lengths_of
 
     example = np.array(example, dtype=np.float32)
     lengths = lengths_of(example)
@@ -225,7 +252,8 @@ def register(client: MlflowClient, run_id: str, model_id: str, name: str) -> int
 
 
 def log_datasets(client: MlflowClient, run_id: str, data: ActionQualityData, seed: int) -> None:
-    """Log the train and validation splits as the run's dataset inputs (name, source, digest, profile)."""
+    """Log the train, validation and test splits as the run's dataset inputs (name, source, digest,
+    profile)."""
     import mlflow.data
     from mlflow.data.code_dataset_source import CodeDatasetSource
     from mlflow.entities import DatasetInput, InputTag
@@ -234,10 +262,9 @@ def log_datasets(client: MlflowClient, run_id: str, data: ActionQualityData, see
     base = SYNTHETIC if data.source == SYNTHETIC else _stem(data.source)
     have = {(d.dataset.name, d.dataset.digest) for d in client.get_run(run_id).inputs.dataset_inputs}
     inputs = []
-    for split, x, y, context in (
-        ("train", data.x_train, data.y_train, TRAINING),
-        ("val", data.x_val, data.y_val, VALIDATION),
-    ):
+    contexts = {"train": TRAINING, "val": VALIDATION, "test": TESTING}
+    for split, part in data.splits.items():
+        x, y, context = part.x, part.y, contexts[split]
         if data.source == SYNTHETIC:
             source = CodeDatasetSource(
                 {"generator": "aqtrack.data.synthetic", "seed": seed, "split": split, "samples": len(y)}
@@ -258,6 +285,11 @@ def log_datasets(client: MlflowClient, run_id: str, data: ActionQualityData, see
 
 def _stem(path: str) -> str:
     return Path(path).stem or path
+
+
+def log_table(client: MlflowClient, run_id: str, table: dict[str, list], artifact_file: str) -> None:
+    """A table (columns of equal length) as an MLflow table artifact, shown in the run's Artifacts tab."""
+    client.log_table(run_id, data=table, artifact_file=artifact_file)
 
 
 def log_figure(client: MlflowClient, run_id: str, figure: Figure, artifact_file: str) -> None:

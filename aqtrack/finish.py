@@ -1,11 +1,13 @@
 """The finishing stage of a run, and the public `fit_svm` / `plot_curves`.
 
 Once the last epoch is published, the run gets what is made from its best checkpoint (the verified
-file, loaded with weights_only; never a model unpickled from the tracking server): the network as an
-MLflow model (`model`, registered with `--register NAME`), its confusion matrix on the validation
-split, the training curves, then the SVM stage (`svm_val_acc`, `svm_val_f1` at step = the final epoch,
-and the fitted pipeline as the `svm` model). Each step first looks at what the run already has, so a
-run killed while finishing and resumed ends with one of each.
+file, loaded with weights_only; never a model unpickled from the tracking server; the best epoch was
+chosen on the validation split): the network as an MLflow model (`model`, registered with `--register
+NAME`), the held-out test split evaluated once (`test_acc`, `test_balanced_acc`, `test_f1_macro` at
+step = the final epoch, a per-class table), confusion matrices on the validation and test splits, the
+training curves, then the SVM stage (`svm_val_acc`, `svm_val_f1`, `svm_test_acc`, `svm_test_f1`, and
+the fitted pipeline as the `svm` model). Each step first looks at what the run already has, so a run
+killed while finishing and resumed ends with one of each.
 """
 
 from __future__ import annotations
@@ -31,13 +33,22 @@ from aqtrack.metrics import (
     GRAD_NORM_MAX,
     LR,
     METRIC_KEYS,
+    SVM_TEST_ACC,
+    SVM_TEST_F1,
     SVM_VAL_ACC,
     SVM_VAL_F1,
+    TEST_ACC,
+    TEST_BALANCED_ACC,
+    TEST_F1_MACRO,
+    TEST_KEYS,
     TRAIN_ACC,
     TRAIN_LOSS,
     VAL_ACC,
+    VAL_BALANCED_ACC,
+    VAL_F1_MACRO,
     VAL_LOSS,
     confusion_counts,
+    scores,
 )
 from aqtrack.model import ActionQualityNet, ModelSpec, build_model, embed
 from aqtrack.resume import find_best
@@ -67,21 +78,36 @@ class Finishing:
     local_dir: Path  # the run's local checkpoint copies
 
 
-def finish_run(job: Finishing) -> SvmResult | None:
-    """Everything made from the best checkpoint, each piece logged unless the run already has it."""
+@dataclass(frozen=True)
+class Outputs:
+    """The best network's outputs on each split: features [N, 2*hidden] and logits [N, K]."""
+
+    features: dict[str, np.ndarray]
+    logits: dict[str, np.ndarray]
+
+    @classmethod
+    def of(cls, network: ActionQualityNet, data: ActionQualityData) -> Outputs:
+        features, logits = {}, {}
+        for name, split in data.splits.items():
+            features[name], logits[name] = embed(network, split.x, split.lengths)
+        return cls(features, logits)
+
+
+def finish_run(job: Finishing) -> dict[str, float]:
+    """Everything made from the best checkpoint, each piece logged unless the run already has it.
+    Returns the test scores (empty without a test split)."""
     with tempfile.TemporaryDirectory(prefix="aqtrack-finish-") as tmp:
         best = find_best(job.client, job.run_id, job.local_dir, Path(tmp), label="finishing run")
     network = _network(best.state)
-    features, logits = {}, {}
-    for split, x in (("train", job.data.x_train), ("val", job.data.x_val)):
-        features[split], logits[split] = embed(network, x)
+    outputs = Outputs.of(network, job.data)
     tags = {exports.TAG_BEST_EPOCH: str(best.state.epoch)}
     _log_network(job, network, tags)
-    _log_figures(job, job.state.history, logits["val"])
-    if not job.config.svm.svm:
-        return None
-    stage = _SvmStage(job.client, job.run_id, job.state.epoch, job.data, features, tags)
-    return stage.fit_and_log(job.config.svm, again=False)
+    test = _log_test(job, outputs, best.state.epoch)
+    _log_figures(job, job.state.history, outputs)
+    if job.config.svm.svm:
+        stage = _SvmStage(job.client, job.run_id, job.state.epoch, job.data, outputs.features, tags)
+        stage.fit_and_log(job.config.svm, again=False)
+    return test
 
 
 def _network(state: TrainState) -> ActionQualityNet:
@@ -98,7 +124,9 @@ def _log_network(job: Finishing, network: ActionQualityNet, tags: dict[str, str]
     done = [m for m in exports.ready_models(job.client, job.run_id, exports.NETWORK_MODEL) if _same(m, tags)]
     model_id = done[0].model_id if done else None
     if model_id is None:
-        model_id = exports.log_network(job.client, job.run_id, network, _example(job.data.x_val), tags)
+        d = job.data
+        about = exports.NetworkInfo(d.class_names, d.channel_names, job.config.data.missing)
+        model_id = exports.log_network(job.client, job.run_id, network, _example(d.x_val), tags, about)
     if job.config.run.register:
         exports.register(job.client, job.run_id, model_id, job.config.run.register)
 
@@ -107,16 +135,64 @@ def _same(model: exports.ModelRecord, tags: dict[str, str]) -> bool:
     return all(model.tags.get(k) == v for k, v in tags.items())
 
 
-def _log_figures(job: Finishing, history: History, val_logits: np.ndarray) -> None:
+def _log_test(job: Finishing, outputs: Outputs, best_epoch: int) -> dict[str, float]:
+    """The held-out test split, evaluated once, with the best checkpoint (chosen on validation): the
+    scores at step = the final epoch, and a per-class precision/recall table. Validation selects; this
+    is the number to report."""
+    test = job.data.test
+    if test is None:
+        return {}
+    predicted = outputs.logits["test"].argmax(axis=1)
+    counts = confusion_counts(test.y, predicted, job.data.num_classes)
+    s = scores(counts)
+    values = {TEST_ACC: s["acc"], TEST_BALANCED_ACC: s["balanced_acc"], TEST_F1_MACRO: s["f1_macro"]}
+    step = job.state.epoch
+    have = {k for k in TEST_KEYS if step in tracking.metric_steps(job.client, job.run_id, k)}
+    tracking.log_points(job.client, job.run_id, {k: v for k, v in values.items() if k not in have}, step, {})
+    logged = tracking.artifact_names(job.client, job.run_id, exports.TEST_DIR)
+    if exports.PER_CLASS_ARTIFACT.rpartition("/")[2] not in logged:
+        table = per_class_table(test.y, predicted, job.data.class_names)
+        exports.log_table(job.client, job.run_id, table, exports.PER_CLASS_ARTIFACT)
+    log.info(
+        "run %s: test split (%d sequences, best checkpoint of epoch %d, evaluated once): test_acc %.4f, "
+        "test_balanced_acc %.4f, test_f1_macro %.4f",
+        job.run_id, len(test), best_epoch, *values.values(),
+    )  # fmt: skip
+    return values
+
+
+def per_class_table(y_true: np.ndarray, y_pred: np.ndarray, class_names: tuple[str, ...]) -> dict:
+    """{"class", "precision", "recall", "f1", "support"} columns, one row per class (sklearn's
+    classification report; a class never predicted has precision 0)."""
+    from sklearn.metrics import precision_recall_fscore_support
+
+    labels = list(range(len(class_names)))
+    p, r, f, n = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    return {
+        "class": list(class_names),
+        "precision": [float(v) for v in p],
+        "recall": [float(v) for v in r],
+        "f1": [float(v) for v in f],
+        "support": [int(v) for v in n],
+    }
+
+
+def _log_figures(job: Finishing, history: History, outputs: Outputs) -> None:
     from aqtrack.plots import confusion_matrix_figure, training_curves
 
-    counts = confusion_counts(job.data.y_val, val_logits.argmax(axis=1), job.data.num_classes)
-    title = f"best network on the validation split (run {job.run_id[:8]})"
-    for figure, artifact in (
-        (training_curves(history_curves(history), title=f"run {job.run_id}"), exports.CURVES_ARTIFACT),
-        (confusion_matrix_figure(counts, job.data.class_names, title=title), exports.CONFUSION_ARTIFACT),
-    ):
+    figures = [(training_curves(history_curves(history), title=f"run {job.run_id}"), exports.CURVES_ARTIFACT)]
+    for split, artifact in (("val", exports.CONFUSION_ARTIFACT), ("test", exports.TEST_CONFUSION_ARTIFACT)):
+        if split not in outputs.logits:
+            continue
+        y = job.data.splits[split].y
+        counts = confusion_counts(y, outputs.logits[split].argmax(axis=1), job.data.num_classes)
+        title = f"best network on the {_SPLIT_NAMES[split]} split (run {job.run_id[:8]})"
+        figures.append((confusion_matrix_figure(counts, job.data.class_names, title=title), artifact))
+    for figure, artifact in figures:
         exports.log_figure(job.client, job.run_id, figure, artifact)
+
+
+_SPLIT_NAMES = {"val": "validation", "test": "test"}
 
 
 def history_curves(history: History) -> Curves:
@@ -131,18 +207,21 @@ class _SvmStage:
 
     client: Any
     run_id: str
-    step: int  # the run's final epoch: the step of svm_val_acc and svm_val_f1
+    step: int  # the run's final epoch: the step of the svm_* metrics
     data: ActionQualityData
-    features: dict[str, np.ndarray]  # "train" / "val" -> [N, 2*hidden]
+    features: dict[str, np.ndarray]  # "train" / "val" / "test" -> [N, 2*hidden]
     tags: dict[str, str]  # of the best checkpoint the features come from
 
     def fit_and_log(self, svm: SvmConfig, again: bool) -> SvmResult:
-        """Fit; log the metrics and the fitted pipeline, each unless the run has it already (`again`:
-        an explicit refit, which always logs)."""
+        """Fit on train, score on validation (and test); log the metrics and the fitted pipeline, each
+        unless the run has it already (`again`: an explicit refit, which always logs)."""
         from aqtrack.svm import fit_svm
 
         f, d = self.features, self.data
-        result = fit_svm(f["train"], d.y_train, f["val"], d.y_val, c=svm.svm_c, kernel=svm.svm_kernel)
+        test = (f["test"], d.test.y) if d.test is not None else None
+        result = fit_svm(
+            f["train"], d.y_train, f["val"], d.y_val, c=svm.svm_c, kernel=svm.svm_kernel, test=test
+        )
         result.run_id = run_id = self.run_id
         settings = f"kernel={svm.svm_kernel} C={svm.svm_c:g}"
         tags = {**self.tags, TAG_SVM: settings}
@@ -150,13 +229,16 @@ class _SvmStage:
         if not any(_same(m, tags) for m in models):
             exports.log_svm(self.client, run_id, result.pipeline, _example(f["val"]), tags)
         metrics = {SVM_VAL_ACC: result.val_acc, SVM_VAL_F1: result.val_f1}
+        if result.test_acc is not None:
+            metrics |= {SVM_TEST_ACC: result.test_acc, SVM_TEST_F1: result.test_f1}
         if not again:  # a resumed finish: the points it logged before it was killed stay the only ones
             have = {k: tracking.metric_steps(self.client, run_id, k) for k in metrics}
             metrics = {k: v for k, v in metrics.items() if self.step not in have[k]}
         tracking.log_points(self.client, run_id, metrics, self.step, tags={TAG_SVM: settings})
         log.info(
-            "run %s: SVM (%s) on the best network's features: svm_val_acc %.4f, svm_val_f1 %.4f",
+            "run %s: SVM (%s) on the best network's features: svm_val_acc %.4f, svm_val_f1 %.4f%s",
             run_id, settings, result.val_acc, result.val_f1,
+            "" if result.test_acc is None else f", svm_test_acc {result.test_acc:.4f}",
         )  # fmt: skip
         return result
 
@@ -185,8 +267,7 @@ def fit_svm(run_id: str, *, c: float | None = None, kernel: str | None = None) -
         svm_kernel=config.svm.svm_kernel if kernel is None else kernel,
     )
     data = load_configured(config.data)
-    network = _network(best.state)
-    features = {"train": embed(network, data.x_train)[0], "val": embed(network, data.x_val)[0]}
+    features = Outputs.of(_network(best.state), data).features
     step = int(run.data.tags.get(CHECKPOINT_EPOCH_TAG, best.state.epoch))
     tags = {exports.TAG_BEST_EPOCH: str(best.state.epoch)}
     refit = tracking.create_child_run(
@@ -228,7 +309,7 @@ REPORT_SERIES = {
     "grad_norms": GRAD_NORM,
     "grad_norms_max": GRAD_NORM_MAX,
     "learning_rates": LR,
-    **{k: k for k in (TRAIN_ACC, VAL_LOSS, VAL_ACC)},
+    **{k: k for k in (TRAIN_ACC, VAL_LOSS, VAL_ACC, VAL_BALANCED_ACC, VAL_F1_MACRO)},
 }
 
 

@@ -34,8 +34,8 @@ from aqtrack.data import ActionQualityData
 from aqtrack.distributed import SINGLE, Shards, World
 from aqtrack.errors import DataError, ResumeError, TrainingDiverged
 from aqtrack.interrupts import deferred
-from aqtrack.metrics import GRAD_NORM, GRAD_NORM_MAX, LR, TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_LOSS
-from aqtrack.model import ActionQualityNet, ModelSpec, build_model, crop_batch, lengths_of
+from aqtrack.metrics import GRAD_NORM, GRAD_NORM_MAX, LR, TRAIN_ACC, TRAIN_LOSS, VAL_LOSS, scores
+from aqtrack.model import ActionQualityNet, ModelSpec, build_model, crop_batch
 from aqtrack.precision import Precision, precision_for
 
 if TYPE_CHECKING:
@@ -138,6 +138,7 @@ class Trainer:
     train_batches: Shards  # the training order; set_epoch before each epoch
     world: World = field(default_factory=World)
     precision: Precision = field(default_factory=Precision)
+    class_weight: torch.Tensor | None = None  # [K] weights of the classes in the loss (--class-weight)
     net: torch.nn.Module | None = None  # what the training step calls: the model, or DDP around it
 
     def __post_init__(self) -> None:
@@ -163,8 +164,8 @@ def build_trainer(
     seed_everything(t.seed)
     spec = ModelSpec(data.channels, data.num_classes, cfg.model.hidden, cfg.model.dropout)
     model = build_model(spec)
-    # Real lengths from the NaN padding (fixed-length data: all T, and nothing is masked).
-    train_lengths, val_lengths = lengths_of(data.x_train), lengths_of(data.x_val)
+    # Real lengths (fixed-length data: all T, and nothing is masked).
+    train_lengths, val_lengths = data.train.lengths, data.val.lengths
     model.set_normalization(torch.from_numpy(data.x_train), torch.from_numpy(train_lengths))
     model.to(device)
     optimizer_cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
@@ -191,7 +192,19 @@ def build_trainer(
         train_batches=train_batches,
         world=world,
         precision=precision_for(t.amp, device),
+        class_weight=class_weights(t.class_weight, data.y_train, data.num_classes, device),
     )
+
+
+def class_weights(how: str, y: np.ndarray, num_classes: int, device: torch.device) -> torch.Tensor | None:
+    """The loss's class weights: None for "none"; for "balanced", n_samples / (n_classes * count) of
+    each class in the training split (scikit-learn's compute_class_weight("balanced") formula), so every
+    class weighs as much in the loss as if the classes were balanced. float32 [num_classes]."""
+    if how == "none":
+        return None
+    counts = np.bincount(y, minlength=num_classes).astype(np.float64)
+    weights = len(y) / (num_classes * np.maximum(counts, 1))
+    return torch.tensor(weights, dtype=torch.float32, device=device)
 
 
 def restore(trainer: Trainer, state: TrainState) -> None:
@@ -267,7 +280,7 @@ def train_one_epoch(trainer: Trainer) -> tuple[dict[str, float], list[float]]:
         lengths = _to(lengths, device)  # None: no padding in this batch, the plain path
         with precision.autocast():
             logits = net(x, lengths)
-            loss_sum = F.cross_entropy(logits, y, reduction="sum")
+            loss_sum = F.cross_entropy(logits, y, weight=trainer.class_weight, reduction="sum")
         # DDP averages gradients over the processes: so scaled, that is the gradient of the mean loss
         # over the whole batch, however it was shared out (alone: the plain batch mean).
         loss = loss_sum / (size / world.size)
@@ -307,25 +320,52 @@ def _applied(norms: torch.Tensor, scaler: torch.amp.GradScaler) -> torch.Tensor:
     return finite if len(finite) else norms
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """A pass over one split in eval mode: the mean loss (class-weighted as in training) and the
+    confusion counts int64 [K, K] (true x predicted), from which every score follows."""
+
+    loss: float
+    counts: np.ndarray
+
+    def metrics(self, split: str) -> dict[str, float]:
+        """{"<split>_loss", "<split>_acc", "<split>_balanced_acc", "<split>_f1_macro"}."""
+        s = scores(self.counts)
+        return {
+            f"{split}_loss": self.loss,
+            f"{split}_acc": s["acc"],
+            f"{split}_balanced_acc": s["balanced_acc"],
+            f"{split}_f1_macro": s["f1_macro"],
+        }
+
+
 @torch.inference_mode()
 def evaluate(
-    model: torch.nn.Module, loader: Iterable, device: torch.device, world: World = SINGLE
-) -> tuple[float, float]:
-    """(mean loss, accuracy) over `loader`, in eval mode; with several processes, over all their shares."""
+    model: torch.nn.Module,
+    loader: Iterable,
+    device: torch.device,
+    world: World = SINGLE,
+    class_weight: torch.Tensor | None = None,
+) -> Evaluation:
+    """`loader`'s split in eval mode; with several processes, over all their shares (the loss sums and
+    confusion counts are summed: one all-reduce)."""
     model.eval()
     total_loss = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.long, device=device)
+    k = model.spec.num_classes
+    counts = torch.zeros(k * k, dtype=torch.long, device=device)
     seen = 0
     for x, y, lengths in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         logits = model(x, _to(lengths, device))
-        total_loss += F.cross_entropy(logits, y, reduction="sum").double()
-        correct += (logits.argmax(dim=1) == y).sum()
+        total_loss += F.cross_entropy(logits, y, weight=class_weight, reduction="sum").double()
+        counts += torch.bincount(y * k + logits.argmax(dim=1), minlength=k * k)
         seen += len(y)
     if world.size > 1:
-        totals = world.all_reduce(torch.stack([total_loss, correct.double(), total_loss.new_tensor(seen)]))
-        total_loss, correct, seen = totals[0], totals[1], int(totals[2])
-    return float(total_loss) / seen, int(correct) / seen
+        totals = world.all_reduce(
+            torch.cat([total_loss.view(1), total_loss.new_tensor([seen]), counts.double()])
+        )
+        total_loss, seen, counts = totals[0], int(totals[1]), totals[2:].round().long()
+    return Evaluation(float(total_loss) / seen, counts.view(k, k).cpu().numpy())
 
 
 EpochHook = Callable[[TrainState], None]
@@ -345,18 +385,19 @@ def fit(
     for epoch in range(state.epoch + 1, t.total_epochs + 1):
         trainer.train_batches.set_epoch(epoch)
         metrics, batch_losses = train_one_epoch(trainer)
-        metrics[VAL_LOSS], metrics[VAL_ACC] = evaluate(
-            trainer.model, trainer.val_loader, trainer.device, trainer.world
+        validation = evaluate(
+            trainer.model, trainer.val_loader, trainer.device, trainer.world, trainer.class_weight
         )
+        metrics.update(validation.metrics("val"))
         trainer.scheduler.step()
         _check_finite(metrics, batch_losses, epoch)
 
         with deferred():  # a stop signal waits until this epoch is fully published
             state.epoch = epoch
             state.history.append(metrics, batch_losses)
-            improved = metrics[VAL_ACC] > state.best_val_acc
+            improved = metrics[t.select_by] > state.best_score  # on validation, never on test
             if improved:
-                state.best_val_acc, state.best_epoch = metrics[VAL_ACC], epoch
+                state.best_score, state.best_epoch = metrics[t.select_by], epoch
 
             names = policy.names(epoch, improved) if checkpoint_dir is not None else []
             for path in write_checkpoints(trainer.snapshot(state), checkpoint_dir, names):

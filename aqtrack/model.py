@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from aqtrack.data import lengths_of
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -30,13 +32,6 @@ class ModelSpec:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def lengths_of(x: np.ndarray) -> np.ndarray:
-    """Real lengths int64 [N] of NaN-padded sequences x [N, T, C]: the frames up to (and including) the
-    last frame with any non-NaN value. A sequence without NaN frames has length T; an all-NaN one 0."""
-    real = ~np.isnan(x).all(axis=2)  # [N, T]
-    return (real * np.arange(1, x.shape[1] + 1)).max(axis=1, initial=0).astype(np.int64)
 
 
 def trailing_lengths(x: torch.Tensor) -> torch.Tensor:
@@ -133,6 +128,7 @@ class ActionQualityNet(nn.Module):
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
+        self.spec = spec
         h = spec.hidden
         # Per-channel standardisation lives in the model (set from the training split), so checkpoints
         # and exported models take raw joint angles, whatever their units.

@@ -79,11 +79,14 @@ LEGACY_CHECKPOINTS = "checkpoints"  # aqtrack <= 0.1 kept local copies in <outpu
 class TrainResult:
     run_id: str
     epochs: int
-    best_val_acc: float
-    best_epoch: int
+    best_val_acc: float  # val_acc at the best epoch
+    best_epoch: int  # the epoch the run selected (by `select_by`, on the validation split)
     history: History
     report_path: Path
     resumed_from: str | None  # the run whose checkpoint this training started from (resume or fork)
+    select_by: str = VAL_ACC
+    best_score: float = -1.0  # the best value of `select_by`
+    test_scores: dict[str, float] = field(default_factory=dict)  # the test split, evaluated once
 
 
 @dataclass(frozen=True)
@@ -328,7 +331,19 @@ def _prepare(origin: _Origin, given: dict[str, Any], early: _Early, world: World
     else:
         state = TrainState(config=cfg.to_dict(), model_spec=trainer.spec.to_dict())
     state.config = cfg.to_dict()
+    _check_classes(state, data)
     return _Start(cfg, data, trainer, state, origin)
+
+
+def _check_classes(state: TrainState, data: ActionQualityData) -> None:
+    """The checkpoint's classes are the data's, in the same order (the logits mean the same classes)."""
+    names = list(data.class_names)
+    if state.class_names and state.class_names != names:
+        raise ResumeError(
+            f"the checkpoint's classes are {', '.join(state.class_names)}, the data's {', '.join(names)}; "
+            "continue with the data the run was trained on"
+        )
+    state.class_names = names
 
 
 def _check_rounds(run, cfg: Config, epoch: int) -> None:
@@ -372,7 +387,9 @@ def _follow(world: World) -> TrainResult:
     return _result(plan.run_id, state, cfg, plan.source_run)
 
 
-def _result(run_id: str, state: TrainState, cfg: Config, source: str | None) -> TrainResult:
+def _result(
+    run_id: str, state: TrainState, cfg: Config, source: str | None, test: dict[str, float] | None = None
+) -> TrainResult:
     return TrainResult(
         run_id=run_id,
         epochs=state.epoch,
@@ -381,6 +398,9 @@ def _result(run_id: str, state: TrainState, cfg: Config, source: str | None) -> 
         history=state.history,
         report_path=run_directory(cfg.run.output_dir, run_id) / REPORT_FILE,
         resumed_from=source,
+        select_by=cfg.train.select_by,
+        best_score=state.best_score,
+        test_scores=dict(test or {}),
     )
 
 
@@ -528,7 +548,7 @@ def _train_in_run(
             log.info("run %s: all %d epochs were already trained; finishing it", run_id, state.epoch)
             write_report(state)
         tracker.drain()  # the run is closed only once everything it should hold is sent
-        _finish(Finishing(client, run_id, cfg, start.data, state, local))  # with the server answering
+        test = _finish(Finishing(client, run_id, cfg, start.data, state, local))  # with the server answering
         _describe_results(client, tracker, note, state)
     except TrackingLost as e:
         epoch = Manifest.read(manifest_path(local / LAST)).epoch if (local / LAST).exists() else 0
@@ -536,7 +556,7 @@ def _train_in_run(
             f"{e}: training stopped; the checkpoint of epoch {epoch} is in {local}, and "
             f"`aqtrack train --resume {run_id}` continues from it once the server is back"
         ) from e
-    return _result(run_id, state, cfg, start.source)
+    return _result(run_id, state, cfg, start.source, test)
 
 
 def _starting_files(client, run_id: str, start: _Start, local: Path, tmp: Path) -> tuple[list[Path], int]:
@@ -574,18 +594,21 @@ def _best_so_far(client, start: _Start, tmp: Path) -> TrainState | None:
     try:
         return find_at_epoch(client, start.source, origin.local_dirs, tmp, state.best_epoch).state
     except ResumeError:
-        val_acc = state.history.metrics[VAL_ACC][state.epoch - 1]
+        select_by = start.config.train.select_by
+        score = state.history.metrics[select_by][state.epoch - 1]
         log.warning(
-            "run %s: its best checkpoint up to epoch %d (epoch %d, val_acc %.4f) is not stored; the new "
-            "run's best starts from epoch %d (val_acc %.4f)",
+            "run %s: its best checkpoint up to epoch %d (epoch %d, %s %.4f) is not stored; the new "
+            "run's best starts from epoch %d (%s %.4f)",
             start.source,
             state.epoch,
             state.best_epoch,
-            state.best_val_acc,
+            select_by,
+            state.best_score,
             state.epoch,
-            val_acc,
+            select_by,
+            score,
         )
-        state.best_val_acc, state.best_epoch = val_acc, state.epoch
+        state.best_score, state.best_epoch = score, state.epoch
         return None
 
 
@@ -593,6 +616,7 @@ def _tags(client, run_id: str, start: _Start, epoch_tag: int) -> dict[str, str]:
     cfg, origin, source = start.config, start.origin, start.source
     tags = {
         tracking.TAG_DATA_SOURCE: start.data.source,
+        tracking.TAG_FILLED_VALUES: str(start.data.filled_values),
         tracking.TAG_ROUNDS: str(cfg.train.rounds),
         "aqtrack.version": _version(),
         tracking.TAG_OWNER: f"{socket.gethostname()}:{os.getpid()}",
@@ -644,10 +668,11 @@ def _describe_results(client, tracker: tracking.MlflowTracker, note: str, state:
     tracker.drain()
 
 
-def _finish(job: Finishing) -> None:
-    """The finishing stage; a server lost on the way leaves the run RUNNING, for a resume to finish."""
+def _finish(job: Finishing) -> dict[str, float]:
+    """The finishing stage; a server lost on the way leaves the run RUNNING, for a resume to finish.
+    Returns the test scores."""
     try:
-        finish_run(job)
+        return finish_run(job)
     except Exception as e:
         if not tracking.is_transient(e):
             raise

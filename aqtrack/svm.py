@@ -24,6 +24,8 @@ class SvmResult:
     val_f1: float  # macro F1 over the classes
     c: float
     kernel: str
+    test_acc: float | None = None  # on the held-out test split, when the data has one
+    test_f1: float | None = None  # macro F1
     run_id: str = ""  # the run it is logged to
     refit_of: str = ""  # for an `aqtrack svm` refit: the training run whose network it uses
 
@@ -36,15 +38,18 @@ def fit_svm(
     *,
     c: float,
     kernel: str,
+    test: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> SvmResult:
-    """Fit on the train split's features [N, D], score on the validation split's."""
+    """Fit on the train split's features [N, D], score on the validation split's (and on `test`'s:
+    (features, labels) of the held-out split)."""
     pipeline = Pipeline([("scale", StandardScaler()), ("svc", SVC(C=c, kernel=kernel))])
     pipeline.fit(train_features, y_train)
-    predicted = pipeline.predict(val_features)
-    return SvmResult(
-        pipeline=pipeline,
-        val_acc=float(accuracy_score(y_val, predicted)),
-        val_f1=float(f1_score(y_val, predicted, average="macro", zero_division=0)),
-        c=float(c),
-        kernel=kernel,
-    )
+    val_acc, val_f1 = _scores(pipeline, val_features, y_val)
+    test_acc, test_f1 = _scores(pipeline, *test) if test is not None else (None, None)
+    return SvmResult(pipeline, val_acc, val_f1, float(c), kernel, test_acc, test_f1)
+
+
+def _scores(pipeline: Any, features: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    predicted = pipeline.predict(features)
+    f1 = f1_score(y, predicted, average="macro", zero_division=0)
+    return float(accuracy_score(y, predicted)), float(f1)

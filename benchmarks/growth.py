@@ -72,7 +72,7 @@ def per_epoch_growth(client, store: str, settings: dict, args, tmp: Path) -> Non
     experiment = tracking.experiment_id(client, "growth")
     probe = loop.build_trainer(Config.from_dict(settings), data, torch.device("cpu"))
     metrics, batch_losses = loop.train_one_epoch(probe)  # the one real epoch that is repeated
-    metrics[loop.VAL_LOSS], metrics[loop.VAL_ACC] = loop.evaluate(probe.model, probe.val_loader, probe.device)
+    metrics.update(loop.evaluate(probe.model, probe.val_loader, probe.device).metrics("val"))
     spent = {"early": h.Spent(), "late": h.Spent()}
     current = [spent["early"]]
     sizes: dict[str, dict[str, float]] = {}

@@ -52,10 +52,12 @@ def restore_aqtrack_logger() -> Iterator[None]:
 
 @pytest.fixture
 def tiny(tmp_path: Path) -> dict:
-    """Settings for a run of a few seconds: 2 rounds x 2 epochs on 64 + 32 synthetic sequences."""
+    """Settings for a run of a few seconds: 2 rounds x 2 epochs on 64 + 32 (+ 32 test) synthetic
+    sequences."""
     return {
         "n_train": 64,
         "n_val": 32,
+        "n_test": 32,
         "hidden": 8,
         "rounds": 2,
         "epochs_per_round": 2,

@@ -34,11 +34,10 @@ import aqtrack
 from aqtrack import cli, loop
 from aqtrack.checkpoint import LAST, TrainState, load_checkpoint, save_checkpoint
 from aqtrack.config import Config
-from aqtrack.data import load_data
+from aqtrack.data import lengths_of, load_data
 from aqtrack.distributed import SINGLE, Shards, World, resolve_device, world_from_env
 from aqtrack.errors import ConfigError
 from aqtrack.metrics import GRAD_NORM, GRAD_NORM_MAX, LR, METRIC_KEYS, TRAIN_ACC, TRAIN_LOSS, VAL_ACC
-from aqtrack.model import lengths_of
 from aqtrack.precision import mixed, precision_for
 from aqtrack.tracking import NullTracker
 
@@ -153,7 +152,7 @@ def _rank_epoch(rank: int, tiny: dict, port: int, out: Path, low: int | None = N
         trainer.net = distributed.wrap(trainer.model, trainer.device, world)
         trainer.train_batches.set_epoch(1)
         metrics, batch_losses = loop.train_one_epoch(trainer)
-        val = loop.evaluate(trainer.model, trainer.val_loader, trainer.device, world)
+        val = loop.evaluate(trainer.model, trainer.val_loader, trainer.device, world).metrics("val")
     weights = trainer.model.state_dict()
     result = {"metrics": metrics, "batch_losses": batch_losses, "val": val, "model": weights}
     torch.save(result, out / f"rank{rank}.pt")
@@ -183,7 +182,7 @@ def test_ranks_hold_the_global_grad_norm_and_metrics_of_one_process(tiny, tmp_pa
     alone = _trainer(tiny)
     alone.train_batches.set_epoch(1)
     metrics, batch_losses = loop.train_one_epoch(alone)
-    val = loop.evaluate(alone.model, alone.val_loader, alone.device)
+    val = loop.evaluate(alone.model, alone.val_loader, alone.device).metrics("val")
 
     # After DDP's all-reduce each rank clips the same global gradient: the same pre-clip norm, bit for bit.
     assert ranks[0]["metrics"] == ranks[1]["metrics"] and ranks[0]["val"] == ranks[1]["val"]
@@ -220,7 +219,7 @@ def test_ranks_on_variable_length_data_take_batch_statistics_over_the_real_frame
     assert cut[0] != cut[1]  # ... and the ranks cut their shares of a batch to different lengths
 
     metrics, batch_losses = loop.train_one_epoch(alone)
-    val = loop.evaluate(alone.model, alone.val_loader, alone.device)
+    val = loop.evaluate(alone.model, alone.val_loader, alone.device).metrics("val")
 
     assert ranks[0]["metrics"] == ranks[1]["metrics"] and ranks[0]["val"] == ranks[1]["val"]
     two = ranks[0]

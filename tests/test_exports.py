@@ -22,17 +22,18 @@ from padding import pad_with_nan
 
 import aqtrack
 from aqtrack.checkpoint import BEST
-from aqtrack.data import load_data
+from aqtrack.data import lengths_of, load_data
 from aqtrack.exports import (
     CONFUSION_ARTIFACT,
     CURVES_ARTIFACT,
     NETWORK_MODEL,
     SVM_MODEL,
     TAG_BEST_EPOCH,
+    NetworkInfo,
     log_network,
 )
 from aqtrack.metrics import SVM_VAL_ACC, SVM_VAL_F1
-from aqtrack.model import ModelSpec, NanPaddedNet, build_model, lengths_of
+from aqtrack.model import ModelSpec, NanPaddedNet, build_model
 
 REPO = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -87,9 +88,15 @@ def test_the_logged_network_takes_any_batch_and_length_with_trailing_nan_frames(
     client = MlflowClient()
     run_id = client.create_run(client.create_experiment("export")).info.run_id
 
-    model_id = log_network(client, run_id, network, example, tags={})
+    about = NetworkInfo(
+        ("good", "shallow", "asym", "valgus"), tuple(f"angle_{i}" for i in range(8)), "refuse"
+    )
+    model_id = log_network(client, run_id, network, example, tags={}, about=about)
 
     model = mlflow.pyfunc.load_model(f"runs:/{run_id}/{NETWORK_MODEL}")
+    metadata = model.metadata.metadata
+    assert metadata["class_names"] == ["good", "shallow", "asym", "valgus"]  # the order of the logits
+    assert metadata["channel_names"][0] == "angle_0" and metadata["missing"] == "refuse"
     exported = mlflow.pytorch.load_model(f"models:/{model_id}")  # the pt2 graph itself
     rng = np.random.default_rng(0)
     for frames in (50, 100, 300):

@@ -10,7 +10,8 @@ import pytest
 from mlflow import MlflowClient
 
 import aqtrack
-from aqtrack.describe import NOTE_TAG, RESULTS_PENDING, SVM_VAL_ACC
+from aqtrack.describe import NOTE_TAG, RESULTS_PENDING
+from aqtrack.metrics import SVM_VAL_ACC
 
 GENERATED = r"[a-z]+-[a-z]+-\d+"
 
@@ -64,9 +65,17 @@ def test_description_summarises_config_data_and_final_results(tiny):
     result = aqtrack.train(**tiny, svm=False)
     note = MlflowClient().get_run(result.run_id).data.tags[NOTE_TAG]
     assert "2 rounds x 2 epochs" in note and "hidden 8" in note and "adamw lr 0.001" in note
-    assert "**Data**: synthetic: 64 train / 32 val sequences" in note
+    assert "**Data**: synthetic: 64 train / 32 val / 32 test sequences, " in note
+    assert "subjects, split by subject, 8 channels x 100 frames, 4 classes" in note
     assert RESULTS_PENDING not in note
-    assert f"4 of 4 epochs; best val_acc **{result.best_val_acc:.4f}** at epoch {result.best_epoch}" in note
+    assert (
+        f"4 of 4 epochs; best epoch {result.best_epoch} by val_acc (**{result.best_val_acc:.4f}**, "
+        f"val_acc {result.best_val_acc:.4f})" in note
+    )
+    test = MlflowClient().get_run(result.run_id).data.metrics
+    assert (
+        f"test_acc **{test['test_acc']:.4f}**, test_balanced_acc **{test['test_balanced_acc']:.4f}**" in note
+    )
     final_val_loss = result.history.metrics["val_loss"][-1]
     assert f"val_loss {final_val_loss:.4f}" in note
     assert f"`aqtrack train --resume {result.run_id}`" in note

@@ -119,7 +119,9 @@ def test_default_model_learns_the_data_over_epochs_but_not_in_the_first() -> Non
     accuracies = []
     for _ in range(12):
         train_one_epoch(trainer)
-        accuracies.append(evaluate(trainer.model, trainer.val_loader, trainer.device)[1])
+        accuracies.append(
+            evaluate(trainer.model, trainer.val_loader, trainer.device).metrics("val")["val_acc"]
+        )
 
     assert accuracies[0] < 0.85, f"trivial: the first epoch already reaches {accuracies[0]:.3f}"
     assert accuracies[-1] > 0.6, accuracies
