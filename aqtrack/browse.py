@@ -15,13 +15,13 @@ from aqtrack import exports, tracking
 from aqtrack.checkpoint import CHECKPOINT_EPOCH_TAG
 from aqtrack.config import Config
 from aqtrack.errors import ConfigError
-from aqtrack.metrics import GRAD_NORM, LR, METRIC_KEYS, SVM_VAL_ACC, SVM_VAL_F1, VAL_ACC
+from aqtrack.metrics import GRAD_NORM, LR, METRIC_KEYS, SVM_VAL_ACC, SVM_VAL_F1, TEST_ACC, VAL_ACC
 
 if TYPE_CHECKING:
     import pandas as pd
 
 COLUMNS = ("run_id", "name", "status", "epochs", "total_epochs", "best_val_acc", "best_epoch")
-COLUMNS += ("grad_norm", "lr", "resumable", "origin", "started")
+COLUMNS += ("test_acc", "grad_norm", "lr", "resumable", "origin", "started")
 HIDDEN_TAGS = (tracking.TAG_HEARTBEAT, tracking.TAG_OWNER)  # bookkeeping, not for people
 
 
@@ -53,10 +53,12 @@ def format_runs(table: pd.DataFrame) -> str:
         for b, e in zip(table["best_val_acc"], table["best_epoch"], strict=True)
     ]
     shown["grad_norm"] = [_num(v, ".4f") for v in table["grad_norm"]]
+    shown["test_acc"] = [_num(v, ".4f") for v in table["test_acc"]]
     shown["lr"] = [_num(v, ".2e") for v in table["lr"]]
     shown = shown.drop(columns=["total_epochs", "best_val_acc", "best_epoch"])
     order = [c for c in ("run_id", "experiment", "name", "status", "epochs", "best val_acc") if c in shown]
-    return shown[[*order, "grad_norm", "lr", "resumable", "origin", "started"]].to_string(index=False)
+    rest = ["test_acc", "grad_norm", "lr", "resumable", "origin", "started"]
+    return shown[[*order, *rest]].to_string(index=False)
 
 
 def _experiment_ids(client, name: str | None, all_experiments: bool) -> list[str]:
@@ -74,7 +76,7 @@ def _experiment_ids(client, name: str | None, all_experiments: bool) -> list[str
 
 
 def _row(client, run) -> dict:
-    done, best, best_epoch = _progress(client, run.info.run_id)
+    done, best, best_epoch = _progress(client, run)
     metrics = run.data.metrics
     return {
         "run_id": run.info.run_id,
@@ -84,6 +86,7 @@ def _row(client, run) -> dict:
         "total_epochs": _total_epochs(run),
         "best_val_acc": best,
         "best_epoch": best_epoch,
+        "test_acc": metrics.get(TEST_ACC, float("nan")),  # held out, evaluated once when it finished
         "grad_norm": metrics.get(GRAD_NORM, float("nan")),
         "lr": metrics.get(LR, float("nan")),
         "resumable": resumable(run, client.tracking_uri),
@@ -92,13 +95,17 @@ def _row(client, run) -> dict:
     }
 
 
-def _progress(client, run_id: str) -> tuple[int, float, int]:
-    """(epochs logged, best val_acc, its first epoch) from the run's val_acc history."""
-    points = tracking.fetch_history(client, run_id, (VAL_ACC,))[VAL_ACC]
+def _progress(client, run) -> tuple[int, float, int]:
+    """(epochs logged, val_acc at the best epoch, the best epoch): the first epoch with the highest value
+    of what the run selects by (its `select_by` param; val_acc before there was one)."""
+    select_by = run.data.params.get("select_by", VAL_ACC)
+    history = tracking.fetch_history(client, run.info.run_id, tuple({VAL_ACC, select_by}))
+    points, val_acc = history[select_by], history[VAL_ACC]
     if not points:
         return 0, float("nan"), 0
     best = max(points.values())
-    return max(points), best, min(step for step, v in points.items() if v == best)
+    epoch = min(step for step, v in points.items() if v == best)
+    return max(points), val_acc.get(epoch, float("nan")), epoch
 
 
 def _total_epochs(run) -> int:
@@ -139,7 +146,7 @@ def show_run(run_id: str, tail: int = 10) -> str:
     its other metrics and its artifacts (with sizes)."""
     client = tracking.connect()
     run = tracking.get_run(client, run_id, label="show")
-    done, best, best_epoch = _progress(client, run_id)
+    done, best, best_epoch = _progress(client, run)
     info, data = run.info, run.data
     experiment = client.get_experiment(info.experiment_id).name
     ended = f", ran {_duration(info.end_time - info.start_time)}" if info.end_time else ""

@@ -17,6 +17,7 @@ import hashlib
 import itertools
 import json
 import logging
+import math
 import os
 import pickle
 import random
@@ -63,7 +64,9 @@ class History:
 
     def append(self, metrics: dict[str, float], batch_losses: list[float]) -> None:
         for key, value in metrics.items():
-            self.metrics.setdefault(key, []).append(float(value))
+            # A key the earlier epochs did not measure (a run started by an older aqtrack): NaN there,
+            # which means "not measured" (never logged as a point, null in the report).
+            self.metrics.setdefault(key, [math.nan] * self.epochs).append(float(value))
         self.batch_losses.append(sample_evenly(batch_losses, MAX_BATCH_LOSSES_PER_EPOCH))
         self.total_batches += len(batch_losses)
 

@@ -37,11 +37,6 @@ TEST_BALANCED_ACC = "test_balanced_acc"
 TEST_F1_MACRO = "test_f1_macro"
 TEST_KEYS = (TEST_ACC, TEST_BALANCED_ACC, TEST_F1_MACRO)
 
-# Thresholds on the epoch's mean pre-clip `grad_norm`, warned about on the console, kept as run tags
-# and drawn as bands on the training curves.
-GRAD_EXPLOSION = 10.0
-GRAD_VANISHING = 0.01
-
 # The SVM stage, logged once at step = the final epoch.
 SVM_VAL_ACC = "svm_val_acc"
 SVM_VAL_F1 = "svm_val_f1"  # macro F1

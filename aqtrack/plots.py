@@ -17,27 +17,34 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 
+from aqtrack.alerts import EXPLOSION_FACTOR, VANISHING_FACTOR, thresholds
 from aqtrack.metrics import (
-    GRAD_EXPLOSION,
     GRAD_NORM,
     GRAD_NORM_MAX,
-    GRAD_VANISHING,
     LR,
     TRAIN_ACC,
     TRAIN_LOSS,
     VAL_ACC,
+    VAL_BALANCED_ACC,
+    VAL_F1_MACRO,
     VAL_LOSS,
+    scores,
 )
 
 DPI = 80
 NOT_MEASURED = "not measured"
 EXPLOSION_COLOR, VANISHING_COLOR, BAND_ALPHA = "tab:red", "tab:blue", 0.12
-EXPLOSION_LABEL = f"explosion (> {GRAD_EXPLOSION:g})"
-VANISHING_LABEL = f"vanishing (< {GRAD_VANISHING:g})"
+EXPLOSION_LABEL = f"exploding (> {EXPLOSION_FACTOR:g}x recent median)"
+VANISHING_LABEL = f"vanishing (< early median / {VANISHING_FACTOR:g})"
 # Panels: (title, y label, log scale, metric keys).
 PANELS = (
     ("loss", "cross-entropy", False, (TRAIN_LOSS, VAL_LOSS)),
-    ("accuracy", "accuracy", False, (TRAIN_ACC, VAL_ACC)),
+    (
+        "accuracy, balanced accuracy, macro F1",
+        "score",
+        False,
+        (TRAIN_ACC, VAL_ACC, VAL_BALANCED_ACC, VAL_F1_MACRO),
+    ),
     ("gradient norm (pre-clip)", "L2 norm", True, (GRAD_NORM, GRAD_NORM_MAX)),
     ("learning rate", "lr", True, (LR,)),
 )
@@ -83,8 +90,8 @@ def training_curves(curves: Curves, title: str = "") -> Figure:
         if key_missing := [k for k in keys if k not in measured]:
             ax.text(0.5, 0.5, f"{', '.join(key_missing)}: {NOT_MEASURED}", transform=ax.transAxes,
                     ha="center", va="center", color="gray")  # fmt: skip
-        if name.startswith("gradient"):
-            _threshold_bands(ax, [v for k in measured for v in curves.series[k]])
+        if name.startswith("gradient") and GRAD_NORM in measured:
+            _threshold_bands(ax, x, [float(v) for v in curves.series[GRAD_NORM]])
         ax.set_title(name)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
@@ -98,14 +105,23 @@ def training_curves(curves: Curves, title: str = "") -> Figure:
     return fig
 
 
-def _threshold_bands(ax, values: list[float]) -> None:
-    """Shade the explosion (> GRAD_EXPLOSION) and vanishing (< GRAD_VANISHING) zones, both always in view."""
-    finite = [v for v in values if math.isfinite(v) and v > 0]
-    low = min([*finite, GRAD_VANISHING]) / 3
-    high = max([*finite, GRAD_EXPLOSION]) * 3
-    ax.axhspan(GRAD_EXPLOSION, high, color=EXPLOSION_COLOR, alpha=BAND_ALPHA, label=EXPLOSION_LABEL)
-    ax.axhspan(low, GRAD_VANISHING, color=VANISHING_COLOR, alpha=BAND_ALPHA, label=VANISHING_LABEL)
-    ax.set_ylim(low, high)
+def _threshold_bands(ax, x: np.ndarray, grad_norms: list[float]) -> None:
+    """Shade what the gradient alerts call exploding and vanishing: above and below the run's own
+    thresholds, epoch by epoch (see aqtrack.alerts), with every measured value and threshold in view."""
+    limits = thresholds([None if math.isnan(v) else v for v in grad_norms])
+    high = np.array([np.nan if h is None else h for h, _ in limits])
+    low = np.array([np.nan if v is None else v for _, v in limits])
+    finite = [v for v in (*grad_norms, *high, *low) if math.isfinite(v) and v > 0]
+    bottom, top = (min(finite) / 3, max(finite) * 3) if finite else (1e-3, 1e2)
+    if np.isfinite(high).any():
+        ax.fill_between(
+            x, high, top, step="mid", color=EXPLOSION_COLOR, alpha=BAND_ALPHA, label=EXPLOSION_LABEL
+        )
+    if np.isfinite(low).any():
+        ax.fill_between(
+            x, bottom, low, step="mid", color=VANISHING_COLOR, alpha=BAND_ALPHA, label=VANISHING_LABEL
+        )
+    ax.set_ylim(bottom, top)
     # This axis always spans decades, so its minor ticks carry no labels: not drawing them saves a
     # third of the figure's drawing time.
     ax.yaxis.set_minor_locator(NullLocator())
@@ -127,7 +143,10 @@ def confusion_matrix_figure(counts: np.ndarray, class_names: Sequence[str], titl
     for (i, j), n in np.ndenumerate(counts):
         ax.text(j, i, str(n), ha="center", va="center", color="white" if n > top / 2 else "black")
     total = counts.sum()
-    accuracy = f"accuracy {np.trace(counts) / total:.3f} on {total}" if total else "no samples"
+    s = scores(counts)
+    accuracy = (
+        f"accuracy {s['acc']:.3f}, balanced {s['balanced_acc']:.3f} on {total}" if total else "no samples"
+    )
     ax.set_title(f"{title or 'confusion matrix'}\n{accuracy}")
     return fig
 

@@ -14,12 +14,22 @@ from typing import Any
 
 from aqtrack.checkpoint import TrainState
 from aqtrack.config import TrainConfig
-from aqtrack.metrics import GRAD_NORM, LR, TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_LOSS
+from aqtrack.metrics import (
+    GRAD_NORM,
+    LR,
+    TRAIN_ACC,
+    TRAIN_LOSS,
+    VAL_ACC,
+    VAL_BALANCED_ACC,
+    VAL_F1_MACRO,
+    VAL_LOSS,
+)
 
 log = logging.getLogger(__name__)
 
 # What the log line and the bar's postfix show, and how.
-SHOWN = ((TRAIN_LOSS, ".4f"), (TRAIN_ACC, ".4f"), (VAL_LOSS, ".4f"), (VAL_ACC, ".4f"), (LR, ".3e"))
+SHOWN = ((TRAIN_LOSS, ".4f"), (TRAIN_ACC, ".4f"), (VAL_LOSS, ".4f"), (VAL_ACC, ".4f"))
+SHOWN += ((VAL_BALANCED_ACC, ".4f"), (VAL_F1_MACRO, ".4f"), (LR, ".3e"))
 SHOWN += ((GRAD_NORM, ".4f"),)
 IN_BAR = (TRAIN_LOSS, VAL_LOSS, VAL_ACC, LR, GRAD_NORM)
 # A fixed-width bar, and no rate (epochs/s says little): the metrics get the rest of the line.

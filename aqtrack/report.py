@@ -23,6 +23,8 @@ from aqtrack.metrics import (
     TRAIN_ACC,
     TRAIN_LOSS,
     VAL_ACC,
+    VAL_BALANCED_ACC,
+    VAL_F1_MACRO,
     VAL_LOSS,
 )
 
@@ -46,7 +48,8 @@ def build_report(
     m = history.metrics
 
     def series(key: str) -> list[float | None]:
-        return list(m.get(key, [None] * len(epochs)))
+        # NaN marks an epoch that did not measure the key (a run older than the metric): null here.
+        return [None if v is None or v != v else v for v in m.get(key, [None] * len(epochs))]
 
     return {
         "control_losses": series(TRAIN_LOSS),
@@ -62,11 +65,14 @@ def build_report(
         "train_acc": series(TRAIN_ACC),
         "val_loss": series(VAL_LOSS),
         "val_acc": series(VAL_ACC),
+        "val_balanced_acc": series(VAL_BALANCED_ACC),
+        "val_f1_macro": series(VAL_F1_MACRO),
         "grad_norms_max": series(GRAD_NORM_MAX),
         "batch_losses_per_epoch": [len(losses) for losses in history.batch_losses],
         "run_id": run_id,
         "rounds": config.get("rounds"),
         "epochs_per_round": config.get("epochs_per_round"),
+        "select_by": config.get("select_by", VAL_ACC),
     }
 
 

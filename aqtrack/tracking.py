@@ -454,7 +454,11 @@ def sync_history(client: MlflowClient, run_id: str, history: History) -> set[tup
     for key, values in history.metrics.items():
         steps = {m.step for m in client.get_metric_history(run_id, key)}
         have |= {(key, s) for s in steps}
-        missing += [Metric(key, v, now, step) for step, v in enumerate(values, 1) if step not in steps]
+        missing += [
+            Metric(key, v, now, step)
+            for step, v in enumerate(values, 1)
+            if step not in steps and v == v  # NaN: an epoch that did not measure this key
+        ]
     for i in range(0, len(missing), MAX_METRICS_PER_BATCH):
         client.log_batch(run_id, metrics=missing[i : i + MAX_METRICS_PER_BATCH])
     if missing:

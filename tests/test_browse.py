@@ -62,11 +62,11 @@ def test_runs_table_has_status_progress_best_and_resumability_per_run(runs):
 def test_runs_command_prints_one_line_per_run(runs, capsys):
     assert main(["runs"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split()[:6] == ["run_id", "name", "status", "epochs", "best", "val_acc"]
+    assert lines[0].split()[:7] == ["run_id", "name", "status", "epochs", "best", "val_acc", "test_acc"]
     rows = {line.split()[0]: line for line in lines[1:]}
     assert set(rows) == set(runs.values())
     assert re.search(
-        r" done +FINISHED +4/4 +\d\.\d{4} \(\d\) +\d+\.\d{4} +\d\.\d\de-\d\d +finished; --rounds",
+        r" done +FINISHED +4/4 +\d\.\d{4} \(\d\) +\d\.\d{4} +\d+\.\d{4} +\d\.\d\de-\d\d +finished; --rounds",
         rows[runs["finished"]],
     )
     assert re.search(r" stopped +KILLED +2/4 .* yes, from epoch 2 ", rows[runs["killed"]])

@@ -1,28 +1,20 @@
 """Figures show measured values only (gaps where an epoch has none), gradient norm and lr on log axes
-with the explosion/vanishing bands; `aqtrack plot` draws a run or a report; gradient alerts warn and tag."""
+with the run's own explosion/vanishing bands; `aqtrack plot` draws a run or a report."""
 
 from __future__ import annotations
 
 import json
-import logging
 import math
 
 import numpy as np
 import pytest
-from matplotlib.patches import Polygon, Rectangle
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
 import aqtrack
-from aqtrack.alerts import (
-    TAG_GRAD_EXPLOSION_EPOCHS,
-    TAG_GRAD_VANISHING_EPOCHS,
-    compact_ranges,
-    gradient_alerts,
-)
-from aqtrack.checkpoint import History, TrainState
+from aqtrack.alerts import thresholds
 from aqtrack.cli import main
-from aqtrack.metrics import GRAD_EXPLOSION, GRAD_NORM, GRAD_VANISHING, LR, TRAIN_LOSS, VAL_ACC, VAL_LOSS
+from aqtrack.metrics import GRAD_NORM, LR, TRAIN_LOSS, VAL_ACC, VAL_LOSS
 from aqtrack.plots import NOT_MEASURED, Curves, confusion_matrix_figure, training_curves
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -60,29 +52,27 @@ def test_unmeasured_metrics_are_labelled_not_drawn():
     assert any(VAL_ACC in t.get_text() for t in fig.axes[1].texts)
 
 
-def test_gradient_norm_and_lr_are_on_log_axes_with_threshold_bands():
-    points = {GRAD_NORM: {1: 0.005, 2: 1.0, 3: 25.0}, LR: {1: 1e-3, 2: 5e-4, 3: 1e-6}}
+def test_gradient_norm_and_lr_are_on_log_axes_with_the_runs_own_threshold_bands():
+    norms = [6.0, 3.0, 2.0, 2.5, 40.0, 0.005]
+    points = {GRAD_NORM: dict(enumerate(norms, 1)), LR: {e: 1e-3 / e for e in range(1, 7)}}
     fig = training_curves(Curves.from_points(points))
 
     grad = axes_titled(fig, "gradient norm (pre-clip)")
     assert grad.get_yscale() == "log" and axes_titled(fig, "learning rate").get_yscale() == "log"
     assert axes_titled(fig, "loss").get_yscale() == "linear"
-    bands = {}
-    for patch in grad.patches:
-        assert isinstance(patch, (Polygon, Rectangle))
-        ys = (
-            patch.get_xy()[:, 1]
-            if isinstance(patch, Polygon)
-            else [patch.get_y(), patch.get_y() + patch.get_height()]
-        )
-        bands[patch.get_label()] = (min(ys), max(ys))
     low, high = grad.get_ylim()
-    assert bands == {
-        f"explosion (> {GRAD_EXPLOSION:g})": (GRAD_EXPLOSION, high),
-        f"vanishing (< {GRAD_VANISHING:g})": (low, GRAD_VANISHING),
-    }
-    assert low < 0.005 and high > 25.0  # every measured value in view
-    assert line(fig, GRAD_NORM).get_ydata().tolist() == [0.005, 1.0, 25.0]
+    bands = {}
+    for patch in grad.collections:
+        (path,) = patch.get_paths()
+        ys = path.vertices[:, 1]
+        bands[patch.get_label()] = (ys.min(), ys.max())
+    limits = thresholds(norms)  # from epoch 4 on: 10x the median before, the early median / 100
+    assert [h for h, _ in limits] == [None, None, None, 30.0, 27.5, 30.0]
+    assert bands["exploding (> 10x recent median)"] == pytest.approx((27.5, high))
+    assert [v for _, v in limits][3:] == pytest.approx([0.03, 0.0275, 0.03])
+    assert bands["vanishing (< early median / 100)"] == pytest.approx((low, 0.03))
+    assert low < 0.005 and high > 40.0  # every measured value in view
+    assert line(fig, GRAD_NORM).get_ydata().tolist() == norms
 
 
 def test_confusion_matrix_shows_each_count():
@@ -90,7 +80,7 @@ def test_confusion_matrix_shows_each_count():
     fig = confusion_matrix_figure(counts, ["good", "bad"])
     (ax,) = [a for a in fig.axes if a.texts]
     assert sorted(t.get_text() for t in ax.texts) == ["1", "2", "5", "7"]
-    assert "accuracy 0.800 on 15" in ax.get_title()
+    assert "accuracy 0.800, balanced 0.806 on 15" in ax.get_title()
 
 
 def test_aqtrack_plot_draws_an_experiment_report(tmp_path, capsys):
@@ -144,62 +134,3 @@ def test_aqtrack_plot_to_an_unwritable_file_says_so(tmp_path, capsys):
     assert main(["plot", str(path), "-o", str(tmp_path / "blocker" / "curves.png")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "curves.png: not writable" in err[0], err
-
-
-class RecordingTracker:
-    """Records the tags the hook queues (a NullTracker that remembers)."""
-
-    def __init__(self) -> None:
-        self.tags: dict[str, str] = {}
-
-    def set_tags(self, tags) -> None:
-        self.tags.update(tags)
-
-
-def replay(norms: list[float], tracker: RecordingTracker, start: int = 0) -> None:
-    """Feed a fresh hook (a new process) epochs start+1.. of `norms`, as the loop would."""
-    hook = gradient_alerts(tracker)
-    state = TrainState(config={}, model_spec={}, history=History())
-    for epoch, value in enumerate(norms, 1):
-        state.history.append({GRAD_NORM: value}, [])
-        state.epoch = epoch
-        if epoch > start:
-            hook(state)
-
-
-NORMS = [2.0, 12.0, 15.0, 11.0, 1.0, 0.001, 1.0, 30.0]
-
-
-def test_gradient_alerts_warn_once_per_epoch_and_tag_compact_ranges(caplog):
-    tracker = RecordingTracker()
-    with caplog.at_level(logging.WARNING, logger="aqtrack"):
-        replay(NORMS, tracker)
-
-    warned = [r.getMessage() for r in caplog.records]
-    assert len(warned) == 5
-    assert warned[0].startswith("epoch 2: grad_norm 12 is above 10: exploding gradients")
-    assert warned[3].startswith("epoch 6: grad_norm 0.001 is below 0.01: vanishing gradients")
-    assert tracker.tags == {TAG_GRAD_EXPLOSION_EPOCHS: "2-4,8", TAG_GRAD_VANISHING_EPOCHS: "6"}
-    assert compact_ranges([1, 3, 4, 5, 9]) == "1,3-5,9"
-
-
-def test_gradient_alert_tags_of_a_resumed_run_equal_an_uninterrupted_ones():
-    straight, resumed = RecordingTracker(), RecordingTracker()
-    replay(NORMS, straight)
-    replay(NORMS[:5], resumed)
-    replay(NORMS, resumed, start=5)  # a new process, from epoch 5's checkpoint
-    assert resumed.tags == straight.tags
-
-
-def test_exploding_gradients_in_real_training_are_warned_and_tagged(tiny, caplog):
-    with caplog.at_level(logging.WARNING, logger="aqtrack"):
-        result = aqtrack.train(**{**tiny, "rounds": 1, "epochs_per_round": 3, "lr": 30.0, "svm": False})
-
-    norms = result.history.metrics[GRAD_NORM]
-    exploded = [e for e, v in enumerate(norms, 1) if v > GRAD_EXPLOSION]
-    assert exploded  # lr 30 blows the first epoch's gradients up (to about 100: far past 10)
-    tags = MlflowClient().get_run(result.run_id).data.tags
-    assert tags[TAG_GRAD_EXPLOSION_EPOCHS] == compact_ranges(exploded)
-    assert [r.getMessage().split(":")[0] for r in caplog.records if "exploding" in r.getMessage()] == [
-        f"epoch {e}" for e in exploded
-    ]
