@@ -26,10 +26,12 @@ def random_lengths(n: int, low: int, high: int, seed: int) -> np.ndarray:
 
 
 def variable_length(data: ActionQualityData, low: int, seed: int = 0) -> ActionQualityData:
-    """`data` with every sequence cut to a random length in low..T, NaN after it."""
-    frames = data.x_train.shape[1]
-    return dataclasses.replace(
-        data,
-        x_train=pad_with_nan(data.x_train, random_lengths(len(data.x_train), low, frames, seed)),
-        x_val=pad_with_nan(data.x_val, random_lengths(len(data.x_val), low, frames, seed + 1)),
-    )
+    """`data` with every sequence cut to a random length in low..T, NaN after it (lengths to match)."""
+    frames = data.train.x.shape[1]
+
+    def cut(split, seed: int):
+        lengths = random_lengths(len(split), low, frames, seed)
+        return dataclasses.replace(split, x=pad_with_nan(split.x, lengths), lengths=lengths)
+
+    test = None if data.test is None else cut(data.test, seed + 2)
+    return dataclasses.replace(data, train=cut(data.train, seed), val=cut(data.val, seed + 1), test=test)

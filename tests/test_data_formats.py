@@ -263,7 +263,8 @@ def _ts_file(path: Path, seqs: list[np.ndarray], labels: list[str], equal: bool)
 
 @pytest.mark.parametrize("equal", [True, False])
 def test_ts_files_are_read_with_aeon_equal_and_unequal_length(tmp_path, equal):
-    pytest.importorskip("aeon")
+    import aeon  # noqa: F401  (in the test extra: a missing aeon fails, it never skips)
+
     seqs = [s[:3] for s in _sequences()] if equal else _sequences()
     labels = ["Walk", "Run", "Walk", "Run", "Walk", "Run"]  # aeon lowercases them; their case comes back
     data = _load(_ts_file(tmp_path / "tiny.ts", seqs, labels, equal))
@@ -277,7 +278,8 @@ def test_ts_files_are_read_with_aeon_equal_and_unequal_length(tmp_path, equal):
 
 
 def test_broken_ts_file_is_refused_in_one_line(tmp_path):
-    pytest.importorskip("aeon")
+    import aeon  # noqa: F401  (in the test extra: a missing aeon fails, it never skips)
+
     path = tmp_path / "broken.ts"
     path.write_text("@classLabel true a b\n@data\n1,2,3:4,5:a\n" + "9," * 5000 + "x:a\n")
     _assert_refused(path, "not a readable .ts file")
