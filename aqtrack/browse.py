@@ -122,6 +122,8 @@ def resumable(run, tracking_uri: str) -> str:
     epoch = tags.get(CHECKPOINT_EPOCH_TAG)
     if not epoch:
         return "no: no checkpoint"
+    if tracking.TAG_CONTINUED_IN in tags:
+        return f"no: continued in {tags[tracking.TAG_CONTINUED_IN][:8]}"
     if status == "FINISHED":
         return "finished; --rounds to extend"
     busy = tracking.held_elsewhere(run, tracking_uri)
@@ -138,6 +140,8 @@ def origin(run) -> str:
         return f"fork of {source[:8]}@{epoch}"
     if tracking.TAG_RESUMED_FROM in tags:
         return f"resumes {tags[tracking.TAG_RESUMED_FROM][:8]}"
+    if tracking.TAG_CONTINUED_IN in tags:
+        return f"continued in {tags[tracking.TAG_CONTINUED_IN][:8]}"
     return ""
 
 
@@ -160,7 +164,7 @@ def show_run(run_id: str, tail: int = 10) -> str:
     tags = [
         f"{k}={v}" for k, v in sorted(data.tags.items()) if k.startswith("aqtrack.") and k not in HIDDEN_TAGS
     ]
-    lines += _section("tags", " ".join(tags))
+    lines += ["", "tags:", *(f"  {tag}" for tag in tags)] if tags else []  # one per line: values have spaces
     lines += _section("params", " ".join(f"{k}={v}" for k, v in sorted(data.params.items())))
     lines += ["", *_history(client, run_id, tail)]
     others = " ".join(f"{k}={v:.4g}" for k, v in sorted(data.metrics.items()) if k not in METRIC_KEYS)
@@ -179,8 +183,9 @@ def show_run(run_id: str, tail: int = 10) -> str:
 def _lineage(client, run) -> list[str]:
     """The runs linked to this one: where it came from, its forks and its SVM refits."""
     tags, lines = run.data.tags, []
-    if origin(run):
-        lines.append(f"  origin: {tags.get(tracking.TAG_FORKED_FROM) or tags[tracking.TAG_RESUMED_FROM]}")
+    source = tags.get(tracking.TAG_FORKED_FROM) or tags.get(tracking.TAG_RESUMED_FROM)
+    if source:
+        lines.append(f"  origin: {'fork of' if tracking.TAG_FORKED_FROM in tags else 'resumes'} {source}")
     for key, label in ((tracking.TAG_CONTINUED_IN, "continued in"), (tracking.TAG_FORKS, "forks")):
         if key in tags:
             lines.append(f"  {label}: {tags[key].replace(',', ', ')}")
@@ -221,7 +226,16 @@ def _tree(entries: list[tuple[str, int]]) -> list[str]:
 def _section(title: str, text: str) -> list[str]:
     if not text:
         return []
-    return ["", f"{title}:", textwrap.fill(text, width=108, initial_indent="  ", subsequent_indent="  ")]
+    # Never inside a value: a run id cut in two cannot be copied.
+    wrapped = textwrap.fill(
+        text,
+        width=108,
+        initial_indent="  ",
+        subsequent_indent="  ",
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
+    return ["", f"{title}:", wrapped]
 
 
 def _epochs(done: int, total: int) -> str:

@@ -232,12 +232,17 @@ def _named(e: AqtrackError, mlproject: bool) -> str:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from aqtrack.interrupts import stop_when_launcher_dies
+    from aqtrack.interrupts import launcher_process, stop_when_gone
     from aqtrack.pipeline import train
 
     origin = {"resume", "fork", "fork_epoch", "command", "quiet", "from_mlproject"}
     settings: dict[str, Any] = {k: v for k, v in vars(args).items() if k not in origin}
-    with stop_when_launcher_dies(args.from_mlproject):
+    launcher = launcher_process() if args.from_mlproject else None
+    if launcher is not None:
+        # `mlflow run` starts this in the project's directory; relative paths (-P data=sessions.csv, the
+        # outputs folder) mean what they mean where the user typed `mlflow run`.
+        os.chdir(launcher.cwd())
+    with stop_when_gone(launcher):
         result = train(resume=args.resume, fork=args.fork, fork_epoch=args.fork_epoch, **settings)
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks for all
         return 0

@@ -89,11 +89,11 @@ LAUNCHER_POLL_S = 1.0
 
 
 @contextlib.contextmanager
-def stop_when_launcher_dies(watch: bool) -> Iterator[None]:
-    """With `watch`, for the block: once the `mlflow run` process that started this one is gone, this
-    process gets SIGTERM, so training stops as on any SIGTERM (the last complete epoch published, the
-    run marked KILLED, its lock released) instead of training on as an orphan nobody waits for."""
-    launcher = _launcher() if watch else None
+def stop_when_gone(launcher) -> Iterator[None]:
+    """For the block: once `launcher` (a psutil.Process: the `mlflow run` process that started this
+    one; None watches nothing) is gone, this process gets SIGTERM, so training stops as on any SIGTERM
+    (the last complete epoch published, the run marked KILLED, its lock released) instead of training on
+    as an orphan nobody waits for."""
     if launcher is None:
         yield
         return
@@ -114,7 +114,7 @@ def stop_when_launcher_dies(watch: bool) -> Iterator[None]:
         done.set()
 
 
-def _launcher():
+def launcher_process():
     """The nearest ancestor that is `mlflow run` (between it and us there may be a shell, e.g. conda's
     activation), else the parent process."""
     import psutil

@@ -162,6 +162,7 @@ class _Origin:
     run: Any = None  # the run whose checkpoint it starts from
     found: Found | None = None
     local_dirs: list[Path] = field(default_factory=list)  # where that run's local copies may be
+    experiment: str = ""  # the name of that run's experiment
 
     def __post_init__(self) -> None:
         # The settings the checkpoint was trained with (the training's own replace them in its state).
@@ -209,6 +210,7 @@ def _lead(world: World, request: Request, callbacks: Iterable[EpochHook]) -> Tra
         origin = _origin(client, request, early, env, held, Path(tmp))
         start = _prepare(origin, request.settings, early, world)
         opened = _open_run(client, start, env, held)
+        _record_experiment(client, opened.run_id, start)
         # The other ranks restore what this trainer holds now (for a fork: its own hyperparameters).
         shared = start.state if start.origin.kind == "new" else start.trainer.snapshot(start.state)
         world.share_plan(_Plan(opened.run_id, shared, start.source))
@@ -245,13 +247,15 @@ def _origin(client, request: Request, early: _Early, env, held: contextlib.ExitS
         run = tracking.get_run(client, request.fork, label="--fork")
         local_dirs = _local_dirs(run, request.settings)
         found = find_at_epoch(client, run.info.run_id, local_dirs, tmp, request.fork_epoch)
-        return _Origin("fork", run, found, local_dirs)
+        experiment = client.get_experiment(run.info.experiment_id).name
+        return _Origin("fork", run, found, local_dirs, experiment)
     if request.resume == AUTO:
         return _newest_unfinished(client, early.config, env, held, tmp)
     if request.resume:
         run = tracking.get_run(client, request.resume)
         # Before its checkpoint is read: a second resumer must not even download it.
         held.enter_context(run_lock(client.tracking_uri, run.info.run_id))
+        _check_not_continued(run)
         _check_experiment(client, run, request.settings, env)
         _check_not_running_elsewhere(run)
         local_dirs = _local_dirs(run, request.settings)
@@ -269,6 +273,8 @@ def _newest_unfinished(client, wanted: Config, env, held: contextlib.ExitStack, 
     for run in tracking.unfinished_runs(client, experiment_id):
         run_id = run.info.run_id
         if env is not None and run_id == env.info.run_id:
+            continue
+        if tracking.TAG_CONTINUED_IN in run.data.tags:  # its history goes on in another run
             continue
         differs = _job_differences(run, wanted)
         if differs:
@@ -313,6 +319,10 @@ def _prepare(origin: _Origin, given: dict[str, Any], early: _Early, world: World
         _say_what_is_rerun(origin.run, state.epoch)
     elif origin.kind == "fork":
         cfg = forked(Config.from_dict(state.config), given)
+        # A fork is a new run: named afresh, and in its source's experiment, unless told otherwise.
+        cfg = cfg.replace(
+            run_name=given.get("run_name", ""), experiment=given.get("experiment", origin.experiment)
+        )
         if cfg.train.total_epochs <= state.epoch:
             raise ConfigError(
                 f"--fork {origin.run.info.run_id} --fork-epoch {state.epoch}: {flag('rounds')} "
@@ -439,6 +449,17 @@ def _check_experiment(client, run, settings: dict[str, Any], env) -> None:
         )
 
 
+def _check_not_continued(run) -> None:
+    """A run continued in another run (a resume under `mlflow run`) goes on there: resuming it again
+    would grow a second, diverging history of the same training."""
+    continued = run.data.tags.get(tracking.TAG_CONTINUED_IN)
+    if continued:
+        raise ResumeError(
+            f"--resume {run.info.run_id}: the run was continued in run {continued}; resume that one, or "
+            f"fork this one (--fork {run.info.run_id} --fork-epoch N) to try something else"
+        )
+
+
 def _check_not_running_elsewhere(run) -> None:
     """The lock covers this machine (we hold it); across machines, the heartbeat decides."""
     busy = tracking.running_on_another_machine(run)
@@ -488,6 +509,15 @@ def _open_run(client, start: _Start, env, held: contextlib.ExitStack) -> _Opened
     run = tracking.create_run(client, experiment_id, name or None)
     held.enter_context(run_lock(client.tracking_uri, run.info.run_id))
     return _Opened(run.info.run_id, "" if name else _readable(cfg, run.info.run_name))
+
+
+def _record_experiment(client, run_id: str, start: _Start) -> None:
+    """The run's `experiment` setting is the experiment it is in (under `mlflow run`, MLflow chose it):
+    what its params and checkpoints say must be true."""
+    actual = client.get_experiment(client.get_run(run_id).info.experiment_id).name
+    if actual != start.config.run.experiment:
+        start.config = start.config.replace(experiment=actual)
+        start.state.config = start.config.to_dict()
 
 
 def _adopt(client, env, held: contextlib.ExitStack) -> bool:

@@ -98,7 +98,7 @@ def per_epoch_growth(client, store: str, settings: dict, args, tmp: Path) -> Non
         state = TrainState(
             config=cfg.to_dict(), model_spec=trainer.spec.to_dict(), epoch=before, history=history
         )
-        state.best_val_acc, state.best_epoch = metrics[loop.VAL_ACC], before
+        state.best_score, state.best_epoch = metrics["val_acc"], before
         run_id = client.create_run(experiment).info.run_id
         points = [Metric(k, v, 0, step) for k, vs in history.metrics.items() for step, v in enumerate(vs, 1)]
         for i in range(0, len(points), tracking.MAX_METRICS_PER_BATCH):

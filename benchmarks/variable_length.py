@@ -46,17 +46,18 @@ def both_splits(data, seed: int = 0):
     """(variable, fixed): `data` repeated along time to FRAMES frames, each sequence then cut to a
     length in SHORTEST..FRAMES (NaN after it); and the same recordings all cropped to the mean length."""
     rng = np.random.default_rng(seed)
-    long = {
-        split: np.tile(x, (1, -(-FRAMES // x.shape[1]), 1))[:, :FRAMES]
-        for split, x in (("x_train", data.x_train), ("x_val", data.x_val))
-    }
-    lengths = {split: rng.integers(SHORTEST, FRAMES + 1, len(x)) for split, x in long.items()}
+    splits = {"train": data.train, "val": data.val}
+    long = {name: np.tile(s.x, (1, -(-FRAMES // s.x.shape[1]), 1))[:, :FRAMES] for name, s in splits.items()}
+    lengths = {name: rng.integers(SHORTEST, FRAMES + 1, len(x)) for name, x in long.items()}
     mean_length = round(float(np.concatenate(list(lengths.values())).mean()))
-    cut = {split: x.copy() for split, x in long.items()}
-    for split, x in cut.items():
-        x[np.arange(FRAMES) >= lengths[split][:, None]] = np.nan
-    cropped = {split: x[:, :mean_length] for split, x in long.items()}
-    return dataclasses.replace(data, **cut), dataclasses.replace(data, **cropped)
+    cut, cropped = {}, {}
+    for name, x in long.items():
+        x = x.copy()
+        x[np.arange(FRAMES) >= lengths[name][:, None]] = np.nan
+        cut[name] = dataclasses.replace(splits[name], x=x, lengths=lengths[name])
+        fixed = np.full(len(x), mean_length)
+        cropped[name] = dataclasses.replace(splits[name], x=long[name][:, :mean_length], lengths=fixed)
+    return dataclasses.replace(data, test=None, **cut), dataclasses.replace(data, test=None, **cropped)
 
 
 def padded_fraction(loaders) -> float:
@@ -71,12 +72,12 @@ def padded_fraction(loaders) -> float:
 
 def measure(settings: dict, pairs: int) -> None:
     from aqtrack.config import Config
-    from aqtrack.data import lengths_of, load_configured
+    from aqtrack.data import load_configured
     from aqtrack.loop import build_trainer, evaluate, train_one_epoch
 
     cfg = Config.from_dict(settings)
     variable, fixed = both_splits(load_configured(cfg.data))
-    lengths = np.concatenate([lengths_of(variable.x_train), lengths_of(variable.x_val)])
+    lengths = np.concatenate([variable.train.lengths, variable.val.lengths])
     mean_length = fixed.seq_len
     cpu = torch.device("cpu")
     trainers = {"variable": build_trainer(cfg, variable, cpu), "fixed": build_trainer(cfg, fixed, cpu)}

@@ -56,7 +56,7 @@ def _state() -> TrainState:
         config=Config.from_dict({"hidden": 8, "epochs_per_round": 4}).to_dict(),
         model_spec=spec.to_dict(),
         epoch=2,
-        best_val_acc=0.5,
+        best_score=0.5,
         best_epoch=2,
         history=history,
         run_id="0123456789abcdef0123456789abcdef",
@@ -79,7 +79,7 @@ def test_save_and_load_round_trip_a_train_state(tmp_path: Path) -> None:
     for key, tensor in state.model.items():
         assert torch.equal(loaded.model[key], tensor), key
     assert loaded.history == state.history
-    assert (loaded.epoch, loaded.best_val_acc, loaded.best_epoch) == (2, 0.5, 2)
+    assert (loaded.epoch, loaded.best_score, loaded.best_val_acc, loaded.best_epoch) == (2, 0.5, 0.5, 2)
     assert loaded.round == 1
     assert loaded.run_id == state.run_id
     assert loaded.config == state.config

@@ -79,10 +79,20 @@ def test_missing_data_file_names_the_file(capsys, tiny, tmp_path):
 def test_malformed_data_file_names_file_and_problem(capsys, tiny, tmp_path):
     bad = tmp_path / "bad.npz"
     x = np.zeros((10, 20, 3), dtype=np.float32)
-    x[4, 2, 1] = np.nan
+    x[4, 2, 1] = np.inf
     np.savez(bad, X=x, y=np.arange(10) % 2)
     code, err = run_cli(capsys, "train", *flags({**tiny, "data": bad}))
-    assert_one_line_error(code, err, "bad.npz", "NaN")
+    assert_one_line_error(code, err, "bad.npz", "1 infinite value", "sample 4")
+    assert all_runs() == []
+
+
+def test_missing_values_are_refused_when_the_missing_policy_says_so(capsys, tiny, tmp_path):
+    bad = tmp_path / "lost.npz"
+    x = np.zeros((10, 20, 3), dtype=np.float32)
+    x[4, 2, 1] = np.nan  # a lost value inside a recording: filled by default, refused here
+    np.savez(bad, X=x, y=np.arange(10) % 2)
+    code, err = run_cli(capsys, "train", *flags({**tiny, "data": bad, "missing": "refuse"}))
+    assert_one_line_error(code, err, "lost.npz", "1 missing value")
     assert all_runs() == []
 
 

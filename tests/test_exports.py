@@ -143,15 +143,19 @@ def trained_like_network() -> torch.nn.Module:
     return network.eval()
 
 
-def test_train_and_validation_sets_are_the_runs_dataset_inputs_logged_once(tiny):
+def test_train_validation_and_test_sets_are_the_runs_dataset_inputs_logged_once(tiny):
     first = aqtrack.train(**{**tiny, "rounds": 1})
     aqtrack.train(resume=first.run_id, rounds=2)
 
     inputs = MlflowClient().get_run(first.run_id).inputs.dataset_inputs
     by_name = {d.dataset.name: d for d in inputs}
-    assert sorted(by_name) == ["synthetic-train", "synthetic-val"]  # not again on resume
+    assert sorted(by_name) == ["synthetic-test", "synthetic-train", "synthetic-val"]  # not again on resume
     contexts = {name: {t.key: t.value for t in d.tags}["mlflow.data.context"] for name, d in by_name.items()}
-    assert contexts == {"synthetic-train": "training", "synthetic-val": "validation"}
+    assert contexts == {
+        "synthetic-train": "training",
+        "synthetic-val": "validation",
+        "synthetic-test": "testing",
+    }
     train = by_name["synthetic-train"].dataset
     assert '"seed": 0' in train.source and '"samples": 64' in train.source
     assert '"features_shape": [64, 100, 8]' in train.profile and train.digest

@@ -23,7 +23,8 @@ TINY_FLAGS = [
 ]  # fmt: skip
 EPOCH_LINE = re.compile(
     r"^epoch=(\d+)/4 round=(\d)/2 round_epoch=(\d)/2 train_loss=\d\.\d{4} train_acc=\d\.\d{4} "
-    r"val_loss=\d\.\d{4} val_acc=\d\.\d{4} lr=\d\.\d{3}e-\d\d grad_norm=\d+\.\d{4}$",
+    r"val_loss=\d\.\d{4} val_acc=\d\.\d{4} val_balanced_acc=\d\.\d{4} val_f1_macro=\d\.\d{4} "
+    r"lr=\d\.\d{3}e-\d\d grad_norm=\d+\.\d{4}$",
     re.MULTILINE,
 )
 BAR = re.compile(
