@@ -160,7 +160,7 @@ def run_scorer(client, run_id: str, tmp: Path) -> Scorer:
         best = find_best(client, run_id, None, tmp, label="predict")
     except ResumeError as e:
         why = str(e) if len(str(e)) <= 160 else str(e)[:157] + "..."
-        raise ResumeError(f"{why}; score another run, or its registered model (models:/NAME/VERSION)") from e
+        raise ResumeError(f"{why}; score another run (`aqtrack runs` lists them)") from e
     stats_file = tracking.download_artifact(client, run_id, tracking.DATASET_STATS_ARTIFACT, tmp)
     stats = json.loads(stats_file.read_text()) if stats_file is not None else {}
     class_names = tuple(best.state.class_names or stats.get("class_names") or ())
