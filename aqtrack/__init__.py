@@ -4,6 +4,7 @@ import aqtrack
 result = aqtrack.train(rounds=1, epochs_per_round=20)
 aqtrack.train(resume=result.run_id, rounds=2)
 aqtrack.train(fork=result.run_id, fork_epoch=10, lr=5e-4)  # a new run from epoch 10, lower lr
+table = aqtrack.predict(result.run_id, "new_recordings.csv")  # a DataFrame: predicted, p_<class>...
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
     from aqtrack.pipeline import TrainResult
     from aqtrack.svm import SvmResult
 
-__all__ = ["fit_svm", "plot_curves", "rebuild_report", "runs_table", "show_run", "train"]
+__all__ = ["fit_svm", "plot_curves", "predict", "rebuild_report", "runs_table", "show_run", "train"]
 
 
 def train(resume: str | None = None, **settings: Any) -> TrainResult:
@@ -60,3 +61,13 @@ def plot_curves(source) -> Figure:
     from aqtrack.finish import plot_curves as _plot_curves
 
     return _plot_curves(source)
+
+
+def predict(source: str, path, output=None) -> pd.DataFrame:
+    """See `aqtrack.predictions.predict`: score the recordings in `path` (.csv, .parquet, .npz, .ts;
+    labels optional) with a run id's best checkpoint or a `models:/NAME/VERSION` network. One row per
+    recording: sample_id, its per-sample columns, label (if any), predicted, p_<class> per class. With
+    `output`, also written there as CSV."""
+    from aqtrack.predictions import predict as _predict
+
+    return _predict(source, path, output)

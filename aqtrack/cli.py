@@ -6,6 +6,7 @@ aqtrack runs [--experiment NAME | --all]
 aqtrack show RUN_ID [--tail N]
 aqtrack svm RUN_ID [--svm-c C] [--svm-kernel K]
 aqtrack plot RUN_ID|experiment_report.json [-o curves.png]
+aqtrack predict RUN_ID|models:/NAME/VERSION FILE [-o predictions.csv]
 """
 
 from __future__ import annotations
@@ -120,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--tail", type=int, default=10, metavar="N", help="epochs of metrics to show (default 10)"
     )
     _add_svm_and_plot(commands)
+    _add_predict(commands)
     return parser
 
 
@@ -133,6 +135,27 @@ def _add_svm_and_plot(commands) -> None:
     plot = commands.add_parser("plot", help="draw the training curves of a run or an experiment_report.json")
     plot.add_argument("source", metavar="SOURCE", help="a run id or the path of an experiment_report.json")
     plot.add_argument("-o", "--output", type=Path, default=Path(CURVES_PNG), help="the PNG file to write")
+
+
+def _add_predict(commands) -> None:
+    predict = commands.add_parser(
+        "predict", help="score recordings with a run's best network or a registered model, as a CSV"
+    )
+    predict.add_argument(
+        "source",
+        metavar="SOURCE",
+        help="a training run id, models:/NAME/VERSION, models:/NAME@ALIAS or runs:/RUN_ID/model",
+    )
+    predict.add_argument(
+        "file", metavar="FILE", type=Path, help="recordings: .csv, .parquet, .npz or .ts; labels optional"
+    )
+    predict.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=None,
+        help="write the predictions CSV here (default: stdout; the scores, with labels, go to stderr)",
+    )
 
 
 def _add_settings(parser: argparse.ArgumentParser) -> None:
@@ -183,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             "show": _show,
             "svm": _svm,
             "plot": _plot,
+            "predict": _predict,
         }
         return commands[args.command](args)
     except AqtrackError as e:
@@ -298,6 +322,28 @@ def _plot(args: argparse.Namespace) -> int:
         print(save_png(figure, args.output))
     except OSError as e:
         raise ConfigError(f"-o {args.output}: not writable ({e.strerror or e}); choose another file") from e
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from aqtrack.predictions import score
+
+    result = score(args.source, args.file, args.output)
+    if args.output is not None:
+        print(result.summary(args.output))
+        if result.scores():
+            print(result.scores())
+        return 0
+    # The CSV alone on stdout, so it can be piped; what a person reads goes to stderr.
+    try:
+        result.table.to_csv(sys.stdout, index=False)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `| head`: the reader is gone; stdout to devnull so exiting cannot fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    _say(result.summary(None))
+    if result.scores():
+        _say(result.scores())
     return 0
 
 

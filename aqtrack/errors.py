@@ -26,6 +26,10 @@ class ResumeError(AqtrackError):
     """A run cannot be resumed (unknown id, no checkpoint, incompatible checkpoint)."""
 
 
+class ModelError(AqtrackError):
+    """A logged or registered model cannot be used: unknown, not made by aqtrack, or unreadable."""
+
+
 class TrackingError(AqtrackError):
     """The tracking server or store cannot be used."""
 

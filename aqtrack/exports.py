@@ -10,9 +10,12 @@ logged twice.
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import sys
 import warnings
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -21,7 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from aqtrack.config import MISSING_POLICIES
 from aqtrack.data import SYNTHETIC, ActionQualityData
+from aqtrack.errors import ModelError
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -39,7 +44,8 @@ TEST_CONFUSION_ARTIFACT = f"{PLOTS_DIR}/test_confusion_matrix.png"
 TEST_DIR = "test"
 PER_CLASS_ARTIFACT = f"{TEST_DIR}/per_class_metrics.json"  # precision, recall, F1, support per class
 TAG_BEST_EPOCH = "aqtrack.best_epoch"  # on a LoggedModel: the best checkpoint it was made from
-# pt2 (torch.export) rather than pickle: loading it runs no pickled code and needs no aqtrack installed.
+# pt2 (torch.export) rather than pickle: the archive holds the weights as raw bytes, so aqtrack reads them
+# without unpickling anything (`read_pt2_weights`); other readers need no aqtrack installed.
 NETWORK_FORMAT = "pt2"
 NETWORK_INPUT = (
     "float32 [B, T, C] raw joint angles, any B and T; a sequence shorter than T ends in NaN frames "
@@ -123,6 +129,22 @@ class NetworkInfo:
             "missing": self.missing,
         }
 
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, Any] | None) -> NetworkInfo | None:
+        """What `metadata()` wrote, or None when any of it is absent or malformed (not aqtrack's)."""
+        metadata = metadata or {}
+        classes, channels = metadata.get("class_names"), metadata.get("channel_names")
+        missing = metadata.get("missing")
+        if not (
+            _strings(classes) and len(classes) >= 2 and _strings(channels) and missing in MISSING_POLICIES
+        ):
+            return None
+        return cls(tuple(classes), tuple(channels), missing)
+
+
+def _strings(values: Any) -> bool:
+    return isinstance(values, list) and bool(values) and all(isinstance(v, str) for v in values)
+
 
 def log_network(
     client: MlflowClient,
@@ -172,6 +194,167 @@ def log_network(
         )
 
     return _log_model(client, run_id, NETWORK_MODEL, tags, log)
+
+
+@dataclass(frozen=True)
+class LoggedNetwork:
+    """A network aqtrack logged, read back: the network (eval mode), what it was trained on, and where
+    it comes from (its run, the best epoch it was made from; None when the model does not say)."""
+
+    network: Any  # aqtrack.model.ActionQualityNet
+    about: NetworkInfo
+    run_id: str
+    best_epoch: int | None
+
+
+def load_logged_network(client: MlflowClient, uri: str, tmp: Path) -> LoggedNetwork:
+    """The network of a `models:/NAME/VERSION`, `models:/NAME@ALIAS` or `runs:/RUN_ID/model` URI,
+    downloaded into `tmp` (read only: nothing is written to the tracking store). Only a network aqtrack
+    logged is accepted: its MLflow metadata must hold class_names, channel_names and missing, and its
+    pt2 archive the weights of aqtrack's network, which are read without loading the program
+    (`read_pt2_weights`). Raises ModelError, one line, for anything else."""
+    import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
+    from mlflow.models import Model
+
+    from aqtrack.model import network_from_state_dict
+
+    try:
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=uri, dst_path=str(tmp), tracking_uri=client.tracking_uri
+            )
+        )
+        model = Model.load(str(local))  # the MLmodel file, read with yaml.safe_load
+    except (MlflowException, OSError) as e:
+        raise ModelError(
+            f"{uri}: not found in {client.tracking_uri} ({_first_line(e)[:90]}); check the model's name "
+            "and version (or alias), or pass a training run id"
+        ) from e
+    about = NetworkInfo.from_metadata(model.metadata)
+    if about is None:
+        raise ModelError(
+            f"{uri}: not a network logged by aqtrack (its MLflow metadata lacks class_names, "
+            "channel_names or missing); score a model `aqtrack train --register NAME` made, or a run id"
+        )
+    archive = local / "data" / "model.pt2"  # where mlflow.pytorch puts a pt2 network
+    if "pytorch" not in model.flavors or not archive.is_file():
+        raise ModelError(f"{uri}: holds no pt2 network (data/model.pt2); score a model aqtrack logged")
+    try:
+        network = network_from_state_dict(_unwrapped(read_pt2_weights(archive)))
+    except ValueError as e:
+        raise ModelError(
+            f"{uri}: its weights do not fit this aqtrack's network ({_first_line(e)[:120]}); score it with "
+            "the aqtrack version that logged it, or score its run id"
+        ) from e
+    spec = network.spec
+    if (spec.num_classes, spec.in_channels) != (len(about.class_names), len(about.channel_names)):
+        raise ModelError(
+            f"{uri}: its network has {spec.num_classes} classes and {spec.in_channels} channels, its "
+            f"metadata names {len(about.class_names)} and {len(about.channel_names)}; it is damaged"
+        )
+    return LoggedNetwork(network, about, model.run_id or "?", _best_epoch(client, model))
+
+
+def _unwrapped(weights: dict[str, Any]) -> dict[str, Any]:
+    """NanPaddedNet's state dict -> the ActionQualityNet's inside it (keys without `network.`)."""
+    prefix = "network."
+    stray = [k for k in weights if not k.startswith(prefix)]
+    if stray:
+        raise ValueError(f"unexpected weight {stray[0][:40]!r}")
+    return {k.removeprefix(prefix): v for k, v in weights.items()}
+
+
+def _best_epoch(client: MlflowClient, model: Any) -> int | None:
+    """The best epoch the logged model was made from (its tag), or None when it does not say."""
+    from mlflow.exceptions import MlflowException
+
+    model_id = getattr(model, "model_id", None)
+    if not model_id:
+        return None
+    try:
+        tag = client.get_logged_model(model_id).tags.get(TAG_BEST_EPOCH, "")
+    except MlflowException:
+        return None
+    return int(tag) if tag.isdigit() else None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+# Reading the pt2 archive ourselves. `mlflow.pytorch.load_model` loads a pt2 network with
+# `torch.export.load` (mlflow/pytorch/__init__.py, `_load_model`; mlflow 3.17.2, torch 2.13.0), which can
+# run code from the file:
+# - pickles: weights and tensor constants marked `use_pickle` are read with torch.load(weights_only=False),
+#   custom and opaque constants with torch._C._pickle_load_obj / pickle.loads
+#   (torch/export/pt2_archive/_package.py: `_load_state_dict`, `_load_constants`), and the sample inputs
+#   fall back to weights_only=False when the safe load fails
+#   (torch/_export/serde/serialize.py: `deserialize_torch_artifact`);
+# - no pickle needed: every symbolic size in the graph's JSON goes through `sympy.sympify`, which evals
+#   it (serialize.py: `GraphModuleDeserializer._parse_sym_expr`), and a node target "torch.<path>" is
+#   resolved by getattr from the torch module (`deserialize_operator`), so torch.os.system is reachable.
+# MLflow guards only the pickles (`_validate_pt2_archive_is_pickle_free`, which accepts any JSON record),
+# and not at all when MLFLOW_ALLOW_PICKLE_DESERIALIZATION is set. A pickle-free archive whose JSON holds
+# a crafted size expression ran its code on both torch.export.load and mlflow.pytorch.load_model (tried
+# with this aqtrack's own exported network). So the program is never loaded here: the network is
+# aqtrack's own class, and only the weights are taken from the archive, as raw little-endian bytes that
+# its JSON weights config describes. A weight stored any other way is refused.
+PT2_WEIGHTS_CONFIG = "data/weights/model_weights_config.json"  # under the archive's top folder
+PT2_DTYPES = {7: "float32", 5: "int64"}  # torch._export.serde.schema.ScalarType: all an aqtrack net holds
+_PT2_WEIGHT_FILE = re.compile(r"weight_\d+")
+
+
+def read_pt2_weights(path: Path) -> dict[str, Any]:
+    """The weights (parameters and buffers) of the program in a torch.export archive, by name, as CPU
+    tensors. Nothing in the file is unpickled, evaluated or run: a JSON config and raw bytes are read.
+    Raises ValueError (one line) for an archive that stores them any other way, or is not one."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            configs = [n for n in names if n.endswith("/" + PT2_WEIGHTS_CONFIG)]
+            if len(configs) != 1:
+                raise ValueError(f"{len(configs)} weights configs ({PT2_WEIGHTS_CONFIG}), expected 1")
+            top = configs[0][: -len(PT2_WEIGHTS_CONFIG)]  # "model/"
+            byteorder = archive.read(top + "byteorder").decode() if top + "byteorder" in names else "little"
+            if byteorder.strip() != "little" or sys.byteorder != "little":
+                raise ValueError(
+                    f"weights stored {byteorder.strip()!r}-endian on a {sys.byteorder}-endian machine"
+                )
+            entries = json.loads(archive.read(configs[0]))["config"]
+            folder = top + PT2_WEIGHTS_CONFIG.rpartition("/")[0] + "/"
+            return {name: _raw_tensor(archive, folder, name, entry) for name, entry in entries.items()}
+    except (OSError, zipfile.BadZipFile, KeyError, TypeError, AttributeError, json.JSONDecodeError) as e:
+        raise ValueError(f"not a readable pt2 archive ({type(e).__name__}: {_first_line(e)[:80]})") from e
+
+
+def _raw_tensor(archive: zipfile.ZipFile, folder: str, name: str, entry: dict[str, Any]) -> Any:
+    """One weight: the raw bytes of `folder/<path_name>` viewed as its config says (dtype, sizes,
+    strides, storage offset), copied."""
+    import torch
+
+    meta = entry["tensor_meta"]
+    if entry.get("use_pickle") is not False or not _PT2_WEIGHT_FILE.fullmatch(str(entry["path_name"])):
+        raise ValueError(f"weight {name[:40]!r} is not stored as raw bytes")
+    if meta["dtype"] not in PT2_DTYPES:
+        raise ValueError(f"weight {name[:40]!r} has dtype code {meta['dtype']!r}, not float32 or int64")
+    dtype = getattr(torch, PT2_DTYPES[meta["dtype"]])
+    sizes, strides = [_as_int(v) for v in meta["sizes"]], [_as_int(v) for v in meta["strides"]]
+    data = bytearray(archive.read(folder + entry["path_name"]))  # writable: torch.frombuffer wants it so
+    flat = torch.frombuffer(data, dtype=dtype) if data else torch.empty(0, dtype=dtype)
+    try:  # as_strided checks the view against the storage's size
+        return torch.as_strided(flat, sizes, strides, _as_int(meta["storage_offset"])).clone()
+    except RuntimeError as e:
+        raise ValueError(f"weight {name[:40]!r} does not fit its bytes") from e
+
+
+def _as_int(value: dict[str, Any]) -> int:
+    """A static size ({"as_int": n}); a symbolic one ({"as_expr": ...}) is never evaluated."""
+    number = value["as_int"]
+    if type(number) is not int:
+        raise TypeError(f"size {number!r} is not an integer")
+    return number
 
 
 def _mixed_lengths(example: np.ndarray) -> np.ndarray:

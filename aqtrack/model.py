@@ -201,6 +201,24 @@ def build_model(spec: ModelSpec) -> ActionQualityNet:
     return ActionQualityNet(spec)
 
 
+def network_from_state_dict(state: dict[str, torch.Tensor]) -> ActionQualityNet:
+    """The network (eval mode) holding `state`, an `ActionQualityNet.state_dict()`, its spec read from
+    the weights' shapes (dropout, which does nothing in eval mode, as 0). Raises ValueError when the
+    keys or shapes are not this network's."""
+    try:
+        hidden, in_channels, _ = state["encoder.0.0.weight"].shape  # [H, C, kernel]
+        num_classes = state["head.1.weight"].shape[0]  # [K, 2H]
+    except (KeyError, ValueError, AttributeError) as e:
+        raise ValueError(f"not an ActionQualityNet state dict ({type(e).__name__}: {e})") from e
+    network = build_model(ModelSpec(in_channels, num_classes, hidden, dropout=0.0))
+    try:
+        network.load_state_dict(state)  # strict: every key, every shape
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        raise ValueError(" ".join(first[:2])[:160]) from e
+    return network.eval()
+
+
 @torch.inference_mode()
 def embed(
     model: ActionQualityNet, x: np.ndarray, lengths: np.ndarray | None = None, batch_size: int = 256

@@ -302,7 +302,10 @@ def get_run(client: MlflowClient, run_id: str, label: str = "--resume"):
     try:
         run = client.get_run(run_id)
     except MlflowException as e:
-        raise ResumeError(f"{label} {run_id}: no such run in {client.tracking_uri}: {_first_line(e)}") from e
+        raise ResumeError(
+            f"{label} {run_id}: no such run in {client.tracking_uri}: {_first_line(e)}; "
+            "check the run id (`aqtrack runs --all`) and MLFLOW_TRACKING_URI"
+        ) from e
     if run.info.lifecycle_stage == "deleted":
         raise ResumeError(
             f"{label} {run_id}: the run is deleted; "

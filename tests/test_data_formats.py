@@ -4,6 +4,7 @@ class names, per-sample metadata, aeon .ts files, and one-line refusals of files
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import pandas as pd
 import pytest
 
 from aqtrack.data import pad_sequences
-from aqtrack.data.files import load_file
+from aqtrack.data.files import load_file, read_recordings
 from aqtrack.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -241,7 +242,9 @@ def test_npz_channel_names_name_the_channels(tmp_path):
 # --- aeon .ts -------------------------------------------------------------------------------------------
 
 
-def _ts_file(path: Path, seqs: list[np.ndarray], labels: list[str], equal: bool) -> Path:
+def _ts_file(path: Path, seqs: list[np.ndarray], labels: list[str] | None, equal: bool) -> Path:
+    """A .ts file of `seqs`; labels None: `@classLabel false` (recordings to score)."""
+    classes = "false" if labels is None else f"true {' '.join(dict.fromkeys(labels))}"
     header = [
         "@problemName tiny",
         "@timeStamps false",
@@ -250,12 +253,13 @@ def _ts_file(path: Path, seqs: list[np.ndarray], labels: list[str], equal: bool)
         f"@dimensions {seqs[0].shape[1]}",
         f"@equalLength {'true' if equal else 'false'}",
         *([f"@seriesLength {len(seqs[0])}"] if equal else []),
-        f"@classLabel true {' '.join(dict.fromkeys(labels))}",
+        f"@classLabel {classes}",
         "@data",
     ]
     lines = [
-        ":".join(",".join(f"{v:.6f}" for v in s[:, j]) for j in range(s.shape[1])) + f":{lab}"
-        for s, lab in zip(seqs, labels, strict=True)
+        ":".join(",".join(f"{v:.6f}" for v in s[:, j]) for j in range(s.shape[1]))
+        + ("" if lab is None else f":{lab}")
+        for s, lab in zip(seqs, labels or [None] * len(seqs), strict=True)
     ]
     path.write_text("\n".join(header + lines) + "\n")
     return path
@@ -358,3 +362,105 @@ def test_many_problems_are_reported_together_and_kept_short(tmp_path):
     table.to_csv(tmp_path / "data.csv", index=False)
     message = _assert_refused(tmp_path / "data.csv", "infinite value(s)")
     assert "negative label(s)" in message
+
+
+# --- recordings to score (read_recordings) -------------------------------------------------------------
+
+RUN = {"channel_names": ("0", "1"), "class_names": ("walk", "run"), "missing": "interpolate"}
+
+
+def _write(table: pd.DataFrame, path: Path) -> Path:
+    table.to_csv(path, index=False) if path.suffix == ".csv" else table.to_parquet(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet", ".npz", ".ts"])
+def test_recordings_to_score_need_no_labels_in_any_format(tmp_path, suffix):
+    seqs, path = _sequences(), tmp_path / f"new{suffix}"
+    if suffix == ".npz":
+        np.savez(path, X=pad_sequences(seqs)[0])
+    elif suffix == ".ts":
+        pytest.importorskip("aeon")
+        _ts_file(path, seqs, None, equal=False)
+    else:
+        _write(_long_table(seqs).drop(columns="label"), path)
+
+    recordings = read_recordings(path, **RUN)
+
+    assert recordings.y is None and len(recordings) == len(seqs)
+    np.testing.assert_allclose(recordings.x, pad_sequences(seqs)[0], atol=1e-6, equal_nan=True)
+    np.testing.assert_array_equal(recordings.lengths, LENGTHS)
+    expected_ids = (
+        [f"s{i}" for i in range(6)] if suffix in (".csv", ".parquet") else [str(i) for i in range(6)]
+    )
+    assert recordings.sample_ids.tolist() == expected_ids
+
+
+def test_recordings_labels_name_or_index_the_runs_classes(tmp_path):
+    by_name = _write(_long_table(_sequences(), labels=["run", "walk"] * 3), tmp_path / "names.csv")
+    assert read_recordings(by_name, **RUN).y.tolist() == [1, 0] * 3  # the run's order, not sorted
+    by_index = _write(_long_table(_sequences(), labels=(1, 0) * 3), tmp_path / "indices.csv")
+    assert read_recordings(by_index, **RUN).y.tolist() == [1, 0] * 3
+    np.savez(tmp_path / "named.npz", X=pad_sequences(_sequences())[0], y=[0] * 6, class_names=["run", "x"])
+    assert read_recordings(tmp_path / "named.npz", **RUN).y.tolist() == [1] * 6  # the file's names
+
+
+@pytest.mark.parametrize(
+    ("labels", "expected"),
+    [
+        (["walk", "jog"] * 3, "label(s) 'jog' are not classes of the run ('walk', 'run')"),
+        ((0, 2) * 3, "label 2 (sample_id 's1') is out of range for the run's 2 classes ('walk', 'run')"),
+    ],
+)
+def test_recordings_with_a_label_the_run_does_not_know_are_refused_naming_it(tmp_path, labels, expected):
+    path = _write(_long_table(_sequences(), labels=labels), tmp_path / "new.csv")
+    with pytest.raises(DataError) as info:
+        read_recordings(path, **RUN)
+    message = str(info.value)
+    assert message.startswith(f"{path}: ") and expected in message and len(message) < 300, message
+
+
+def test_recordings_channels_are_put_in_the_runs_order_by_name(tmp_path):
+    table = _long_table(_sequences()).rename(columns={"ch_0": "ch_knee", "ch_1": "ch_hip"})
+    path = _write(table, tmp_path / "new.csv")  # columns: knee, hip
+
+    recordings = read_recordings(path, **{**RUN, "channel_names": ("hip", "knee")})
+
+    np.testing.assert_array_equal(recordings.x, pad_sequences(_sequences())[0][:, :, ::-1])
+    assert "channels put in the run's order" in recordings.notes
+
+
+@pytest.mark.parametrize(
+    ("run_channels", "expected"),
+    [
+        (("0", "1", "2"), "channel columns do not match the run's; rename or drop them: missing 'ch_2'"),
+        (("0", "9"), "missing 'ch_9'; not the run's 'ch_1'"),
+        (("ch_0", "ch_1", "ch_2"), "has 2 channel(s), the run was trained on 3"),  # an unnamed run: count
+    ],
+)
+def test_recordings_whose_channels_are_not_the_runs_are_refused_naming_them(tmp_path, run_channels, expected):
+    path = _write(_long_table(_sequences()), tmp_path / "new.csv")
+    with pytest.raises(DataError, match=re.escape(expected)):
+        read_recordings(path, **{**RUN, "channel_names": run_channels, "class_names": ("class_0", "class_1")})
+
+
+def test_recordings_missing_values_follow_the_runs_policy(tmp_path):
+    table = _long_table(_sequences())
+    table.loc[(table["sample_id"] == "s1") & (table["frame"] == 3), "ch_0"] = np.nan
+    path = _write(table.drop(columns="label"), tmp_path / "new.csv")
+
+    recordings = read_recordings(path, **RUN)
+    assert recordings.filled == 1 and recordings.x[1, 3, 0] == pytest.approx(103.0)  # between 102 and 104
+    with pytest.raises(DataError, match=r"missing value\(s\).*\(--missing refuse\): fill them in the file"):
+        read_recordings(path, **{**RUN, "missing": "refuse"})
+
+
+def test_recordings_keep_subject_split_and_other_per_sample_columns(tmp_path):
+    table = _long_table(_sequences())
+    number = table["sample_id"].str[1:].astype(int)
+    table["subject"], table["side"] = "p" + (number // 2).astype(str), np.where(number % 2, "R", "L")
+    table["split"] = "test"  # means nothing when scoring: kept as it is
+    recordings = read_recordings(_write(table, tmp_path / "new.csv"), **RUN)
+    assert recordings.subjects.tolist() == ["p0", "p0", "p1", "p1", "p2", "p2"]
+    assert recordings.metadata["side"].tolist() == ["L", "R"] * 3
+    assert recordings.metadata["split"].tolist() == ["test"] * 6

@@ -9,12 +9,16 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
+import zipfile
 from pathlib import Path
 
+import mlflow.artifacts
 import mlflow.models
 import mlflow.pyfunc
 import mlflow.pytorch
 import numpy as np
+import pytest
 import torch
 from mlflow import MlflowClient
 from mlflow.pyfunc.scoring_server import infer_and_parse_data
@@ -30,7 +34,9 @@ from aqtrack.exports import (
     SVM_MODEL,
     TAG_BEST_EPOCH,
     NetworkInfo,
+    load_logged_network,
     log_network,
+    read_pt2_weights,
 )
 from aqtrack.metrics import SVM_VAL_ACC, SVM_VAL_F1
 from aqtrack.model import ModelSpec, NanPaddedNet, build_model
@@ -141,6 +147,72 @@ def trained_like_network() -> torch.nn.Module:
             elif name.endswith("running_var"):
                 buffer.uniform_(0.5, 2.0)
     return network.eval()
+
+
+def _logged(tmp_path: Path) -> tuple[torch.nn.Module, str, Path]:
+    """A trained-like network logged as an MLflow model: (network, its models:/ URI, its pt2 archive)."""
+    network = trained_like_network()
+    example = load_data("synthetic", n_train=4, n_val=4, val_fraction=0.2, seed=0).x_val[:2]
+    client = MlflowClient()
+    run_id = client.create_run(client.create_experiment("export")).info.run_id
+    about = NetworkInfo(
+        ("good", "shallow", "asym", "valgus"), tuple(f"angle_{i}" for i in range(8)), "refuse"
+    )
+    model_id = log_network(client, run_id, network, example, tags={TAG_BEST_EPOCH: "7"}, about=about)
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{model_id}", dst_path=str(tmp_path / "dl")))
+    return network, f"models:/{model_id}", local / "data" / "model.pt2"
+
+
+def _rewritten(archive: Path, out: Path, change) -> Path:
+    """A copy of the pt2 `archive` with each member's bytes passed through change(name, bytes)."""
+    with zipfile.ZipFile(archive) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, change(info.filename, src.read(info.filename)))
+    return out
+
+
+def test_a_logged_network_is_rebuilt_from_its_weights_alone_and_scores_like_it(tmp_path):
+    network, uri, _ = _logged(tmp_path)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        logged = load_logged_network(MlflowClient(), uri, Path(tmp))
+
+    assert (
+        logged.about.class_names == ("good", "shallow", "asym", "valgus") and logged.about.missing == "refuse"
+    )
+    assert logged.best_epoch == 7
+    x = pad_with_nan(
+        np.random.default_rng(0).normal(size=(4, 60, 8)).astype(np.float32), np.array([60, 9, 33, 2])
+    )
+    with torch.no_grad():
+        expected = NanPaddedNet(network)(torch.from_numpy(x)).numpy()
+        rebuilt = NanPaddedNet(logged.network)(torch.from_numpy(x)).numpy()
+    np.testing.assert_array_equal(rebuilt, expected)
+
+
+def test_reading_the_weights_never_runs_the_archives_graph_nor_unpickles(tmp_path):
+    _, _, archive = _logged(tmp_path)
+    marker = tmp_path / "ran"
+    # torch.export.load passes each symbolic size to sympy.sympify, which evals it: this one writes a file.
+    evil_size = f"Integer(len(open({str(marker)!r}, 'w').write('x') * 'a'))"
+
+    def code_in_graph(name: str, data: bytes) -> bytes:
+        if not name.endswith("models/model.json"):
+            return data
+        return data.replace(b'"expr_str": "', b'"expr_str": "' + evil_size.encode() + b" + ", 1)
+
+    weights = read_pt2_weights(_rewritten(archive, tmp_path / "graph.pt2", code_in_graph))
+    assert len(weights) == 25 and not marker.exists()
+
+    def pickled_weight(name: str, data: bytes) -> bytes:
+        return (
+            data.replace(b'"use_pickle": false', b'"use_pickle": true', 1)
+            if name.endswith("config.json")
+            else data
+        )
+
+    with pytest.raises(ValueError, match="is not stored as raw bytes"):
+        read_pt2_weights(_rewritten(archive, tmp_path / "pickled.pt2", pickled_weight))
 
 
 def test_train_validation_and_test_sets_are_the_runs_dataset_inputs_logged_once(tiny):

@@ -56,6 +56,12 @@ Splits: a `split` column/array is used as given ('test' optional: without it the
     subject is in two splits. A class with fewer than 3 samples (or data with fewer than 3 subjects) gets
     no test samples; this is noted. Every class needs a training sample.
 
+Recordings to score (`read_recordings`, what `aqtrack predict` reads): the same formats and checks, any
+    length, no splits. Labels are optional (a table without `label`, an .npz without `y`, a .ts with
+    `@classLabel false`); present, they must name the run's classes (integers: index them). Channels
+    must be the run's: by name where the file names them (ch_<name> columns, .npz channel_names; put in
+    the run's order), by count otherwise. The run's missing-value policy applies, as in training.
+
 Every problem is a one-line `DataError` naming the file, the problem and the fix; several problems found
 together are reported together. Nothing read from the file is echoed beyond a few short names.
 """
@@ -66,6 +72,7 @@ import logging
 import re
 import zipfile
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
@@ -88,7 +95,9 @@ MAX_MESSAGE = 300  # characters of a DataError, file name included
 _SHOW = 5  # how many offending values/samples a message lists before "..."
 _NAME = 24  # longest name (column, label, id) echoed from a file
 
+SUFFIXES = (".csv", ".parquet", ".npz", ".ts")
 _NPZ_HINT = "save X float [N, T, C] and y [N] with numpy.savez"
+_NAMES_FIX = "use labels 0..len(class_names)-1 or add the missing names"
 _TABLE_HINT = "expected a header row, then one row per frame: sample_id, frame, label, ch_<name>..."
 
 
@@ -97,7 +106,7 @@ class _Raw:
     """What a reader found, before validation. `x` float32 [N, T, C] NaN-padded once checked."""
 
     x: np.ndarray
-    y: np.ndarray
+    y: np.ndarray | None  # None: the file has no labels (allowed when reading recordings to score)
     lengths: np.ndarray | None = None  # None: trailing all-NaN frames are padding
     split: np.ndarray | None = None
     subjects: np.ndarray | None = None
@@ -117,6 +126,145 @@ class _Clean:
     channel_names: tuple[str, ...]
     filled: int
     notes: list[str]
+
+
+@dataclass(frozen=True)
+class Recordings:
+    """Recordings to score with a trained network (`read_recordings`): no splits, labels optional,
+    channels in the run's order, missing values filled (or refused) by the run's policy."""
+
+    x: np.ndarray  # float32 [N, T_max, C]: NaN after each sample's real length, never inside it
+    lengths: np.ndarray  # int64 [N], real frames of each sample (>= 2)
+    sample_ids: np.ndarray  # [N] str: tables in sample_id order; .npz / .ts in file order ("0", "1"...)
+    subjects: np.ndarray | None  # [N] str, or None when the file has no subjects
+    metadata: dict[str, np.ndarray]  # other per-sample columns (side, session, split...), each [N]
+    y: np.ndarray | None  # int64 [N], indices into the run's class names; None: the file has no labels
+    filled: int  # missing values the run's policy filled
+    notes: tuple[str, ...]  # what the reader decided on the user's behalf, one line each
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+
+def read_recordings(
+    path: Path | str, *, channel_names: Sequence[str], class_names: Sequence[str], missing: str
+) -> Recordings:
+    """Read recordings to score with a trained run: any format and length `load_file` reads, with or
+    without labels (a table without `label`, an .npz without `y`, a .ts with `@classLabel false`).
+    `channel_names`, `class_names` and `missing` are the run's; the checks and messages are training's.
+
+    Channels: a file that names them (a table's ch_<name> columns, an .npz's channel_names) must hold
+    exactly the run's, in any order (they are put in the run's order); a file that does not (.npz
+    without channel_names, .ts), or a run trained on unnamed channels, must hold as many. Labels, when
+    present: strings (and integers an .npz names with class_names) must be the run's class names; other
+    integers index them. Missing values are filled or refused as `missing` says, as in training. A
+    `split` is kept as metadata. Raises DataError: one line naming the file, the problem and the fix.
+    """
+    if missing not in MISSING_POLICIES:
+        raise ValueError(f"missing must be one of {', '.join(MISSING_POLICIES)}, got {missing!r}")
+    path = check_file(path)
+    channel_names, class_names = tuple(channel_names), tuple(class_names)
+    raw = _read(path, labels_required=False)
+    _split_as_metadata(raw)
+    x, lengths = _checked(path, raw)
+    x = _in_run_order(path, x, raw, channel_names)
+    y = None if raw.y is None else _run_classes(path, raw, class_names)
+    notes = list(raw.notes)
+    refuse_fix = "the run was trained with missing values refused (--missing refuse): fill them in the file"
+    x, filled = _filled(path, x, lengths, missing, raw.sample_ids, channel_names, notes, refuse_fix)
+    n = len(x)
+    sample_ids = raw.sample_ids if raw.sample_ids is not None else np.arange(n).astype(str)
+    log.info("read %d recording(s) from %s%s", n, path, "" if y is None else ", labelled")
+    return Recordings(
+        x=x,
+        lengths=lengths,
+        sample_ids=np.asarray(sample_ids).astype(str),
+        subjects=None if raw.subjects is None else raw.subjects.astype(str),
+        metadata=raw.metadata,
+        y=y,
+        filled=filled,
+        notes=tuple(notes),
+    )
+
+
+def check_file(path: Path | str) -> Path:
+    """`path` as a Path if it is a file of a format aqtrack reads; else one DataError line."""
+    path = Path(path)
+    if not path.is_file():
+        problem = "no such file" if not path.exists() else "not a file"
+        _fail(path, [f"{problem}; pass a .csv, .parquet, .npz or .ts file"])
+    if path.suffix.lower() not in SUFFIXES:
+        _fail(path, [_unsupported(path)])
+    return path
+
+
+def _split_as_metadata(raw: _Raw) -> None:
+    """Scoring makes no splits: a file's `split` is carried along like any other per-sample column."""
+    split, raw.split = raw.split, None
+    if split is None:
+        return
+    if raw.x.ndim == 3 and split.ndim == 1 and len(split) == len(raw.x):
+        raw.metadata = {"split": split.astype(str), **raw.metadata}
+    else:
+        _note(raw.notes, "ignored array 'split': not one value per sample", warning=True)
+
+
+def _in_run_order(path: Path, x: np.ndarray, raw: _Raw, channel_names: tuple[str, ...]) -> np.ndarray:
+    """x [N, T, C] with its channels in the run's order: matched by name when the file and the run
+    both name them, by count otherwise."""
+    named_run = channel_names != default_channel_names(len(channel_names))
+    if raw.channel_names is None or not named_run:
+        if x.shape[2] != len(channel_names):
+            _fail(
+                path,
+                [
+                    f"has {x.shape[2]} channel(s), the run was trained on {len(channel_names)} "
+                    f"({_show(channel_names)}); give those, in that order"
+                ],
+            )
+        return x
+    names = raw.channel_names
+    prefix = CHANNEL_PREFIX if path.suffix.lower() in (".csv", ".parquet") else ""
+    shown = lambda ns: _show(prefix + n for n in ns)  # noqa: E731  # as the file spells them
+    missing = [n for n in channel_names if n not in names]
+    extra = [n for n in names if n not in channel_names]
+    if missing or extra:
+        what = "channel columns" if prefix else "channel_names"
+        parts = [f"missing {shown(missing)}"] if missing else []
+        parts += [f"not the run's {shown(extra)}"] if extra else []
+        _fail(path, [f"{what} do not match the run's; rename or drop them: {'; '.join(parts)}"])
+    if len(set(names)) != len(names):
+        _fail(path, ["channel_names has duplicates; give each channel its own name"])
+    order = [names.index(n) for n in channel_names]
+    if order != sorted(order):
+        _note(raw.notes, "channels put in the run's order")
+    return x[:, :, order]
+
+
+def _run_classes(path: Path, raw: _Raw, class_names: tuple[str, ...]) -> np.ndarray:
+    """The file's labels as indices into the run's class names, int64 [N]."""
+    y, k = raw.y, len(class_names)
+    if y.dtype.kind not in "USb" and raw.class_names is not None:  # integers the file's class_names name
+        names, y = _checked_class_names(path, raw.class_names), y.astype(np.int64)
+        _check_indices(path, y, len(names), raw.sample_ids, f"{len(names)} class_names; {_NAMES_FIX}")
+        y = np.asarray(names)[y]
+    if y.dtype.kind in "USb":
+        labels = y.astype(str).tolist()
+        index = {name: i for i, name in enumerate(class_names)}
+        unknown = sorted(set(labels) - set(index))
+        if unknown:
+            _fail(
+                path,
+                [
+                    f"label(s) {_show(unknown)} are not classes of the run ({_show(class_names)}); "
+                    "fix those labels or drop the labels"
+                ],
+            )
+        return np.array([index[v] for v in labels], dtype=np.int64)
+    y = y.astype(np.int64)
+    fix = f"use 0..{k - 1} or class names"
+    _check_indices(path, y, k, raw.sample_ids, f"the run's {k} classes ({_show(class_names)}); {fix}")
+    return y
 
 
 def load_file(
@@ -171,15 +319,19 @@ def _check_settings(path: Path, val_fraction: float, test_fraction: float, missi
         _fail(path, problems)
 
 
-def _read(path: Path) -> _Raw:
+def _read(path: Path, labels_required: bool = True) -> _Raw:
     suffix = path.suffix.lower()
     if suffix == ".npz":
-        return _load_npz(path)
+        return _load_npz(path, labels_required)
     if suffix in (".csv", ".parquet"):
-        return _table_to_raw(path, _read_table(path))
+        return _table_to_raw(path, _read_table(path), labels_required)
     if suffix == ".ts":
-        return _load_ts(path)
-    _fail(path, [f"unsupported file type {_short(path.suffix)!r}; use a .csv, .parquet, .npz or .ts file"])
+        return _load_ts(path, labels_required)
+    _fail(path, [_unsupported(path)])
+
+
+def _unsupported(path: Path) -> str:
+    return f"unsupported file type {_short(path.suffix)!r}; use a .csv, .parquet, .npz or .ts file"
 
 
 # --- messages ------------------------------------------------------------------------------------------
@@ -238,7 +390,7 @@ def _note(notes: list[str], message: str, *, warning: bool = False) -> None:
 # --- .npz ----------------------------------------------------------------------------------------------
 
 
-def _load_npz(path: Path) -> _Raw:
+def _load_npz(path: Path, labels_required: bool = True) -> _Raw:
     # Open the file ourselves: np.load leaks its handle when a truncated zip fails to parse.
     with path.open("rb") as f:
         try:
@@ -248,7 +400,7 @@ def _load_npz(path: Path) -> _Raw:
         if not isinstance(archive, np.lib.npyio.NpzFile):
             _fail(path, [f"holds a single .npy array, not an .npz archive; {_NPZ_HINT}"])
         with archive:
-            missing = [key for key in ("X", "y") if key not in archive.files]
+            missing = [key for key in ("X", "y")[: 2 if labels_required else 1] if key not in archive.files]
             if missing:
                 _fail(
                     path,
@@ -258,7 +410,7 @@ def _load_npz(path: Path) -> _Raw:
             extra = {key: _read_extra_array(archive, key) for key in archive.files if key not in NPZ_ARRAYS}
     raw = _Raw(
         x=arrays["X"],
-        y=arrays["y"],
+        y=arrays.get("y"),
         lengths=arrays.get("lengths"),
         split=arrays.get("split"),
         subjects=arrays.get("subject"),
@@ -332,11 +484,11 @@ def _read_table(path: Path):
     return df
 
 
-def _column_problems(df) -> list[str]:
+def _column_problems(df, required: tuple[str, ...] = REQUIRED_COLUMNS) -> list[str]:
     import pandas as pd
 
     columns = list(df.columns)
-    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    missing = [c for c in required if c not in columns]
     wrong_shape = _wrong_shape(columns) if missing else None
     if wrong_shape:
         return [wrong_shape]
@@ -405,8 +557,9 @@ def _is_integral(column) -> bool:
     return bool(np.all(np.isfinite(values) & (values == np.round(values))))
 
 
-def _table_to_raw(path: Path, df) -> _Raw:
-    problems = _column_problems(df)
+def _table_to_raw(path: Path, df, labels_required: bool = True) -> _Raw:
+    required = REQUIRED_COLUMNS if labels_required else tuple(c for c in REQUIRED_COLUMNS if c != "label")
+    problems = _column_problems(df, required)
     if problems:
         _fail(path, problems)
     try:
@@ -438,7 +591,7 @@ def _table_to_raw(path: Path, df) -> _Raw:
         x[codes, frames - start[codes]] = df[channels].to_numpy(dtype=np.float64)
     raw = _Raw(
         x=x,
-        y=_labels_of(first["label"]),
+        y=_labels_of(first["label"]) if "label" in df.columns else None,
         lengths=lengths,
         split=first["split"].to_numpy(dtype=str) if "split" in df.columns else None,
         subjects=first["subject"].to_numpy(dtype=str) if "subject" in df.columns else None,
@@ -504,7 +657,7 @@ def _metadata_of(column) -> np.ndarray:
 # --- .ts (aeon/sktime) ---------------------------------------------------------------------------------
 
 
-def _load_ts(path: Path) -> _Raw:
+def _load_ts(path: Path, labels_required: bool = True) -> _Raw:
     try:
         from aeon.datasets import load_from_ts_file  # optional extra: aqtrack[ts]
     except ImportError:
@@ -513,7 +666,9 @@ def _load_ts(path: Path) -> _Raw:
         cases, labels, meta = load_from_ts_file(str(path), return_meta_data=True)
     except (OSError, ValueError, IndexError, KeyError) as exc:  # aeon raises OSError for format errors
         _fail(path, [f"not a readable .ts file ({_error_text(exc)}); check it against aeon's .ts format"])
-    if meta.get("targetlabel") or not meta.get("classlabel") or len(labels) != len(cases):
+    labelled = bool(meta.get("classlabel")) and not meta.get("targetlabel") and len(labels) == len(cases)
+    unlabelled = not meta.get("classlabel") and not meta.get("targetlabel") and len(labels) == 0
+    if not labelled and (labels_required or not unlabelled):  # unlabelled: `@classLabel false`
         _fail(
             path,
             ["has no class labels (@classLabel true <names> in the header); aqtrack needs one per sample"],
@@ -527,7 +682,7 @@ def _load_ts(path: Path) -> _Raw:
     by_lower = {name.lower(): name for name in names}
     return _Raw(
         x=x,
-        y=np.array([by_lower.get(str(v), str(v)) for v in labels]),
+        y=None if unlabelled else np.array([by_lower.get(str(v), str(v)) for v in labels]),
         class_names=np.array(names) if names else None,
     )
 
@@ -550,25 +705,11 @@ def _ts_class_names(path: Path, lowered: list[str]) -> list[str]:
 
 
 def _validate(path: Path, raw: _Raw, missing: str) -> _Clean:
-    problems = _shape_problems(raw)
-    if problems:
-        _fail(path, problems)
-    x, lengths = _padded(raw)
-    problems = _content_problems(x, lengths, raw) + _label_problems(raw.y, raw.sample_ids)
-    if problems:
-        _fail(path, problems)
+    x, lengths = _checked(path, raw)
     y, class_names, notes = _classes(path, raw.y, raw.class_names, raw.sample_ids)
-    channel_names = raw.channel_names or tuple(f"ch_{j}" for j in range(x.shape[2]))
-    try:
-        x, filled = fill_missing(x, lengths, missing, sample_ids=raw.sample_ids, channel_names=channel_names)
-    except DataError as exc:
-        _fail(path, [str(exc)])
+    channel_names = raw.channel_names or default_channel_names(x.shape[2])
     notes = [*raw.notes, *notes]
-    if filled:
-        _note(
-            notes,
-            f"filled {filled} missing value(s) by linear interpolation over frames (--missing {missing})",
-        )
+    x, filled = _filled(path, x, lengths, missing, raw.sample_ids, channel_names, notes)
     n = len(y)
     sample_ids = raw.sample_ids if raw.sample_ids is not None else np.arange(n).astype(str)
     samples = Split(
@@ -582,6 +723,51 @@ def _validate(path: Path, raw: _Raw, missing: str) -> _Clean:
     return _Clean(samples, class_names, channel_names, filled, notes)
 
 
+def default_channel_names(count: int) -> tuple[str, ...]:
+    """The names of the channels of a file that does not name them (.npz without channel_names, .ts)."""
+    return tuple(f"ch_{j}" for j in range(count))
+
+
+def _checked(path: Path, raw: _Raw) -> tuple[np.ndarray, np.ndarray]:
+    """Validate what a reader found, labels included when there are any: (x float32 [N, T, C] with NaN
+    past each sample's real length, lengths int64 [N]), or one DataError with every problem found."""
+    problems = _shape_problems(raw)
+    if problems:
+        _fail(path, problems)
+    x, lengths = _padded(raw)
+    problems = _content_problems(x, lengths, raw)
+    if raw.y is not None:
+        problems += _label_problems(raw.y, raw.sample_ids)
+    if problems:
+        _fail(path, problems)
+    return x, lengths
+
+
+def _filled(
+    path: Path,
+    x: np.ndarray,
+    lengths: np.ndarray,
+    missing: str,
+    sample_ids: np.ndarray | None,
+    channel_names: tuple[str, ...],
+    notes: list[str],
+    refuse_fix: str = "fill them in the file or use --missing interpolate",
+) -> tuple[np.ndarray, int]:
+    """The missing-value policy, the same for training and scoring: (x filled, values filled)."""
+    try:
+        x, filled = fill_missing(
+            x, lengths, missing, sample_ids=sample_ids, channel_names=channel_names, refuse_fix=refuse_fix
+        )
+    except DataError as exc:
+        _fail(path, [str(exc)])
+    if filled:
+        _note(
+            notes,
+            f"filled {filled} missing value(s) by linear interpolation over frames (--missing {missing})",
+        )
+    return x, filled
+
+
 def _shape_problems(raw: _Raw) -> list[str]:
     """Problems with the arrays' types and shapes: without these settled nothing else can be checked."""
     x = raw.x
@@ -593,7 +779,9 @@ def _shape_problems(raw: _Raw) -> list[str]:
     if n == 0:
         return ["no samples (X is empty); add at least one sample per class"]
     problems = [] if c >= 1 else [f"X has C={c} channels; need at least 1"]
-    if raw.y.ndim != 1:
+    if raw.y is None:
+        pass
+    elif raw.y.ndim != 1:
         problems.append(f"y has shape {raw.y.shape}; expected a 1-D array of class labels [N]")
     elif len(raw.y) != n:
         problems.append(f"X has {n} samples but y has {len(raw.y)}; give one label per sample")
@@ -746,16 +934,7 @@ def _integer_class_names(
     path: Path, y: np.ndarray, names: list[str] | None, sample_ids: np.ndarray | None
 ) -> tuple[str, ...]:
     if names is not None:
-        out_of_range = np.flatnonzero(y >= len(names))
-        if len(out_of_range):
-            i = int(out_of_range[0])
-            _fail(
-                path,
-                [
-                    f"label {y[i]} ({_where(i, sample_ids)}) is out of range for {len(names)} class_names; "
-                    "use labels 0..len(class_names)-1 or add the missing names"
-                ],
-            )
+        _check_indices(path, y, len(names), sample_ids, f"{len(names)} class_names; {_NAMES_FIX}")
         return tuple(names)
     num_classes = int(y.max()) + 1
     empty = sorted(set(range(num_classes)) - set(np.unique(y).tolist()))
@@ -769,6 +948,14 @@ def _integer_class_names(
             ],
         )
     return tuple(f"class_{k}" for k in range(num_classes))
+
+
+def _check_indices(path: Path, y: np.ndarray, count: int, sample_ids: np.ndarray | None, what: str) -> None:
+    """Refuse integer labels [N] that are not below `count`, naming the first and `what` they index."""
+    out_of_range = np.flatnonzero(y >= count)
+    if len(out_of_range):
+        i = int(out_of_range[0])
+        _fail(path, [f"label {y[i]} ({_where(i, sample_ids)}) is out of range for {what}"])
 
 
 def _partition(path: Path, clean: _Clean, split: np.ndarray | None, *, test_fraction, val_fraction, seed):

@@ -21,12 +21,14 @@ def fill_missing(
     *,
     sample_ids: np.ndarray | None = None,
     channel_names: tuple[str, ...] | None = None,
+    refuse_fix: str = "fill them in the file or use --missing interpolate",
 ) -> tuple[np.ndarray, int]:
     """Fill (or refuse) the NaN values of float [N, T, C] `x` inside each sample's `lengths` [N] frames.
 
     "interpolate": per sample and channel, linear interpolation over the frame index; values before the
     first / after the last observed value of a channel take the nearest observed value. "refuse": any
-    missing value raises. Frames at or past a sample's length (its padding) are left as they are.
+    missing value raises (its message ends with `refuse_fix`: what the user can do about it). Frames at
+    or past a sample's length (its padding) are left as they are.
 
     Returns (a filled copy of x, number of values filled). Raises DataError (one line, without a file
     name: callers add their own) when a sample has a channel with no observed value at all, or when the
@@ -59,7 +61,7 @@ def fill_missing(
         samples = np.flatnonzero(gappy.any(axis=1))
         raise DataError(
             f"{count} missing value(s) (NaN or skipped frames) in {len(samples)} sample(s), first in "
-            f"{_sample(int(samples[0]), sample_ids)}; fill them in the file or use --missing interpolate"
+            f"{_sample(int(samples[0]), sample_ids)}; {refuse_fix}"
         )
 
     filled = x.copy()

@@ -1,0 +1,259 @@
+"""`aqtrack predict`: score new recordings with a trained run's best network or a registered model.
+
+    aqtrack predict SOURCE FILE [-o predictions.csv]
+    aqtrack.predict(source, path, output=None) -> pandas.DataFrame
+
+SOURCE is a training run id (32 hex characters): the network is rebuilt from the run's verified best
+checkpoint (loaded with weights_only), its class names come from the checkpoint (else the run's
+dataset_stats.json), its channel names from dataset_stats.json, its missing-value policy from the
+checkpoint's config. Or a model URI, `models:/NAME/VERSION`, `models:/NAME@ALIAS` or `runs:/RUN_ID/model`:
+a network aqtrack logged, whose weights are read from its pt2 archive without loading the program (why:
+`exports.read_pt2_weights`), with the class names, channel names and policy of its MLflow metadata.
+
+FILE is read by `aqtrack.data.files.read_recordings`: any format and length training reads, labels
+optional, channels matched to the run's, missing values filled or refused by the run's policy.
+
+Shapes: x float32 [N, T_max, C] (NaN after each recording's real length) -> batches of BATCH_SIZE
+recordings of similar length, each cut to its longest, through the masked network with the real lengths
+-> logits [N, K] -> softmax [N, K], in the run's class order. A recording gets the probabilities it gets
+alone, whatever shares its batch.
+
+Output: one row per recording, in the file's order (tables: by sample_id): sample_id, subject and the
+file's other per-sample columns, label (the class name; only when the file has labels), predicted (the
+most probable class), and p_<class name> for each class. With `output`, written there as CSV atomically
+(a temporary file, then a rename).
+
+Errors, each one line (the CLI's `aqtrack: error:`, exit 2): a source that is neither a run id nor a
+model URI, an unknown run or model, a run without a verified best checkpoint, a model aqtrack did not
+log, a missing, unreadable or unsupported file, channels or labels that are not the run's, missing values
+a run refuses, an output path that cannot be written. Nothing is ever written to the tracking store.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from aqtrack import exports, tracking
+from aqtrack.config import Config
+from aqtrack.data.files import Recordings, check_file, read_recordings
+from aqtrack.errors import ConfigError, DataError, ModelError, ResumeError
+from aqtrack.model import ActionQualityNet, ModelSpec, build_model, embed
+from aqtrack.resume import find_best
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZE = 256  # recordings per forward pass
+PROBABILITY_PREFIX = "p_"  # p_<class name>: one probability column per class
+OUTPUT_COLUMNS = ("sample_id", "subject", "label", "predicted")
+MODEL_URI = re.compile(r"^(models:/\S+|runs:/[0-9a-f]{32}/\S+)$")
+SOURCE_HINT = (
+    "a training run id (32 hex characters), models:/NAME/VERSION, models:/NAME@ALIAS or runs:/RUN_ID/model"
+)
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """A trained network and what it was trained on."""
+
+    network: ActionQualityNet  # eval mode
+    about: exports.NetworkInfo  # class names (the order of the logits), channel names, missing policy
+    source: str  # the SOURCE as given
+    run_id: str
+    best_epoch: int | None  # None: a logged model that does not say
+
+    def describe(self) -> str:
+        """'run X (best epoch E)' or 'models:/NAME/1 (run X, best epoch E)'."""
+        epoch = f"best epoch {self.best_epoch if self.best_epoch is not None else '?'}"
+        if self.source == self.run_id:
+            return f"run {self.run_id} ({epoch})"
+        return f"{self.source} (run {self.run_id}, {epoch})"
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """The scored table, the network that scored it and, when the file has labels, its scores."""
+
+    table: pd.DataFrame
+    scorer: Scorer
+    accuracy: float | None = None
+    balanced_accuracy: float | None = None
+
+    def summary(self, output: Path | None) -> str:
+        where = f" -> {output}" if output is not None else ""
+        return f"{len(self.table)} recordings scored with {self.scorer.describe()}{where}"
+
+    def scores(self) -> str | None:
+        """'accuracy A, balanced accuracy B (N labelled recordings)', or None without labels."""
+        if self.accuracy is None:
+            return None
+        return (
+            f"accuracy {self.accuracy:.4f}, balanced accuracy {self.balanced_accuracy:.4f} "
+            f"({len(self.table)} labelled recordings)"
+        )
+
+
+def predict(source: str, path: str | Path, output: str | Path | None = None) -> pd.DataFrame:
+    """Score the recordings in `path` with `source` (a run id or a model URI); see the module docstring.
+    With `output`, the table is also written there as CSV."""
+    result = score(source, path, None if output is None else Path(output))
+    log.info("%s", result.summary(None if output is None else Path(output)))
+    if result.scores():
+        log.info("%s", result.scores())
+    return result.table
+
+
+def score(source: str, path: str | Path, output: Path | None = None) -> Predictions:
+    """`predict`, returning the scorer and the scores with the table (what the CLI prints)."""
+    # Everything the user typed is checked before the tracking store is contacted.
+    kind = _source_kind(source)
+    path = check_file(path)
+    if output is not None:
+        check_output(output)
+    client = tracking.connect()
+    with tempfile.TemporaryDirectory(prefix="aqtrack-predict-") as tmp:
+        if kind == "run":
+            scorer = run_scorer(client, source, Path(tmp))
+        else:
+            logged = exports.load_logged_network(client, source, Path(tmp))
+            scorer = Scorer(logged.network, logged.about, source, logged.run_id, logged.best_epoch)
+    about = scorer.about
+    recordings = read_recordings(
+        path, channel_names=about.channel_names, class_names=about.class_names, missing=about.missing
+    )
+    probabilities = softmax(logits_of(scorer.network, recordings))  # [N, K]
+    table = prediction_table(path, recordings, about.class_names, probabilities)
+    accuracy = balanced = None
+    if recordings.y is not None:
+        accuracy, balanced = _scores(recordings.y, probabilities.argmax(axis=1))
+    if output is not None:
+        write_csv(table, output)
+    return Predictions(table, scorer, accuracy, balanced)
+
+
+def _source_kind(source: str) -> str:
+    if tracking.RUN_ID_RE.match(source):
+        return "run"
+    if MODEL_URI.match(source):
+        return "model"
+    shown = source if len(source) <= 60 else source[:57] + "..."
+    raise ConfigError(f"predict {shown!r}: not a run id or a model URI; pass {SOURCE_HINT}")
+
+
+def run_scorer(client, run_id: str, tmp: Path) -> Scorer:
+    """The network of the run's verified best checkpoint (weights_only), its classes, channels and
+    missing-value policy. Read only: downloads into `tmp`."""
+    tracking.get_run(client, run_id, label="predict")
+    try:
+        best = find_best(client, run_id, None, tmp, label="predict")
+    except ResumeError as e:
+        why = str(e) if len(str(e)) <= 160 else str(e)[:157] + "..."
+        raise ResumeError(f"{why}; score another run (`aqtrack runs` lists them)") from e
+    stats_file = tracking.download_artifact(client, run_id, tracking.DATASET_STATS_ARTIFACT, tmp)
+    stats = json.loads(stats_file.read_text()) if stats_file is not None else {}
+    class_names = tuple(best.state.class_names or stats.get("class_names") or ())
+    channel_names = tuple(stats.get("channel_names") or ())
+    network = build_model(ModelSpec(**best.state.model_spec))
+    network.load_state_dict(best.state.model)
+    spec = network.spec
+    if (len(class_names), len(channel_names)) != (spec.num_classes, spec.in_channels):
+        raise ModelError(
+            f"predict {run_id}: the run does not record the names of its {spec.num_classes} classes and "
+            f"{spec.in_channels} channels (checkpoint, {tracking.DATASET_STATS_ARTIFACT}); score its "
+            "registered model (models:/NAME/VERSION) instead"
+        )
+    missing = Config.from_dict(best.state.config).data.missing
+    about = exports.NetworkInfo(class_names, channel_names, missing)
+    return Scorer(network.eval(), about, run_id, run_id, best.state.epoch)
+
+
+def logits_of(network: ActionQualityNet, recordings: Recordings) -> np.ndarray:
+    """Logits [N, K] of each recording, through the masked network with its real length. Batches hold
+    recordings of similar length (sorted by it), so little padding is computed; the mask makes each
+    recording's logits independent of its batch anyway."""
+    order = np.argsort(recordings.lengths, kind="stable")
+    logits = np.empty((len(recordings), network.spec.num_classes), dtype=np.float32)
+    for start in range(0, len(order), BATCH_SIZE):
+        idx = order[start : start + BATCH_SIZE]
+        lengths = recordings.lengths[idx]
+        x = recordings.x[idx, : int(lengths.max())]  # [B, T_b, C], NaN past each length
+        _, logits[idx] = embed(network, x, lengths, batch_size=BATCH_SIZE)
+    return logits
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of logits [N, K], in float64."""
+    z = logits.astype(np.float64)
+    z = np.exp(z - z.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+def prediction_table(
+    path: Path, recordings: Recordings, class_names: tuple[str, ...], probabilities: np.ndarray
+) -> pd.DataFrame:
+    """One row per recording: sample_id, subject and metadata, label (if any), predicted, p_<class>."""
+    import pandas as pd
+
+    names = np.asarray(class_names)
+    ours = {*OUTPUT_COLUMNS, *(PROBABILITY_PREFIX + name for name in class_names)}
+    clashes = [c for c in recordings.metadata if c in ours]
+    if clashes:
+        raise DataError(f"{path}: per-sample column {clashes[0][:24]!r} is an output column; rename it")
+    columns: dict[str, np.ndarray] = {"sample_id": recordings.sample_ids}
+    if recordings.subjects is not None:
+        columns["subject"] = recordings.subjects
+    columns |= recordings.metadata
+    if recordings.y is not None:
+        columns["label"] = names[recordings.y]
+    columns["predicted"] = names[probabilities.argmax(axis=1)]
+    columns |= {PROBABILITY_PREFIX + name: probabilities[:, k] for k, name in enumerate(class_names)}
+    return pd.DataFrame(columns)
+
+
+def _scores(y: np.ndarray, predicted: np.ndarray) -> tuple[float, float]:
+    """scikit-learn's accuracy and balanced accuracy (the mean recall of the classes the labels hold)."""
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score
+
+    with warnings.catch_warnings():
+        # A class predicted that no label holds: sklearn warns, then leaves it out of the mean, as meant.
+        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
+        return float(accuracy_score(y, predicted)), float(balanced_accuracy_score(y, predicted))
+
+
+def check_output(output: Path) -> None:
+    """Refuse an output file that cannot be written, before any work: one ConfigError line."""
+    folder = output.parent
+    if output.is_dir():
+        problem = "is a folder; give a file name such as predictions.csv"
+    elif not folder.is_dir():
+        problem = f"folder {folder} does not exist; create it or choose another file"
+    elif not os.access(folder, os.W_OK | os.X_OK):
+        problem = f"folder {folder} is not writable; choose another file"
+    else:
+        return
+    raise ConfigError(f"-o {output}: {problem}")
+
+
+def write_csv(table: pd.DataFrame, output: Path) -> None:
+    """Write the table as CSV to a temporary file next to `output`, then rename it: a reader (or a crash)
+    sees the old file or the whole new one, never half of it."""
+    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+    try:
+        table.to_csv(tmp, index=False)
+        os.replace(tmp, output)
+    except OSError as e:
+        raise ConfigError(f"-o {output}: not writable ({e.strerror or e}); choose another file") from e
+    finally:
+        tmp.unlink(missing_ok=True)
