@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
-from aqtrack.config import SVM_KERNELS, Config, config_fields, flag, parse_bool, parse_int, show
+from aqtrack.config import RESUMABLE, SVM_KERNELS, Config, config_fields, flag, parse_bool, parse_int, show
 from aqtrack.errors import AqtrackError, ConfigError
 
 
@@ -166,7 +166,8 @@ def _add_settings(parser: argparse.ArgumentParser) -> None:
         group = parser.add_argument_group(f"{section} settings")
         for _, name, f in fields:
             choices = f.metadata["choices"]
-            help = f"{f.metadata['help']} (default: {show(defaults[name])})"
+            resumable = "; can change on resume" if name in RESUMABLE - {"experiment"} else ""
+            help = f"{f.metadata['help']} (default: {show(defaults[name])}{resumable})"
             if str(f.type) == "bool":  # `--svm`, `--svm false` (what MLproject passes) and `--no-svm`
                 group.add_argument(
                     flag(name), dest=name, type=TYPES['bool'], nargs="?", const=True, metavar="true|false",
@@ -195,20 +196,14 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(_from_mlproject(argv) if mlproject else argv)
     except ConfigError as e:
         _configure_logging(quiet=False)
-        _say(f"aqtrack: error: {_named(e, mlproject)}")
+        message = _named(e, mlproject)
+        if argv and argv[0] in COMMANDS:  # point to the command's own help, not the top level's
+            message = message.replace("see `aqtrack --help`", f"see `aqtrack {argv[0]} --help`")
+        _say(f"aqtrack: error: {message}")
         return 2
     _configure_logging(quiet=getattr(args, "quiet", False))
     try:
-        commands = {
-            "train": _train,
-            "report": _report,
-            "runs": _runs,
-            "show": _show,
-            "svm": _svm,
-            "plot": _plot,
-            "predict": _predict,
-        }
-        return commands[args.command](args)
+        return COMMANDS[args.command](args)
     except AqtrackError as e:
         _say(f"aqtrack: error: {_named(e, mlproject)}")
         return 2
@@ -216,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
         signum = getattr(e, "signum", signal.SIGINT)
         _say(f"aqtrack: interrupted ({signal.Signals(signum).name})")
         return 128 + signum  # what a shell reports for a process the signal ended
+    except BrokenPipeError:  # `aqtrack runs | head`: the reader is gone, and that is fine
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so exiting cannot fail again
+        return 0
 
 
 def _say(line: str) -> None:
@@ -271,7 +269,8 @@ def _train(args: argparse.Namespace) -> int:
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks for all
         return 0
     print(
-        f"run {result.run_id}: {result.epochs} epochs, best val_acc {result.best_val_acc:.4f} "
+        f"run {result.run_id}: {result.epochs} epoch{'s' if result.epochs != 1 else ''}, best val_acc "
+        f"{result.best_val_acc:.4f} "
         f"(epoch {result.best_epoch}); report: {result.report_path}"
     )
     return 0
@@ -345,6 +344,17 @@ def _predict(args: argparse.Namespace) -> int:
     if result.scores():
         _say(result.scores())
     return 0
+
+
+COMMANDS = {
+    "train": _train,
+    "report": _report,
+    "runs": _runs,
+    "show": _show,
+    "svm": _svm,
+    "plot": _plot,
+    "predict": _predict,
+}
 
 
 class _StderrHandler(logging.StreamHandler):

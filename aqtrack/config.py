@@ -327,7 +327,8 @@ def resumed(saved: Config, given: dict[str, Any]) -> Config:
     if conflicts:
         raise ConfigError(
             f"cannot change {', '.join(conflicts)} when resuming; only "
-            f"{', '.join(flag(k) for k in sorted(RESUMABLE))} may change: start a new run, or fork "
+            f"{', '.join(flag(k) for k in sorted(RESUMABLE - {'experiment'}))} may change: start a new run, "
+            "or fork "
             "this one (--fork RUN_ID --fork-epoch N) to change them from one of its checkpoints"
         )
     return saved.replace(**changed)

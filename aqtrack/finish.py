@@ -235,7 +235,8 @@ class _SvmStage:
             have = {k: tracking.metric_steps(self.client, run_id, k) for k in metrics}
             metrics = {k: v for k, v in metrics.items() if self.step not in have[k]}
         tracking.log_points(self.client, run_id, metrics, self.step, tags={TAG_SVM: settings})
-        log.info(
+        log.log(
+            logging.DEBUG if again else logging.INFO,  # a refit's caller reports it
             "run %s: SVM (%s) on the best network's features: svm_val_acc %.4f, svm_val_f1 %.4f%s",
             run_id, settings, result.val_acc, result.val_f1,
             "" if result.test_acc is None else f", svm_test_acc {result.test_acc:.4f}",

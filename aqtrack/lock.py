@@ -35,22 +35,41 @@ def lock_path(tracking_uri: str, run_id: str) -> Path:
 
 @contextlib.contextmanager
 def _flocked(path: Path, blocking: bool) -> Iterator[IO[str] | None]:
-    """The open lock file while we hold its lock; None (non-blocking only) if another process holds it."""
-    with open(path, "a+") as f:
+    """The open lock file while we hold its lock; None (non-blocking only) if another process holds it.
+
+    The holder removes the file as it lets go, so lock files do not pile up (one per run). Whoever
+    opened the file before that and locks it afterwards holds a lock on a removed file: it sees that
+    (the path is gone or is a new file) and tries again."""
+    while True:
+        f = open(path, "a+")  # noqa: SIM115  (closed below, on every path)
         try:
             fcntl.flock(f, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
         except BlockingIOError:
             f.seek(0)
-            yield None
+            try:
+                yield None
+            finally:
+                f.close()
             return
+        if _is_current(f, path):
+            break
+        f.close()
+    try:
         f.truncate(0)
         f.write(str(os.getpid()))
         f.flush()
-        try:
-            yield f
-        finally:
-            f.truncate(0)
-            fcntl.flock(f, fcntl.LOCK_UN)
+        yield f
+    finally:
+        path.unlink(missing_ok=True)  # while still holding the lock: no one is between the two
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
+
+
+def _is_current(f: IO[str], path: Path) -> bool:
+    try:
+        return os.fstat(f.fileno()).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
 
 
 @contextlib.contextmanager
@@ -59,7 +78,10 @@ def run_lock(tracking_uri: str, run_id: str) -> Iterator[None]:
     path = lock_path(tracking_uri, run_id)
     with _flocked(path, blocking=False) as held:
         if held is None:
-            holder = path.read_text().strip() or "unknown"
+            try:
+                holder = path.read_text().strip() or "unknown"
+            except FileNotFoundError:  # it let go just now
+                holder = "unknown"
             raise ResumeError(
                 f"run {run_id} is being trained by another process on this machine (pid {holder}); "
                 "wait for it to finish, or stop it and resume again"

@@ -224,15 +224,25 @@ class MlflowTracker:
 def server_answers(uri: str) -> bool:
     """One quick look (a single request, short timeout) at an HTTP tracking server; other stores
     have no server to look at. Any HTTP answer counts: only silence means it is down."""
+    return _unreachable(uri) is None
+
+
+def _unreachable(uri: str) -> str | None:
+    """Why an HTTP tracking server does not answer one quick look, or None when it does."""
     if not uri.startswith(("http://", "https://")):
-        return True
+        return None
     try:
         with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=PROBE_TIMEOUT_S):
-            return True
+            return None
     except urllib.error.HTTPError:
-        return True
-    except OSError:
-        return False
+        return None
+    except TimeoutError:
+        return f"no answer within {PROBE_TIMEOUT_S:g} s"
+    except OSError as e:
+        reason = getattr(e, "reason", e)
+        if isinstance(reason, TimeoutError):
+            return f"no answer within {PROBE_TIMEOUT_S:g} s"
+        return f"not reachable ({getattr(reason, 'strerror', None) or reason})"
 
 
 def is_transient(e: BaseException) -> bool:
@@ -255,10 +265,10 @@ def connect() -> MlflowClient:
     from mlflow import MlflowClient
 
     uri = mlflow.get_tracking_uri()
-    if not server_answers(uri):  # one short look first: MLflow's own calls retry for much longer
+    down = _unreachable(uri)  # one short look first: MLflow's own calls retry for much longer
+    if down:
         raise TrackingError(
-            f"cannot use tracking store {uri}: no answer within {PROBE_TIMEOUT_S:g} s; "
-            "check MLFLOW_TRACKING_URI and that the server is up"
+            f"cannot use tracking store {uri}: {down}; check MLFLOW_TRACKING_URI and that the server is up"
         )
     # An embedded store gets its schema on first contact; two processes doing that at once on a new
     # file can crash one (alembic's migration is not safe against itself), so first contacts queue.
