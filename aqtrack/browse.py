@@ -9,26 +9,41 @@ from __future__ import annotations
 
 import datetime
 import textwrap
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from aqtrack import exports, tracking
 from aqtrack.checkpoint import CHECKPOINT_EPOCH_TAG
 from aqtrack.config import Config
 from aqtrack.errors import ConfigError
-from aqtrack.metrics import GRAD_NORM, LR, METRIC_KEYS, SVM_VAL_ACC, SVM_VAL_F1, TEST_ACC, VAL_ACC
+from aqtrack.metrics import (
+    GRAD_NORM,
+    LR,
+    METRIC_KEYS,
+    SVM_VAL_ACC,
+    SVM_VAL_F1,
+    TEST_ACC,
+    TEST_BALANCED_ACC,
+    TEST_F1_MACRO,
+    TEST_KEYS,
+    VAL_ACC,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
 
-COLUMNS = ("run_id", "name", "status", "epochs", "total_epochs", "best_val_acc", "best_epoch")
-COLUMNS += ("test_acc", "grad_norm", "lr", "resumable", "origin", "started")
+COLUMNS = ("run_id", "name", "status", "epochs", "total_epochs", "select_by", "best_score", "best_epoch")
+COLUMNS += ("best_val_acc", *TEST_KEYS, "grad_norm", "lr", "resumable", "origin", "started")
+# How `aqtrack runs` heads the test scores: short, so the table fits a terminal.
+TEST_HEADERS = {TEST_ACC: "test_acc", TEST_BALANCED_ACC: "test_bal_acc", TEST_F1_MACRO: "test_f1"}
 HIDDEN_TAGS = (tracking.TAG_HEARTBEAT, tracking.TAG_OWNER)  # bookkeeping, not for people
 
 
 def runs_table(experiment: str | None = None, *, all_experiments: bool = False) -> pd.DataFrame:
     """One row per run of `experiment` (default: aqtrack's), or of every experiment, newest first:
-    status, epochs done and planned, best val_acc and its epoch, the last grad_norm and lr, whether
-    (and how) it can be resumed, and when it started."""
+    status, epochs done and planned, the best epoch (by the run's `select_by` on validation: its score,
+    and val_acc there), the test scores (held out, evaluated once from the best epoch), the last
+    grad_norm and lr, whether (and how) it can be resumed, where it came from and when it started."""
     import pandas as pd
 
     client = tracking.connect()
@@ -48,16 +63,16 @@ def format_runs(table: pd.DataFrame) -> str:
         return "no runs"
     shown = table.copy()
     shown["epochs"] = [_epochs(d, t) for d, t in zip(table["epochs"], table["total_epochs"], strict=True)]
-    shown["best val_acc"] = [
-        "-" if b != b else f"{b:.4f} ({e})"
-        for b, e in zip(table["best_val_acc"], table["best_epoch"], strict=True)
+    shown["best (epoch)"] = [
+        "-" if b != b else f"{by} {b:.4f} ({e})"
+        for by, b, e in zip(table["select_by"], table["best_score"], table["best_epoch"], strict=True)
     ]
+    for key, header in TEST_HEADERS.items():
+        shown[header] = [_num(v, ".4f") for v in table[key]]
     shown["grad_norm"] = [_num(v, ".4f") for v in table["grad_norm"]]
-    shown["test_acc"] = [_num(v, ".4f") for v in table["test_acc"]]
     shown["lr"] = [_num(v, ".2e") for v in table["lr"]]
-    shown = shown.drop(columns=["total_epochs", "best_val_acc", "best_epoch"])
-    order = [c for c in ("run_id", "experiment", "name", "status", "epochs", "best val_acc") if c in shown]
-    rest = ["test_acc", "grad_norm", "lr", "resumable", "origin", "started"]
+    order = [c for c in ("run_id", "experiment", "name", "status", "epochs", "best (epoch)") if c in shown]
+    rest = [*TEST_HEADERS.values(), "grad_norm", "lr", "resumable", "origin", "started"]
     return shown[[*order, *rest]].to_string(index=False)
 
 
@@ -76,7 +91,7 @@ def _experiment_ids(client, name: str | None, all_experiments: bool) -> list[str
 
 
 def _row(client, run) -> dict:
-    done, best, best_epoch = _progress(client, run)
+    done, best = _progress(client, run)
     metrics = run.data.metrics
     return {
         "run_id": run.info.run_id,
@@ -84,9 +99,12 @@ def _row(client, run) -> dict:
         "status": run.info.status,
         "epochs": done,
         "total_epochs": _total_epochs(run),
-        "best_val_acc": best,
-        "best_epoch": best_epoch,
-        "test_acc": metrics.get(TEST_ACC, float("nan")),  # held out, evaluated once when it finished
+        "select_by": best.select_by,
+        "best_score": best.score,
+        "best_epoch": best.epoch,
+        "best_val_acc": best.val_acc,
+        # held out, evaluated once when it finished
+        **{key: metrics.get(key, float("nan")) for key in TEST_KEYS},
         "grad_norm": metrics.get(GRAD_NORM, float("nan")),
         "lr": metrics.get(LR, float("nan")),
         "resumable": resumable(run, client.tracking_uri),
@@ -95,17 +113,31 @@ def _row(client, run) -> dict:
     }
 
 
-def _progress(client, run) -> tuple[int, float, int]:
-    """(epochs logged, val_acc at the best epoch, the best epoch): the first epoch with the highest value
-    of what the run selects by (its `select_by` param; val_acc before there was one)."""
+@dataclass(frozen=True)
+class Best:
+    """The epoch a run selects: the first with the highest `select_by` (on validation)."""
+
+    select_by: str
+    score: float = float("nan")
+    epoch: int = 0
+    val_acc: float = float("nan")
+
+    def __str__(self) -> str:
+        also = f", val_acc {self.val_acc:.4f}" if self.select_by != VAL_ACC else ""
+        return f"best epoch {self.epoch} by {self.select_by} ({self.score:.4f}{also})"
+
+
+def _progress(client, run) -> tuple[int, Best]:
+    """(epochs logged, the best epoch) from the run's metric history; the run's `select_by` param (val_acc
+    before there was one) says what "best" means."""
     select_by = run.data.params.get("select_by", VAL_ACC)
     history = tracking.fetch_history(client, run.info.run_id, tuple({VAL_ACC, select_by}))
     points, val_acc = history[select_by], history[VAL_ACC]
     if not points:
-        return 0, float("nan"), 0
-    best = max(points.values())
-    epoch = min(step for step, v in points.items() if v == best)
-    return max(points), val_acc.get(epoch, float("nan")), epoch
+        return 0, Best(select_by)
+    score = max(points.values())
+    epoch = min(step for step, v in points.items() if v == score)
+    return max(points), Best(select_by, score, epoch, val_acc.get(epoch, float("nan")))
 
 
 def _total_epochs(run) -> int:
@@ -150,7 +182,7 @@ def show_run(run_id: str, tail: int = 10) -> str:
     its other metrics and its artifacts (with sizes)."""
     client = tracking.connect()
     run = tracking.get_run(client, run_id, label="show")
-    done, best, best_epoch = _progress(client, run)
+    done, best = _progress(client, run)
     info, data = run.info, run.data
     experiment = client.get_experiment(info.experiment_id).name
     ended = f", ran {_duration(info.end_time - info.start_time)}" if info.end_time else ""
@@ -158,7 +190,8 @@ def show_run(run_id: str, tail: int = 10) -> str:
         f"run {run_id} {info.run_name!r} in experiment {experiment!r}",
         f"status {info.status}, started {_time(info.start_time)}{ended}",
         f"epochs {_epochs(done, _total_epochs(run))}"
-        + (f", best val_acc {best:.4f} at epoch {best_epoch}" if done else "")
+        + (f", {best}" if done else "")
+        + "".join(f", {k} {data.metrics[k]:.4f}" for k in TEST_KEYS if k in data.metrics)
         + f"; resumable: {resumable(run, client.tracking_uri)}",
     ]
     tags = [

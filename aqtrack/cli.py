@@ -268,12 +268,18 @@ def _train(args: argparse.Namespace) -> int:
         result = train(resume=args.resume, fork=args.fork, fork_epoch=args.fork_epoch, **settings)
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks for all
         return 0
-    print(
-        f"run {result.run_id}: {result.epochs} epoch{'s' if result.epochs != 1 else ''}, best val_acc "
-        f"{result.best_val_acc:.4f} "
-        f"(epoch {result.best_epoch}); report: {result.report_path}"
-    )
+    print(summary(result))
     return 0
+
+
+def summary(result) -> str:
+    """The line `aqtrack train` ends with: the best epoch (chosen on validation) and the test scores (the
+    numbers to report), then where the legacy report is."""
+    best = f"best {result.select_by} {result.best_score:.4f} (epoch {result.best_epoch}"
+    best += f", val_acc {result.best_val_acc:.4f})" if result.select_by != "val_acc" else ")"
+    test = ", ".join(f"{k} {v:.4f}" for k, v in result.test_scores.items())
+    epochs = f"{result.epochs} epoch{'s' if result.epochs != 1 else ''}"
+    return f"run {result.run_id}: {epochs}, {best}{'; ' + test if test else ''}; report: {result.report_path}"
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -43,7 +43,8 @@ def start_note(cfg: Config, data: ActionQualityData, run_id: str, origin: str) -
     t, m = cfg.train, cfg.model
     lines = [
         f"**Action-quality classifier**: 1D CNN (hidden {m.hidden}, dropout {m.dropout:g}), "
-        f"{t.rounds} rounds x {t.epochs_per_round} epochs, {t.optimizer} lr {t.lr:g} → {t.min_lr:g} "
+        f"{_count(t.rounds, 'round')} x {_count(t.epochs_per_round, 'epoch')}, {t.optimizer} lr {t.lr:g} → "
+        f"{t.min_lr:g} "
         f"(cosine), batch {t.batch_size}, max grad norm {t.max_grad_norm:g}, seed {t.seed}; the best "
         f"epoch is chosen by {t.select_by} on the validation split"
         + (", classes weighted (balanced)." if t.class_weight == "balanced" else "."),
@@ -53,6 +54,10 @@ def start_note(cfg: Config, data: ActionQualityData, run_id: str, origin: str) -
         lines.append(origin)
     lines += [f"**Results**: {RESULTS_PENDING}", _how_to_resume(run_id)]
     return "\n\n".join(lines)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _data_line(data: ActionQualityData) -> str:
@@ -79,9 +84,10 @@ def final_note(note: str, state: TrainState, total: int, metrics: Mapping[str, f
     the SVM's, when logged)."""
     h = state.history.metrics
     select_by = Config.from_dict(state.config).train.select_by
+    also = "" if select_by == VAL_ACC else f", val_acc {state.best_val_acc:.4f}"
     results = (
         f"{state.epoch} of {total} epochs; best epoch {state.best_epoch} by {select_by} "
-        f"(**{state.best_score:.4f}**, val_acc {state.best_val_acc:.4f}); final train_loss "
+        f"(**{state.best_score:.4f}**{also}); final train_loss "
         f"{h[TRAIN_LOSS][-1]:.4f}, val_loss {h[VAL_LOSS][-1]:.4f}, val_acc {h[VAL_ACC][-1]:.4f}."
     )
     if TEST_ACC in metrics:

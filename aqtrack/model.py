@@ -175,18 +175,39 @@ class ActionQualityNet(nn.Module):
         return self.head(self.features(x, lengths))  # [B, num_classes] logits
 
 
+def fill_gaps(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """x [B, T, C] with NaN values inside sequences' real lengths -> filled, per channel, linearly over
+    the frame index; a gap at either end takes the nearest observed value. This is the training data's
+    `--missing interpolate` (aqtrack.data.missing, numpy.interp) in torch ops an exported graph can hold.
+    Frames past a length stay as they are; a channel with no value at all stays NaN."""
+    b, t, c = x.shape
+    frame = torch.arange(t, device=x.device).view(1, t, 1).expand(b, t, c)
+    inside = frame < lengths.view(b, 1, 1)
+    seen = ~torch.isnan(x) & inside
+    before = torch.where(seen, frame, -1).cummax(dim=1).values  # the last observed frame so far
+    after = torch.where(seen, frame, t).flip(1).cummin(dim=1).values.flip(1)  # the next observed one
+    p, n = before.clamp(min=0), after.clamp(max=t - 1)
+    observed = torch.nan_to_num(x)
+    xp, xn = observed.gather(1, p), observed.gather(1, n)
+    between = xp + (xn - xp) * (frame - p).to(x.dtype) / (n - p).clamp(min=1).to(x.dtype)
+    filled = torch.where((before >= 0) & (after < t), between, torch.where(before >= 0, xp, xn))
+    return torch.where(torch.isnan(x) & inside & ((before >= 0) | (after < t)), filled, x)
+
+
 class NanPaddedNet(nn.Module):
     """The network as the exported MLflow model: x float32 [B, T, C] of any B and T, where a sequence
-    shorter than T ends in NaN frames; its length is found inside the graph (`trailing_lengths`). A
-    sequence of NaN frames only has no real frame: its logits are NaN."""
+    shorter than T ends in NaN frames; its length is found inside the graph (`trailing_lengths`), and a
+    NaN inside it (a lost value) is filled linearly as training data is (`fill_gaps`). A sequence of NaN
+    frames only, or with a channel that has no value, gets NaN logits."""
 
     def __init__(self, network: ActionQualityNet) -> None:
         super().__init__()
         self.network = network
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lengths = trailing_lengths(x)
         # Always the masked path: whether a batch is padded is data, which a graph cannot branch on.
-        return self.network(x, trailing_lengths(x))  # [B, num_classes] logits
+        return self.network(fill_gaps(x, lengths), lengths)  # [B, num_classes] logits
 
 
 def _block(c_in: int, c_out: int, dilation: int) -> _Block:

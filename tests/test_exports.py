@@ -27,6 +27,7 @@ from padding import pad_with_nan
 import aqtrack
 from aqtrack.checkpoint import BEST
 from aqtrack.data import lengths_of, load_data
+from aqtrack.data.missing import fill_missing
 from aqtrack.exports import (
     CONFUSION_ARTIFACT,
     CURVES_ARTIFACT,
@@ -117,6 +118,14 @@ def test_the_logged_network_takes_any_batch_and_length_with_trailing_nan_frames(
         np.testing.assert_allclose(logits, np.stack(alone), rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(graph, logits, rtol=1e-6, atol=1e-6)
     assert model.predict(x[:1]).shape == (1, 4)  # a single sequence too
+    # A value lost inside a recording (NaN within its length) is filled as training data is.
+    holes = x.copy()
+    holes[0, 10:13, 2], holes[3, 0, 5] = np.nan, np.nan
+    filled, count = fill_missing(holes, np.array(lengths), "interpolate")
+    assert count == 4
+    with torch.no_grad():
+        expected = network(torch.from_numpy(filled), torch.tensor(lengths)).numpy()
+    np.testing.assert_allclose(model.predict(holes), expected, rtol=1e-5, atol=1e-5)
 
     signature = model.metadata.signature
     spec = signature.inputs.inputs[0]
