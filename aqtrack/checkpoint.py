@@ -108,6 +108,7 @@ class TrainState:
     rng: dict[str, Any] = field(default_factory=dict)
     scaler: dict[str, Any] = field(default_factory=dict)  # fp16 GradScaler state; {} without one
     class_names: list[str] = field(default_factory=list)  # the classes, in the order of the logits
+    data_digest: str = ""  # ActionQualityData.digest() of the data it trains on ("": not recorded)
 
     @property
     def best_val_acc(self) -> float:
@@ -138,6 +139,7 @@ class TrainState:
             "rng": self.rng,
             "scaler": self.scaler,
             "class_names": list(self.class_names),
+            "data_digest": self.data_digest,
         }
 
 
@@ -208,8 +210,8 @@ def _write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> Path:
 
 # Keys that came later without a format change: a checkpoint without "scaler" loads with no scaler
 # state, without "best_score" with its best_val_acc (runs selected by val_acc then), without
-# "class_names" with none (the data's names are used).
-OPTIONAL_KEYS = {"round", "scaler", "best_score", "class_names"}
+# "class_names" or "data_digest" with none (nothing to check the data against).
+OPTIONAL_KEYS = {"round", "scaler", "best_score", "class_names", "data_digest"}
 CHECKPOINT_KEYS = frozenset(TrainState(config={}, model_spec={}).to_dict()) - OPTIONAL_KEYS
 
 
@@ -255,6 +257,7 @@ def load_checkpoint(path: Path) -> TrainState:
         rng=d["rng"],
         scaler=d.get("scaler", {}),
         class_names=list(d.get("class_names", [])),
+        data_digest=str(d.get("data_digest", "")),
     )
 
 

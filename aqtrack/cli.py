@@ -85,7 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="aqtrack", description="Train an action-quality classifier, tracked in MLflow.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    train = commands.add_parser("train", help="train a new run, resume one by run id, or fork one")
+    train = commands.add_parser(
+        "train",
+        help="train a new run, resume one by run id, or fork one",
+        description="Train an action-quality classifier, tracked in MLflow: a new run, a resume (--resume "
+        "RUN_ID|auto) or a fork (--fork RUN_ID --fork-epoch N). Validation selects the best epoch; the "
+        "held-out test split is evaluated once at the end (the numbers to report).",
+    )
     origin = train.add_argument_group("where the run starts")
     origin.add_argument(
         "--resume",

@@ -129,7 +129,8 @@ class DataConfig:
     )
     missing: str = option(
         "interpolate",
-        "missing values inside recordings (NaN, skipped frames): interpolate (linear over frames) or refuse",
+        "missing values inside recordings (NaN, skipped frames): interpolate (linear over frames; the count "
+        "is logged) or refuse",
         choices=MISSING_POLICIES,
     )
     data_seed: int = option(0, "seed of the synthetic data and of the splits of data files")
@@ -188,8 +189,8 @@ class TrainConfig:
     )
     select_by: str = option(
         "val_acc",
-        "what the best epoch (the best checkpoint, the logged model, the test scores) is chosen by, on "
-        "the validation split: val_acc, val_balanced_acc or val_f1_macro",
+        "what the best epoch is chosen by, on the validation split: val_acc, val_balanced_acc or "
+        "val_f1_macro; the best checkpoint, the logged model and the test scores are that epoch's",
         choices=SELECT_BY,
     )
 

@@ -29,7 +29,6 @@ from aqtrack.data import SYNTHETIC, ActionQualityData
 from aqtrack.errors import ModelError
 
 if TYPE_CHECKING:
-    from matplotlib.figure import Figure
     from mlflow import MlflowClient
     from mlflow.entities import LoggedModel
 
@@ -475,5 +474,9 @@ def log_table(client: MlflowClient, run_id: str, table: dict[str, list], artifac
     client.log_table(run_id, data=table, artifact_file=artifact_file)
 
 
-def log_figure(client: MlflowClient, run_id: str, figure: Figure, artifact_file: str) -> None:
-    client.log_figure(run_id, figure, artifact_file)
+def log_png(client: MlflowClient, run_id: str, path: Path, artifact_file: str) -> None:
+    """A figure already saved as `path` (PNG), as the run's artifact `artifact_file` (plots/...)."""
+    directory, _, name = artifact_file.rpartition("/")
+    if name != path.name:
+        raise ValueError(f"{path} must be named {name} to be logged as {artifact_file}")
+    client.log_artifact(run_id, str(path), directory or None)

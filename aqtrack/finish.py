@@ -178,7 +178,8 @@ def per_class_table(y_true: np.ndarray, y_pred: np.ndarray, class_names: tuple[s
 
 
 def _log_figures(job: Finishing, history: History, outputs: Outputs) -> None:
-    from aqtrack.plots import confusion_matrix_figure, training_curves
+    """The curves and confusion matrices, logged to the run and kept in its local folder."""
+    from aqtrack.plots import confusion_matrix_figure, save_png, training_curves
 
     figures = [(training_curves(history_curves(history), title=f"run {job.run_id}"), exports.CURVES_ARTIFACT)]
     for split, artifact in (("val", exports.CONFUSION_ARTIFACT), ("test", exports.TEST_CONFUSION_ARTIFACT)):
@@ -189,7 +190,8 @@ def _log_figures(job: Finishing, history: History, outputs: Outputs) -> None:
         title = f"best network on the {_SPLIT_NAMES[split]} split (run {job.run_id[:8]})"
         figures.append((confusion_matrix_figure(counts, job.data.class_names, title=title), artifact))
     for figure, artifact in figures:
-        exports.log_figure(job.client, job.run_id, figure, artifact)
+        # Drawn once, kept in <output-dir>/<run id>/plots/ and logged as the same file.
+        exports.log_png(job.client, job.run_id, save_png(figure, job.local_dir.parent / artifact), artifact)
 
 
 _SPLIT_NAMES = {"val": "validation", "test": "test"}

@@ -19,6 +19,7 @@ A training never writes a second history into a run that holds one.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -55,7 +56,7 @@ from aqtrack.config import (
     resumed,
     show,
 )
-from aqtrack.data import ActionQualityData, load_configured
+from aqtrack.data import SYNTHETIC, ActionQualityData, load_configured
 from aqtrack.describe import GENERATED_NAME_RE, NOTE_TAG, RUN_NAME_TAG, final_note, run_name, start_note
 from aqtrack.distributed import World
 from aqtrack.errors import ConfigError, DistributedError, ResumeError, TrackingLost
@@ -133,7 +134,7 @@ def train(
 
     Under torchrun, rank 0 does all of this (callbacks included) and the other ranks follow it.
     """
-    request = Request(resume or None, fork or None, fork_epoch, settings)
+    request = Request(resume or None, fork or None, fork_epoch, _absolute_data(settings))
     with distributed.joined() as world:
         if not world.is_main:
             return _follow(world)
@@ -142,6 +143,14 @@ def train(
         except BaseException as e:
             world.refuse(e)  # the other ranks, still waiting for a plan, stop too
             raise
+
+
+def _absolute_data(settings: dict[str, Any]) -> dict[str, Any]:
+    """A data file as an absolute path: what the run records must find it again from anywhere."""
+    data = settings.get("data")
+    if not data or data == SYNTHETIC or not Path(data).exists():
+        return settings
+    return {**settings, "data": str(Path(data).resolve())}
 
 
 @dataclass
@@ -313,12 +322,13 @@ def _job_differences(run, wanted: Config) -> list[str]:
 def _prepare(origin: _Origin, given: dict[str, Any], early: _Early, world: World) -> _Start:
     """The config, data and trainer, restored to the origin's checkpoint."""
     state = origin.found.state if origin.found else None
+    saved, data = _the_runs_data(origin, given, early) if state else (None, None)
     if origin.kind == "resume":
-        cfg = resumed(Config.from_dict(state.config), given)
+        cfg = resumed(saved, given)
         _check_rounds(origin.run, cfg, state.epoch)
         _say_what_is_rerun(origin.run, state.epoch)
     elif origin.kind == "fork":
-        cfg = forked(Config.from_dict(state.config), given)
+        cfg = forked(saved, given)
         # A fork is a new run: named afresh, and in its source's experiment, unless told otherwise.
         cfg = cfg.replace(
             run_name=given.get("run_name", ""), experiment=given.get("experiment", origin.experiment)
@@ -332,7 +342,8 @@ def _prepare(origin: _Origin, given: dict[str, Any], early: _Early, world: World
     else:
         cfg = early.config
     _check_writable(Path(cfg.run.output_dir))
-    data = early.data if early.data_config == cfg.data else load_configured(cfg.data)
+    if data is None:
+        data = early.data if early.data_config == cfg.data else load_configured(cfg.data)
     trainer = build_trainer(cfg, data, distributed.resolve_device(cfg.train.device, world), world)
     if origin.kind == "resume":
         restore(trainer, state)
@@ -342,7 +353,34 @@ def _prepare(origin: _Origin, given: dict[str, Any], early: _Early, world: World
         state = TrainState(config=cfg.to_dict(), model_spec=trainer.spec.to_dict())
     state.config = cfg.to_dict()
     _check_classes(state, data)
+    state.data_digest = state.data_digest or data.digest()
     return _Start(cfg, data, trainer, state, origin)
+
+
+def _the_runs_data(origin: _Origin, given: dict[str, Any], early: _Early) -> tuple[Config, ActionQualityData]:
+    """The config a resume or fork starts from, and the run's data, checked by its content: a --data
+    path that holds the same content (the file moved, another machine) takes the saved path's place; a
+    file whose content changed since the run trained on it is refused."""
+    state, label = origin.found.state, f"--{origin.kind} {origin.run.info.run_id}"
+    saved = Config.from_dict(state.config)
+    if "data" in given and given["data"] != saved.data.data:
+        moved = dataclasses.replace(saved.data, data=given["data"])
+        data = early.data if early.data_config == moved else load_configured(moved)
+        if state.data_digest and data.digest() == state.data_digest:
+            log.info("%s: its data, at %s (the same content as %s)", label, given["data"], saved.data.data)
+            return saved.replace(data=given["data"]), data
+    if saved.data.data != SYNTHETIC and not Path(saved.data.data).is_file():
+        raise ResumeError(
+            f"{label}: its data file {saved.data.data} is not here; pass {flag('data')} PATH of the same "
+            "file (it is checked by its content)"
+        )
+    data = early.data if early.data_config == saved.data else load_configured(saved.data)
+    if state.data_digest and data.digest() != state.data_digest:
+        raise ResumeError(
+            f"{label}: the data at {saved.data.data} is not what the run trained on (its content changed "
+            "since); continue with the run's own data, or start a new run"
+        )
+    return saved, data
 
 
 def _check_classes(state: TrainState, data: ActionQualityData) -> None:

@@ -277,6 +277,8 @@ def test_figures_are_logged_and_the_curves_drawn_at_the_first_periodic_checkpoin
     for artifact in (CURVES_ARTIFACT, CONFUSION_ARTIFACT):
         path = Path(client.download_artifacts(result.run_id, artifact, str(tmp_path / "dl")))
         assert path.read_bytes().startswith(PNG), artifact
+        kept = Path(tiny["output_dir"]) / result.run_id / artifact  # in the run's local folder too
+        assert kept.read_bytes() == path.read_bytes(), artifact
 
 
 def aqtrack_process(cwd: Path, *args: str, kill_at: str | None = None) -> subprocess.CompletedProcess:

@@ -204,6 +204,23 @@ def test_resuming_with_data_whose_classes_changed_is_refused(tiny, tmp_path):
     table["label"] = table["label"].replace({"knee_valgus": "valgus"})
     table.to_csv(path, index=False)
 
-    with pytest.raises(ResumeError, match="the checkpoint's classes are good_form, knee_valgus, the data's"):
+    with pytest.raises(ResumeError, match=r"is not what the run trained on \(its content changed since"):
         aqtrack.train(resume=first.run_id, rounds=2)
     assert list(history(first.run_id, "val_acc")) == [1, 2]
+
+
+def test_a_resume_finds_its_data_by_content_wherever_the_file_now_is(tiny, tmp_path, monkeypatch):
+    path = recordings_file(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    first = aqtrack.train(**{**tiny, "data": path.name, "svm": False, "rounds": 1, "batch_size": 4})
+    assert MlflowClient().get_run(first.run_id).data.params["data"] == str(path)  # recorded whole
+
+    moved = tmp_path / "elsewhere" / "sessions-copy.csv"
+    moved.parent.mkdir()
+    path.rename(moved)
+    with pytest.raises(ResumeError, match=f"its data file {path} is not here; pass --data PATH"):
+        aqtrack.train(resume=first.run_id, rounds=2)
+    monkeypatch.chdir(moved.parent)  # another directory, a relative path: the same content
+    resumed = aqtrack.train(resume=first.run_id, rounds=2, data=moved.name)
+
+    assert resumed.epochs == 4 and list(history(first.run_id, "val_acc")) == [1, 2, 3, 4]

@@ -6,6 +6,7 @@ imported when a file is loaded, so `import aqtrack.data` stays light.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -126,6 +127,17 @@ class ActionQualityData:
     @property
     def channels(self) -> int:
         return int(self.train.x.shape[2])
+
+    def digest(self) -> str:
+        """sha256 of what training sees (every split's recordings, labels and lengths, the class and
+        channel names): a resume checks that its data is the run's, wherever the file now lives."""
+        h = hashlib.sha256()
+        h.update("\x1f".join([*self.class_names, "|", *self.channel_names]).encode())
+        for name, split in self.splits.items():
+            h.update(name.encode())
+            for array in (split.x, split.y, split.lengths):
+                h.update(np.ascontiguousarray(array).tobytes())
+        return h.hexdigest()
 
     def stats(self) -> dict:
         """`dataset_stats`: source, shapes, counts per split and class, lengths, subjects, the missing
