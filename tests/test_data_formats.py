@@ -412,7 +412,11 @@ def test_recordings_labels_name_or_index_the_runs_classes(tmp_path):
 @pytest.mark.parametrize(
     ("labels", "expected"),
     [
-        (["walk", "jog"] * 3, "label(s) 'jog' are not classes of the run ('walk', 'run')"),
+        (
+            ["walk", "jog"] * 3,
+            "label(s) 'jog' are not classes of the run ('walk', 'run'); fix them (3 sample(s), first "
+            "sample_id 's1') or empty them to score those unlabelled",
+        ),
         ((0, 2) * 3, "label 2 (sample_id 's1') is out of range for the run's 2 classes ('walk', 'run')"),
     ],
 )

@@ -275,13 +275,16 @@ def _run_classes(path: Path, raw: _Raw, class_names: tuple[str, ...]) -> np.ndar
     if y.dtype.kind in "USb":
         labels = y.astype(str).tolist()
         index = {name: i for i, name in enumerate(class_names)}
-        unknown = sorted({v for v, known in zip(labels, labelled, strict=True) if known} - set(index))
-        if unknown:
+        strange = labelled & ~np.isin(y.astype(str), list(index))
+        if strange.any():
+            # The fix: those samples' labels, not all of them (the others still give scores).
             _fail(
                 path,
                 [
-                    f"label(s) {_show(unknown)} are not classes of the run ({_show(class_names)}); "
-                    "fix those labels or drop the labels"
+                    f"label(s) {_show(sorted(set(y[strange].astype(str).tolist())))} are not classes of the "
+                    f"run ({_show(class_names)}); fix them ({int(strange.sum())} sample(s), first "
+                    f"{_where(int(np.argmax(strange)), raw.sample_ids)}) or empty them to score those "
+                    "unlabelled"
                 ],
             )
         y = np.array([index.get(v, UNLABELLED) for v in labels], dtype=np.int64)
@@ -659,9 +662,11 @@ def _table_to_raw(path: Path, df, labels_required: bool = True) -> _Raw:
     )
     skipped = int(lengths.sum() - len(df))
     if skipped:
+        gappy = int((lengths != groups.size().to_numpy()).sum())
         _note(
             raw.notes,
-            f"{skipped} skipped frame number(s) are missing frames ({skipped * len(channels)} values)",
+            f"{skipped} skipped frame number(s) in {gappy} sample(s) are missing frames "
+            f"({skipped * len(channels)} values)",
         )
     if metadata:
         _note(raw.notes, f"kept per-sample column(s) {_show(metadata)} as metadata")
