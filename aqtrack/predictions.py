@@ -11,7 +11,8 @@ a network aqtrack logged, whose weights are read from its pt2 archive without lo
 `exports.read_pt2_weights`), with the class names, channel names and policy of its MLflow metadata.
 
 FILE is read by `aqtrack.data.files.read_recordings`: any format and length training reads, labels
-optional, channels matched to the run's, missing values filled or refused by the run's policy.
+optional (for the whole file or per recording: a table's label empty on all of a recording's rows, an
+.npz's y NaN or ''), channels matched to the run's, missing values filled or refused by the run's policy.
 
 Shapes: x float32 [N, T_max, C] (NaN after each recording's real length) -> batches of BATCH_SIZE
 recordings of similar length, each cut to its longest, through the masked network with the real lengths
@@ -19,14 +20,18 @@ recordings of similar length, each cut to its longest, through the masked networ
 alone, whatever shares its batch.
 
 Output: one row per recording, in the file's order (tables: by sample_id): sample_id, subject and the
-file's other per-sample columns, label (the class name; only when the file has labels), predicted (the
-most probable class), and p_<class name> for each class. With `output`, written there as CSV atomically
-(a temporary file, then a rename).
+file's other per-sample columns, label (the class name, empty for an unlabelled recording; only when the
+file has labels), predicted (the most probable class), and p_<class name> for each class. With `output`,
+written there as CSV atomically (a temporary file, then a rename). Every recording is scored.
+
+Scores: accuracy and balanced accuracy over the labelled recordings only ("N labelled recordings of M"
+when some are not).
 
 Errors, each one line (the CLI's `aqtrack: error:`, exit 2): a source that is neither a run id nor a
 model URI, an unknown run or model, a run without a verified best checkpoint, a model aqtrack did not
-log, a missing, unreadable or unsupported file, channels or labels that are not the run's, missing values
-a run refuses, an output path that cannot be written. Nothing is ever written to the tracking store.
+log, a missing, unreadable or unsupported file, channels or labels that are not the run's, a label empty
+on some rows of a recording and set on others, missing values a run refuses, an output path that cannot
+be written. Nothing is ever written to the tracking store.
 """
 
 from __future__ import annotations
@@ -83,35 +88,43 @@ class Scorer:
 
 
 @dataclass(frozen=True)
+class Scores:
+    """Accuracy and balanced accuracy over `recordings` labelled recordings."""
+
+    accuracy: float
+    balanced_accuracy: float
+    recordings: int
+
+    def __str__(self) -> str:
+        return f"{self.accuracy:.4f}, balanced accuracy {self.balanced_accuracy:.4f}"
+
+
+@dataclass(frozen=True)
 class Predictions:
-    """The scored table, the network that scored it and, when the file has labels, its scores."""
+    """The scored table, the network that scored it and, when some recordings are labelled, its scores."""
 
     table: pd.DataFrame
     scorer: Scorer
-    accuracy: float | None = None
-    balanced_accuracy: float | None = None
+    scores: Scores | None = None  # over the labelled recordings; None: none is labelled
 
-    def summary(self, output: Path | None) -> str:
+    def lines(self, output: Path | None) -> list[str]:
+        """What `aqtrack predict` prints: the summary, then (with labels) the scores."""
         where = f" -> {output}" if output is not None else ""
-        return f"{len(self.table)} recordings scored with {self.scorer.describe()}{where}"
-
-    def scores(self) -> str | None:
-        """'accuracy A, balanced accuracy B (N labelled recordings)', or None without labels."""
-        if self.accuracy is None:
-            return None
-        return (
-            f"accuracy {self.accuracy:.4f}, balanced accuracy {self.balanced_accuracy:.4f} "
-            f"({len(self.table)} labelled recordings)"
-        )
+        lines = [f"{len(self.table)} recordings scored with {self.scorer.describe()}{where}"]
+        if self.scores is None:
+            return lines
+        n = self.scores.recordings
+        count = f"{n} labelled recordings" + ("" if n == len(self.table) else f" of {len(self.table)}")
+        lines.append(f"accuracy {self.scores} ({count})")
+        return lines
 
 
 def predict(source: str, path: str | Path, output: str | Path | None = None) -> pd.DataFrame:
     """Score the recordings in `path` with `source` (a run id or a model URI); see the module docstring.
-    With `output`, the table is also written there as CSV."""
+    With `output`, the table is also written there as CSV. What the CLI prints is logged."""
     result = score(source, path, None if output is None else Path(output))
-    log.info("%s", result.summary(None if output is None else Path(output)))
-    if result.scores():
-        log.info("%s", result.scores())
+    for line in result.lines(None if output is None else Path(output)):
+        log.info("%s", line)
     return result.table
 
 
@@ -135,12 +148,10 @@ def score(source: str, path: str | Path, output: Path | None = None) -> Predicti
     )
     probabilities = softmax(logits_of(scorer.network, recordings))  # [N, K]
     table = prediction_table(path, recordings, about.class_names, probabilities)
-    accuracy = balanced = None
-    if recordings.y is not None:
-        accuracy, balanced = _scores(recordings.y, probabilities.argmax(axis=1))
+    result = assess(table, scorer, recordings, probabilities.argmax(axis=1))
     if output is not None:
         write_csv(table, output)
-    return Predictions(table, scorer, accuracy, balanced)
+    return result
 
 
 def _source_kind(source: str) -> str:
@@ -215,21 +226,41 @@ def prediction_table(
     if recordings.subjects is not None:
         columns["subject"] = recordings.subjects
     columns |= recordings.metadata
-    if recordings.y is not None:
-        columns["label"] = names[recordings.y]
+    # A value empty for a recording is missing (None) in the table, as an unlabelled label is; the CSV
+    # holds an empty field either way.
+    columns = {k: _empty_as_none(v) for k, v in columns.items()}
+    if recordings.y is not None:  # empty (None) for a recording without a label
+        columns["label"] = np.where(recordings.labelled, names[recordings.y], None)
     columns["predicted"] = names[probabilities.argmax(axis=1)]
     columns |= {PROBABILITY_PREFIX + name: probabilities[:, k] for k, name in enumerate(class_names)}
     return pd.DataFrame(columns)
 
 
-def _scores(y: np.ndarray, predicted: np.ndarray) -> tuple[float, float]:
+def _empty_as_none(values: np.ndarray) -> np.ndarray:
+    """Per-sample strings [N] with None where empty (''); other arrays as they are."""
+    if values.dtype.kind != "U" or not (values == "").any():
+        return values
+    return np.where(values == "", None, values)
+
+
+def assess(table: pd.DataFrame, scorer: Scorer, recordings: Recordings, predicted: np.ndarray) -> Predictions:
+    """The scores of the labelled recordings (none: no scores)."""
+    labelled = recordings.labelled
+    if not labelled.any():
+        return Predictions(table, scorer)
+    return Predictions(table, scorer, _scores(recordings.y[labelled], predicted[labelled]))
+
+
+def _scores(y: np.ndarray, predicted: np.ndarray) -> Scores:
     """scikit-learn's accuracy and balanced accuracy (the mean recall of the classes the labels hold)."""
     from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
     with warnings.catch_warnings():
         # A class predicted that no label holds: sklearn warns, then leaves it out of the mean, as meant.
         warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
-        return float(accuracy_score(y, predicted)), float(balanced_accuracy_score(y, predicted))
+        return Scores(
+            float(accuracy_score(y, predicted)), float(balanced_accuracy_score(y, predicted)), len(y)
+        )
 
 
 def check_output(output: Path) -> None:

@@ -175,7 +175,7 @@ def test_a_long_csv_without_labels_gives_one_row_per_recording_with_its_own_colu
     x, _, classes, channels = synthetic(5, seed=1)
     seqs = [x[i, : 30 + 17 * i] for i in range(5)]
     per_sample = {
-        "subject": ["ann", "ann", "bob", "bob", "cy"],
+        "subject": ["ann", "ann", "bob", "bob", ""],  # the last: who, nobody knows
         "side": list("LRLRL"),
         "session": [1, 2, 1, 2, 1],
     }
@@ -193,10 +193,11 @@ def test_a_long_csv_without_labels_gives_one_row_per_recording_with_its_own_colu
         "predicted",
         *(f"p_{c}" for c in classes),
     ]
-    assert table["subject"].tolist() == per_sample["subject"] and table["side"].tolist() == per_sample["side"]
-    assert table["session"].tolist() == per_sample["session"]
+    assert table["subject"].fillna("").tolist() == per_sample["subject"]
+    assert table["side"].tolist() == per_sample["side"] and table["session"].tolist() == per_sample["session"]
     assert f"5 recordings scored with run {store.run_id} (best epoch {store.best_epoch})" in err
     assert "accuracy" not in err
+    assert aqtrack.predict(store.run_id, path)["subject"].isna().tolist() == [False] * 4 + [True]  # not ''
 
 
 def test_labels_give_accuracy_and_balanced_accuracy_as_scikit_learn_computes_them(store, tmp_path, capsys):
@@ -221,6 +222,34 @@ def test_labels_give_accuracy_and_balanced_accuracy_as_scikit_learn_computes_the
     stdout, stderr = capsys.readouterr()
     assert pd.read_csv(io.StringIO(stdout))["label"].tolist() == names
     assert f"accuracy {acc:.4f}, balanced accuracy {balanced:.4f} (12 labelled recordings)" in stderr
+
+
+def test_a_partly_labelled_file_scores_every_recording_and_the_labelled_ones_alone(store, tmp_path, capsys):
+    x, y, classes, channels = synthetic(10, seed=9)
+    names = [classes[k] if i % 2 == 0 else "" for i, k in enumerate(y)]  # 5 recordings without a label
+    csv = written(long_table(list(x), channels, labels=names), tmp_path / "partly.csv")
+    out = tmp_path / "predictions.csv"
+
+    assert main(["predict", store.run_id, str(csv), "-o", str(out)]) == 0
+
+    table = pd.read_csv(out)
+    assert len(table) == 10 and table["label"].isna().tolist() == [i % 2 == 1 for i in range(10)]
+    labelled = table.dropna(subset=["label"])
+    acc = accuracy_score(labelled["label"], labelled["predicted"])
+    balanced = balanced_accuracy_score(labelled["label"], labelled["predicted"])
+    line = f"accuracy {acc:.4f}, balanced accuracy {balanced:.4f} (5 labelled recordings of 10)"
+    stdout, stderr = capsys.readouterr()
+    assert stdout.splitlines() == [
+        f"10 recordings scored with run {store.run_id} (best epoch {store.best_epoch}) -> {out}",
+        line,
+    ]
+    assert "trained or selected on" not in stderr  # no subjects: nothing to say about them
+    # .npz: y holds NaN (class indices) or '' (class names) for a recording without a label.
+    for unlabelled in (np.where(np.arange(10) % 2 == 0, y, np.nan), np.array(names)):
+        np.savez(tmp_path / "partly.npz", X=x, y=unlabelled)
+        result = predictions.score(store.run_id, tmp_path / "partly.npz")
+        assert result.lines(None)[1:] == [line]
+        assert result.table["label"].isna().tolist() == [i % 2 == 1 for i in range(10)]
 
 
 def test_missing_values_are_filled_by_the_runs_policy_and_refused_by_a_refusing_run(store, tmp_path, capsys):
@@ -285,6 +314,9 @@ def _files(folder: Path) -> Path:
     written(good.drop(columns=f"ch_{channels[0]}").assign(ch_heel=1.0), folder / "channels.csv")
     labels = [classes[0], "deep_squat", classes[1], "deep_squat"]
     written(long_table(list(x[:, :40]), channels, labels=labels), folder / "labels.csv")
+    partly = long_table(list(x[:, :40]), channels, labels=list(classes[:4]))
+    partly.loc[(partly["sample_id"] == "r02") & (partly["frame"] >= 20), "label"] = None
+    written(partly, folder / "partly.csv")
     (folder / "notes.txt").write_text("not data\n")
     return folder
 
@@ -313,6 +345,11 @@ REFUSALS: dict[str, tuple[Callable[[str, Path], list[str]], str]] = {
     "unknown label": (
         lambda run, f: [run, str(f / "labels.csv")],
         "label(s) 'deep_squat' are not classes of the run ('good_form', 'shallow_depth', 'asymmetric',",
+    ),
+    "label empty on some rows": (
+        lambda run, f: [run, str(f / "partly.csv")],
+        "label is empty on some rows of sample_id(s) 'r02' and set on others; give each its label on every "
+        "row, or on none to score it unlabelled",
     ),
     "-o in a missing folder": (
         lambda run, f: [run, str(f / "good.csv"), "-o", str(f / "no" / "p.csv")],
