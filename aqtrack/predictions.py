@@ -25,7 +25,12 @@ file has labels), predicted (the most probable class), and p_<class name> for ea
 written there as CSV atomically (a temporary file, then a rename). Every recording is scored.
 
 Scores: accuracy and balanced accuracy over the labelled recordings only ("N labelled recordings of M"
-when some are not).
+when some are not). A recording of a subject the run trained or selected on (its dataset_stats.json's
+train and val subjects; for a model, its run's, when this store has that run) flatters the run: when
+the file has subjects and some labelled recordings are of those, one warning line says how many and
+names a few, and the recordings of the subjects the run never saw are scored apart. Without subjects
+in the file or the run's, nothing is said: it cannot be told. A recording without a subject counts on
+neither side.
 
 Errors, each one line (the CLI's `aqtrack: error:`, exit 2): a source that is neither a run id nor a
 model URI, an unknown run or model, a run without a verified best checkpoint, a model aqtrack did not
@@ -78,6 +83,9 @@ class Scorer:
     source: str  # the SOURCE as given
     run_id: str
     best_epoch: int | None  # None: a logged model that does not say
+    # The subjects of the run's train and val splits (what it trained and selected on); None: unknown
+    # (data without subjects, or a model whose run this store does not have).
+    trained_subjects: frozenset[str] | None = None
 
     def describe(self) -> str:
         """'run X (best epoch E)' or 'models:/NAME/1 (run X, best epoch E)'."""
@@ -106,16 +114,30 @@ class Predictions:
     table: pd.DataFrame
     scorer: Scorer
     scores: Scores | None = None  # over the labelled recordings; None: none is labelled
+    # Of the labelled recordings with a subject: how many are of subjects the run trained or selected
+    # on, and the scores of the others. None: it cannot be told (no subjects in the file or the run).
+    seen: int | None = None
+    held_out: Scores | None = None  # None also when there are none
+    warning: str | None = None  # the line logged when `seen`: how many, naming a few subjects
 
     def lines(self, output: Path | None) -> list[str]:
-        """What `aqtrack predict` prints: the summary, then (with labels) the scores."""
+        """What `aqtrack predict` prints: the summary, then (with labels) the scores, then (when some
+        labelled recordings are of subjects the run trained or selected on) those of the others."""
         where = f" -> {output}" if output is not None else ""
         lines = [f"{len(self.table)} recordings scored with {self.scorer.describe()}{where}"]
         if self.scores is None:
             return lines
         n = self.scores.recordings
         count = f"{n} labelled recordings" + ("" if n == len(self.table) else f" of {len(self.table)}")
+        held = self.held_out.recordings if self.held_out is not None else 0
+        if self.seen:
+            some = "all" if self.seen == n else self.seen
+            count += f"; {some} of subjects the run trained or selected on"
+        elif held == n:
+            count += ", all of subjects the run never saw"
         lines.append(f"accuracy {self.scores} ({count})")
+        if 0 < held < n:
+            lines.append(f"accuracy on the {held} recordings of subjects the run never saw: {self.held_out}")
         return lines
 
 
@@ -129,7 +151,8 @@ def predict(source: str, path: str | Path, output: str | Path | None = None) -> 
 
 
 def score(source: str, path: str | Path, output: Path | None = None) -> Predictions:
-    """`predict`, returning the scorer and the scores with the table (what the CLI prints)."""
+    """`predict`, returning the scorer and the scores with the table (what the CLI prints). Logs the
+    warning about recordings of subjects the run trained or selected on, if any."""
     # Everything the user typed is checked before the tracking store is contacted.
     kind = _source_kind(source)
     path = check_file(path)
@@ -140,8 +163,7 @@ def score(source: str, path: str | Path, output: Path | None = None) -> Predicti
         if kind == "run":
             scorer = run_scorer(client, source, Path(tmp))
         else:
-            logged = exports.load_logged_network(client, source, Path(tmp))
-            scorer = Scorer(logged.network, logged.about, source, logged.run_id, logged.best_epoch)
+            scorer = model_scorer(client, source, Path(tmp))
     about = scorer.about
     recordings = read_recordings(
         path, channel_names=about.channel_names, class_names=about.class_names, missing=about.missing
@@ -149,6 +171,8 @@ def score(source: str, path: str | Path, output: Path | None = None) -> Predicti
     probabilities = softmax(logits_of(scorer.network, recordings))  # [N, K]
     table = prediction_table(path, recordings, about.class_names, probabilities)
     result = assess(table, scorer, recordings, probabilities.argmax(axis=1))
+    if result.warning:
+        log.warning("%s", result.warning)
     if output is not None:
         write_csv(table, output)
     return result
@@ -172,8 +196,7 @@ def run_scorer(client, run_id: str, tmp: Path) -> Scorer:
     except ResumeError as e:
         why = str(e) if len(str(e)) <= 160 else str(e)[:157] + "..."
         raise ResumeError(f"{why}; score another run (`aqtrack runs` lists them)") from e
-    stats_file = tracking.download_artifact(client, run_id, tracking.DATASET_STATS_ARTIFACT, tmp)
-    stats = json.loads(stats_file.read_text()) if stats_file is not None else {}
+    stats = _dataset_stats(client, run_id, tmp)
     class_names = tuple(best.state.class_names or stats.get("class_names") or ())
     channel_names = tuple(stats.get("channel_names") or ())
     network = build_model(ModelSpec(**best.state.model_spec))
@@ -187,7 +210,37 @@ def run_scorer(client, run_id: str, tmp: Path) -> Scorer:
         )
     missing = Config.from_dict(best.state.config).data.missing
     about = exports.NetworkInfo(class_names, channel_names, missing)
-    return Scorer(network.eval(), about, run_id, run_id, best.state.epoch)
+    return Scorer(network.eval(), about, run_id, run_id, best.state.epoch, trained_subjects(stats))
+
+
+def model_scorer(client, uri: str, tmp: Path) -> Scorer:
+    """The network of a model aqtrack logged (`exports.load_logged_network`), with the subjects its run
+    trained on when this store has that run (a model can outlive its run, or come from another store:
+    then they are unknown, and nothing is said about them)."""
+    logged = exports.load_logged_network(client, uri, tmp)
+    try:
+        tracking.get_run(client, logged.run_id, label="predict")
+    except ResumeError:
+        stats = {}
+    else:
+        stats = _dataset_stats(client, logged.run_id, tmp / "run")
+    subjects = trained_subjects(stats)
+    return Scorer(logged.network, logged.about, uri, logged.run_id, logged.best_epoch, subjects)
+
+
+def _dataset_stats(client, run_id: str, tmp: Path) -> dict:
+    """The run's dataset_stats.json, or {} when it has none."""
+    path = tracking.download_artifact(client, run_id, tracking.DATASET_STATS_ARTIFACT, tmp)
+    return json.loads(path.read_text()) if path is not None else {}
+
+
+def trained_subjects(stats: dict) -> frozenset[str] | None:
+    """The subjects of the train and val splits in a run's dataset_stats: those it trained on and
+    selected its best epoch on. None when its data had no subjects (or the stats do not say)."""
+    splits = [stats.get(name) for name in ("train", "val")]
+    if not all(isinstance(s, dict) and isinstance(s.get("subjects"), list) for s in splits):
+        return None
+    return frozenset(str(subject) for split in splits for subject in split["subjects"])
 
 
 def logits_of(network: ActionQualityNet, recordings: Recordings) -> np.ndarray:
@@ -244,11 +297,34 @@ def _empty_as_none(values: np.ndarray) -> np.ndarray:
 
 
 def assess(table: pd.DataFrame, scorer: Scorer, recordings: Recordings, predicted: np.ndarray) -> Predictions:
-    """The scores of the labelled recordings (none: no scores)."""
+    """The scores of the labelled recordings, and (when the file and the run both have subjects) the
+    count of those of subjects the run trained or selected on, with the scores of the others."""
     labelled = recordings.labelled
     if not labelled.any():
         return Predictions(table, scorer)
-    return Predictions(table, scorer, _scores(recordings.y[labelled], predicted[labelled]))
+    scores = _scores(recordings.y[labelled], predicted[labelled])
+    trained, subjects = scorer.trained_subjects, recordings.subjects
+    if trained is None or subjects is None:
+        return Predictions(table, scorer, scores)
+    known = labelled & (subjects != "")
+    ran_on = known & np.isin(subjects, sorted(trained))
+    new = known & ~ran_on
+    held_out = _scores(recordings.y[new], predicted[new]) if new.any() else None
+    warning = None
+    if ran_on.any():
+        seen, n = int(ran_on.sum()), scores.recordings
+        some = f"all {n}" if seen == n else f"{seen} of the {n}"
+        warning = (
+            f"{some} labelled recordings are of subjects the run trained or selected on "
+            f"({_few(np.unique(subjects[ran_on]))}): accuracy on them says little about new subjects"
+        )
+    return Predictions(table, scorer, scores, int(ran_on.sum()), held_out, warning)
+
+
+def _few(names: np.ndarray, limit: int = 5, width: int = 24) -> str:
+    """A few names from the file, quoted and cut short: 'a', 'b', 'c', ..."""
+    shown = [repr(n if len(n) <= width else n[: width - 3] + "...") for n in names[:limit].tolist()]
+    return ", ".join(shown) + (", ..." if len(names) > limit else "")
 
 
 def _scores(y: np.ndarray, predicted: np.ndarray) -> Scores:
