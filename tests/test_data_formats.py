@@ -548,6 +548,11 @@ def test_a_per_sample_column_empty_on_some_rows_of_a_sample_is_refused_as_such(t
     message = _assert_refused(_write(table, tmp_path / "data.csv"), "column 'side' is empty on some rows")
     assert "sample_id(s) 's2'" in message and "ch_side" not in message  # not a channel that changes
 
+    table = _long_table(_sequences()).assign(subject="p1")
+    table.loc[(table["sample_id"] == "s4") & (table["frame"] > 2), "subject"] = None
+    with pytest.raises(DataError, match=re.escape("subject is empty on some rows of sample_id(s) 's4' and")):
+        read_recordings(_write(table, tmp_path / "new.csv"), **RUN)
+
 
 @pytest.mark.parametrize(("suffix", "where"), [(".csv", "first on line 9"), (".parquet", "first at row 7")])
 def test_an_empty_frame_or_sample_id_is_refused_naming_its_sample_or_where_it_is(tmp_path, suffix, where):

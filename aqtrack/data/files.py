@@ -636,7 +636,7 @@ def _table_to_raw(path: Path, df, labels_required: bool = True) -> _Raw:
     metadata = [c for c in per_sample if c != "label" and c not in PER_SAMPLE_COLUMNS]
     for c in per_sample:  # one spelling of "empty": NaN ('' and spaces too, which parquet can hold)
         df[c] = df[c].mask(_empty_rows(df[c]))
-    problems = _partly_empty_problems(df, per_sample, labels_required)
+    problems = _partly_empty_problems(df, per_sample, scoring=not labels_required)
     problems += _per_sample_problems(groups, per_sample, metadata) + _frame_problems(df, groups)
     if problems:
         _fail(path, problems)
@@ -673,7 +673,7 @@ def _table_to_raw(path: Path, df, labels_required: bool = True) -> _Raw:
     return raw
 
 
-def _partly_empty_problems(df, per_sample: list[str], labels_required: bool) -> list[str]:
+def _partly_empty_problems(df, per_sample: list[str], scoring: bool) -> list[str]:
     """A per-sample column empty on some rows of a sample and set on others: which value is meant?
     (Empty on all its rows is a sample without one: an unlabelled recording, an unknown subject.)"""
     empty = df[per_sample].isna().groupby(df["sample_id"], sort=True)
@@ -681,15 +681,15 @@ def _partly_empty_problems(df, per_sample: list[str], labels_required: bool) -> 
     problems = []
     for column in [c for c in per_sample if partly[c].any()]:
         where = f"sample_id(s) {_show(partly.index[partly[column].to_numpy()])}"
-        if column == "label":
-            fix = "give each its label on every row" + (
-                "" if labels_required else ", or on none to score it unlabelled"
-            )
-        elif column in PER_SAMPLE_COLUMNS:
-            fix = f"give each its {column} on every row"
+        if column in ("label", *PER_SAMPLE_COLUMNS):
+            name, fix = column, f"give each its {column} on every row"
+            if scoring:  # a whole recording may go without one
+                fix += ", or on none to score it unlabelled" if column == "label" else ", or on none"
         else:
-            fix = "give each its value on every row or on none, or drop the column"
-        name = column if column == "label" or column in PER_SAMPLE_COLUMNS else f"column {_short(column)!r}"
+            name, fix = (
+                f"column {_short(column)!r}",
+                "give each its value on every row or on none, or drop it",
+            )
         problems.append(f"{name} is empty on some rows of {where} and set on others; {fix}")
     return problems
 
