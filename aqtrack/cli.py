@@ -153,7 +153,10 @@ def _add_predict(commands) -> None:
         help="a training run id, models:/NAME/VERSION, models:/NAME@ALIAS or runs:/RUN_ID/model",
     )
     predict.add_argument(
-        "file", metavar="FILE", type=Path, help="recordings: .csv, .parquet, .npz or .ts; labels optional"
+        "file",
+        metavar="FILE",
+        type=Path,
+        help="recordings: .csv, .parquet, .npz or .ts; labels optional, per recording",
     )
     predict.add_argument(
         "-o",
@@ -341,9 +344,8 @@ def _predict(args: argparse.Namespace) -> int:
 
     result = score(args.source, args.file, args.output)
     if args.output is not None:
-        print(result.summary(args.output))
-        if result.scores():
-            print(result.scores())
+        for line in result.lines(args.output):
+            print(line)
         return 0
     # The CSV alone on stdout, so it can be piped; what a person reads goes to stderr.
     try:
@@ -352,9 +354,8 @@ def _predict(args: argparse.Namespace) -> int:
     except BrokenPipeError:  # `| head`: the reader is gone; stdout to devnull so exiting cannot fail again
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    _say(result.summary(None))
-    if result.scores():
-        _say(result.scores())
+    for line in result.lines(None):
+        _say(line)
     return 0
 
 

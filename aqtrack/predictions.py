@@ -11,7 +11,8 @@ a network aqtrack logged, whose weights are read from its pt2 archive without lo
 `exports.read_pt2_weights`), with the class names, channel names and policy of its MLflow metadata.
 
 FILE is read by `aqtrack.data.files.read_recordings`: any format and length training reads, labels
-optional, channels matched to the run's, missing values filled or refused by the run's policy.
+optional (for the whole file or per recording: a table's label empty on all of a recording's rows, an
+.npz's y NaN or ''), channels matched to the run's, missing values filled or refused by the run's policy.
 
 Shapes: x float32 [N, T_max, C] (NaN after each recording's real length) -> batches of BATCH_SIZE
 recordings of similar length, each cut to its longest, through the masked network with the real lengths
@@ -19,14 +20,23 @@ recordings of similar length, each cut to its longest, through the masked networ
 alone, whatever shares its batch.
 
 Output: one row per recording, in the file's order (tables: by sample_id): sample_id, subject and the
-file's other per-sample columns, label (the class name; only when the file has labels), predicted (the
-most probable class), and p_<class name> for each class. With `output`, written there as CSV atomically
-(a temporary file, then a rename).
+file's other per-sample columns, label (the class name, empty for an unlabelled recording; only when the
+file has labels), predicted (the most probable class), and p_<class name> for each class. With `output`,
+written there as CSV atomically (a temporary file, then a rename). Every recording is scored.
+
+Scores: accuracy and balanced accuracy over the labelled recordings only ("N labelled recordings of M"
+when some are not). A recording of a subject the run trained or selected on (its dataset_stats.json's
+train and val subjects; for a model, its run's, when this store has that run) flatters the run: when
+the file has subjects and some labelled recordings are of those, one warning line says how many and
+names a few, and the recordings of the subjects the run never saw are scored apart. Without subjects
+in the file or the run's, nothing is said: it cannot be told. A recording without a subject counts on
+neither side.
 
 Errors, each one line (the CLI's `aqtrack: error:`, exit 2): a source that is neither a run id nor a
 model URI, an unknown run or model, a run without a verified best checkpoint, a model aqtrack did not
-log, a missing, unreadable or unsupported file, channels or labels that are not the run's, missing values
-a run refuses, an output path that cannot be written. Nothing is ever written to the tracking store.
+log, a missing, unreadable or unsupported file, channels or labels that are not the run's, a label empty
+on some rows of a recording and set on others, missing values a run refuses, an output path that cannot
+be written. Nothing is ever written to the tracking store.
 """
 
 from __future__ import annotations
@@ -73,6 +83,9 @@ class Scorer:
     source: str  # the SOURCE as given
     run_id: str
     best_epoch: int | None  # None: a logged model that does not say
+    # The subjects of the run's train and val splits (what it trained and selected on); None: unknown
+    # (data without subjects, or a model whose run this store does not have).
+    trained_subjects: frozenset[str] | None = None
 
     def describe(self) -> str:
         """'run X (best epoch E)' or 'models:/NAME/1 (run X, best epoch E)'."""
@@ -83,40 +96,63 @@ class Scorer:
 
 
 @dataclass(frozen=True)
+class Scores:
+    """Accuracy and balanced accuracy over `recordings` labelled recordings."""
+
+    accuracy: float
+    balanced_accuracy: float
+    recordings: int
+
+    def __str__(self) -> str:
+        return f"{self.accuracy:.4f}, balanced accuracy {self.balanced_accuracy:.4f}"
+
+
+@dataclass(frozen=True)
 class Predictions:
-    """The scored table, the network that scored it and, when the file has labels, its scores."""
+    """The scored table, the network that scored it and, when some recordings are labelled, its scores."""
 
     table: pd.DataFrame
     scorer: Scorer
-    accuracy: float | None = None
-    balanced_accuracy: float | None = None
+    scores: Scores | None = None  # over the labelled recordings; None: none is labelled
+    # Of the labelled recordings with a subject: how many are of subjects the run trained or selected
+    # on, and the scores of the others. None: it cannot be told (no subjects in the file or the run).
+    seen: int | None = None
+    held_out: Scores | None = None  # None also when there are none
+    warning: str | None = None  # the line logged when `seen`: how many, naming a few subjects
 
-    def summary(self, output: Path | None) -> str:
+    def lines(self, output: Path | None) -> list[str]:
+        """What `aqtrack predict` prints: the summary, then (with labels) the scores, then (when some
+        labelled recordings are of subjects the run trained or selected on) those of the others."""
         where = f" -> {output}" if output is not None else ""
-        return f"{len(self.table)} recordings scored with {self.scorer.describe()}{where}"
-
-    def scores(self) -> str | None:
-        """'accuracy A, balanced accuracy B (N labelled recordings)', or None without labels."""
-        if self.accuracy is None:
-            return None
-        return (
-            f"accuracy {self.accuracy:.4f}, balanced accuracy {self.balanced_accuracy:.4f} "
-            f"({len(self.table)} labelled recordings)"
-        )
+        lines = [f"{len(self.table)} recordings scored with {self.scorer.describe()}{where}"]
+        if self.scores is None:
+            return lines
+        n = self.scores.recordings
+        count = f"{n} labelled recordings" + ("" if n == len(self.table) else f" of {len(self.table)}")
+        held = self.held_out.recordings if self.held_out is not None else 0
+        if self.seen:
+            some = "all" if self.seen == n else self.seen
+            count += f"; {some} of subjects the run trained or selected on"
+        elif held == n:
+            count += ", all of subjects the run never saw"
+        lines.append(f"accuracy {self.scores} ({count})")
+        if 0 < held < n:
+            lines.append(f"accuracy on the {held} recordings of subjects the run never saw: {self.held_out}")
+        return lines
 
 
 def predict(source: str, path: str | Path, output: str | Path | None = None) -> pd.DataFrame:
     """Score the recordings in `path` with `source` (a run id or a model URI); see the module docstring.
-    With `output`, the table is also written there as CSV."""
+    With `output`, the table is also written there as CSV. What the CLI prints is logged."""
     result = score(source, path, None if output is None else Path(output))
-    log.info("%s", result.summary(None if output is None else Path(output)))
-    if result.scores():
-        log.info("%s", result.scores())
+    for line in result.lines(None if output is None else Path(output)):
+        log.info("%s", line)
     return result.table
 
 
 def score(source: str, path: str | Path, output: Path | None = None) -> Predictions:
-    """`predict`, returning the scorer and the scores with the table (what the CLI prints)."""
+    """`predict`, returning the scorer and the scores with the table (what the CLI prints). Logs the
+    warning about recordings of subjects the run trained or selected on, if any."""
     # Everything the user typed is checked before the tracking store is contacted.
     kind = _source_kind(source)
     path = check_file(path)
@@ -127,20 +163,19 @@ def score(source: str, path: str | Path, output: Path | None = None) -> Predicti
         if kind == "run":
             scorer = run_scorer(client, source, Path(tmp))
         else:
-            logged = exports.load_logged_network(client, source, Path(tmp))
-            scorer = Scorer(logged.network, logged.about, source, logged.run_id, logged.best_epoch)
+            scorer = model_scorer(client, source, Path(tmp))
     about = scorer.about
     recordings = read_recordings(
         path, channel_names=about.channel_names, class_names=about.class_names, missing=about.missing
     )
     probabilities = softmax(logits_of(scorer.network, recordings))  # [N, K]
     table = prediction_table(path, recordings, about.class_names, probabilities)
-    accuracy = balanced = None
-    if recordings.y is not None:
-        accuracy, balanced = _scores(recordings.y, probabilities.argmax(axis=1))
+    result = assess(table, scorer, recordings, probabilities.argmax(axis=1))
+    if result.warning:
+        log.warning("%s", result.warning)
     if output is not None:
         write_csv(table, output)
-    return Predictions(table, scorer, accuracy, balanced)
+    return result
 
 
 def _source_kind(source: str) -> str:
@@ -161,8 +196,7 @@ def run_scorer(client, run_id: str, tmp: Path) -> Scorer:
     except ResumeError as e:
         why = str(e) if len(str(e)) <= 160 else str(e)[:157] + "..."
         raise ResumeError(f"{why}; score another run (`aqtrack runs` lists them)") from e
-    stats_file = tracking.download_artifact(client, run_id, tracking.DATASET_STATS_ARTIFACT, tmp)
-    stats = json.loads(stats_file.read_text()) if stats_file is not None else {}
+    stats = _dataset_stats(client, run_id, tmp)
     class_names = tuple(best.state.class_names or stats.get("class_names") or ())
     channel_names = tuple(stats.get("channel_names") or ())
     network = build_model(ModelSpec(**best.state.model_spec))
@@ -176,7 +210,37 @@ def run_scorer(client, run_id: str, tmp: Path) -> Scorer:
         )
     missing = Config.from_dict(best.state.config).data.missing
     about = exports.NetworkInfo(class_names, channel_names, missing)
-    return Scorer(network.eval(), about, run_id, run_id, best.state.epoch)
+    return Scorer(network.eval(), about, run_id, run_id, best.state.epoch, trained_subjects(stats))
+
+
+def model_scorer(client, uri: str, tmp: Path) -> Scorer:
+    """The network of a model aqtrack logged (`exports.load_logged_network`), with the subjects its run
+    trained on when this store has that run (a model can outlive its run, or come from another store:
+    then they are unknown, and nothing is said about them)."""
+    logged = exports.load_logged_network(client, uri, tmp)
+    try:
+        tracking.get_run(client, logged.run_id, label="predict")
+    except ResumeError:
+        stats = {}
+    else:
+        stats = _dataset_stats(client, logged.run_id, tmp / "run")
+    subjects = trained_subjects(stats)
+    return Scorer(logged.network, logged.about, uri, logged.run_id, logged.best_epoch, subjects)
+
+
+def _dataset_stats(client, run_id: str, tmp: Path) -> dict:
+    """The run's dataset_stats.json, or {} when it has none."""
+    path = tracking.download_artifact(client, run_id, tracking.DATASET_STATS_ARTIFACT, tmp)
+    return json.loads(path.read_text()) if path is not None else {}
+
+
+def trained_subjects(stats: dict) -> frozenset[str] | None:
+    """The subjects of the train and val splits in a run's dataset_stats: those it trained on and
+    selected its best epoch on. None when its data had no subjects (or the stats do not say)."""
+    splits = [stats.get(name) for name in ("train", "val")]
+    if not all(isinstance(s, dict) and isinstance(s.get("subjects"), list) for s in splits):
+        return None
+    return frozenset(str(subject) for split in splits for subject in split["subjects"])
 
 
 def logits_of(network: ActionQualityNet, recordings: Recordings) -> np.ndarray:
@@ -215,21 +279,64 @@ def prediction_table(
     if recordings.subjects is not None:
         columns["subject"] = recordings.subjects
     columns |= recordings.metadata
-    if recordings.y is not None:
-        columns["label"] = names[recordings.y]
+    # A value empty for a recording is missing (None) in the table, as an unlabelled label is; the CSV
+    # holds an empty field either way.
+    columns = {k: _empty_as_none(v) for k, v in columns.items()}
+    if recordings.y is not None:  # empty (None) for a recording without a label
+        columns["label"] = np.where(recordings.labelled, names[recordings.y], None)
     columns["predicted"] = names[probabilities.argmax(axis=1)]
     columns |= {PROBABILITY_PREFIX + name: probabilities[:, k] for k, name in enumerate(class_names)}
     return pd.DataFrame(columns)
 
 
-def _scores(y: np.ndarray, predicted: np.ndarray) -> tuple[float, float]:
+def _empty_as_none(values: np.ndarray) -> np.ndarray:
+    """Per-sample strings [N] with None where empty (''); other arrays as they are."""
+    if values.dtype.kind != "U" or not (values == "").any():
+        return values
+    return np.where(values == "", None, values)
+
+
+def assess(table: pd.DataFrame, scorer: Scorer, recordings: Recordings, predicted: np.ndarray) -> Predictions:
+    """The scores of the labelled recordings, and (when the file and the run both have subjects) the
+    count of those of subjects the run trained or selected on, with the scores of the others."""
+    labelled = recordings.labelled
+    if not labelled.any():
+        return Predictions(table, scorer)
+    scores = _scores(recordings.y[labelled], predicted[labelled])
+    trained, subjects = scorer.trained_subjects, recordings.subjects
+    if trained is None or subjects is None:
+        return Predictions(table, scorer, scores)
+    known = labelled & (subjects != "")
+    ran_on = known & np.isin(subjects, sorted(trained))
+    new = known & ~ran_on
+    held_out = _scores(recordings.y[new], predicted[new]) if new.any() else None
+    warning = None
+    if ran_on.any():
+        seen, n = int(ran_on.sum()), scores.recordings
+        some = f"all {n}" if seen == n else f"{seen} of the {n}"
+        warning = (
+            f"{some} labelled recordings are of subjects the run trained or selected on "
+            f"({_few(np.unique(subjects[ran_on]))}): accuracy on them says little about new subjects"
+        )
+    return Predictions(table, scorer, scores, int(ran_on.sum()), held_out, warning)
+
+
+def _few(names: np.ndarray, limit: int = 5, width: int = 24) -> str:
+    """A few names from the file, quoted and cut short: 'a', 'b', 'c', ..."""
+    shown = [repr(n if len(n) <= width else n[: width - 3] + "...") for n in names[:limit].tolist()]
+    return ", ".join(shown) + (", ..." if len(names) > limit else "")
+
+
+def _scores(y: np.ndarray, predicted: np.ndarray) -> Scores:
     """scikit-learn's accuracy and balanced accuracy (the mean recall of the classes the labels hold)."""
     from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
     with warnings.catch_warnings():
         # A class predicted that no label holds: sklearn warns, then leaves it out of the mean, as meant.
         warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
-        return float(accuracy_score(y, predicted)), float(balanced_accuracy_score(y, predicted))
+        return Scores(
+            float(accuracy_score(y, predicted)), float(balanced_accuracy_score(y, predicted)), len(y)
+        )
 
 
 def check_output(output: Path) -> None:

@@ -367,7 +367,7 @@ _TABLE_CASES = {
     ),
     "missing frame value": (
         lambda df, row: _with(df, row, "frame", np.nan),
-        "column 'frame' has 1 missing value(s)",
+        "'frame' is empty on 1 row(s) of sample_id(s) 's01'; give every row its frame number",
     ),
     "T of 1": (
         lambda df, row: df[df["frame"] == 0],

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from aqtrack.data import pad_sequences
-from aqtrack.data.files import load_file, read_recordings
+from aqtrack.data.files import UNLABELLED, load_file, read_recordings
 from aqtrack.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -185,7 +185,10 @@ def test_integer_labels_from_1_are_refused_naming_class_0_unless_class_names_lis
 
 @pytest.mark.parametrize(
     ("label", "expected"),
-    [(1.5, "labels must be integers, found 1.5 in sample_id 's2'"), (np.nan, "column 'label' has 3 missing")],
+    [
+        (1.5, "labels must be integers, found 1.5 in sample_id 's2'"),
+        (np.nan, "1 of 6 samples have no label (sample_id(s) 's2')"),  # samples, not its 3 rows
+    ],
 )
 def test_labels_that_are_neither_integers_nor_strings_are_refused(tmp_path, label, expected):
     table = _long_table(_sequences(), labels=[float(v) for v in LABELS])
@@ -198,7 +201,8 @@ def test_npz_nan_label_is_refused_naming_the_sample(tmp_path):
     y = np.array(LABELS, dtype=np.float64)
     y[4] = np.nan
     np.savez(tmp_path / "data.npz", X=pad_sequences(_sequences())[0], y=y)
-    _assert_refused(tmp_path / "data.npz", "labels must be integers, found nan in sample 4")
+    message = _assert_refused(tmp_path / "data.npz", "1 of 6 samples have no label (sample(s) 4)")
+    assert "training needs a label on every sample" in message
 
 
 # --- metadata -------------------------------------------------------------------------------------------
@@ -408,7 +412,11 @@ def test_recordings_labels_name_or_index_the_runs_classes(tmp_path):
 @pytest.mark.parametrize(
     ("labels", "expected"),
     [
-        (["walk", "jog"] * 3, "label(s) 'jog' are not classes of the run ('walk', 'run')"),
+        (
+            ["walk", "jog"] * 3,
+            "label(s) 'jog' are not classes of the run ('walk', 'run'); fix them (3 sample(s), first "
+            "sample_id 's1') or empty them to score those unlabelled",
+        ),
         ((0, 2) * 3, "label 2 (sample_id 's1') is out of range for the run's 2 classes ('walk', 'run')"),
     ],
 )
@@ -464,3 +472,96 @@ def test_recordings_keep_subject_split_and_other_per_sample_columns(tmp_path):
     assert recordings.subjects.tolist() == ["p0", "p0", "p1", "p1", "p2", "p2"]
     assert recordings.metadata["side"].tolist() == ["L", "R"] * 3
     assert recordings.metadata["split"].tolist() == ["test"] * 6
+
+
+# --- empty per-sample values: unlabelled recordings, unknown subjects ------------------------------------
+
+
+def _partly_labelled(path: Path, kind: str = "strings") -> Path:
+    """The six samples, s1 and s4 without a label: a table whose label is empty on all their rows, or an
+    .npz whose y holds '' (class names) or NaN (class indices) for them."""
+    names = ["walk", None, "run", "walk", None, "run"]
+    if path.suffix == ".npz":
+        y = [n or "" for n in names] if kind == "strings" else [0, np.nan, 1, 0, np.nan, 1]
+        np.savez(path, X=pad_sequences(_sequences())[0], y=np.array(y))
+        return path
+    return _write(_long_table(_sequences(), labels=names), path)
+
+
+@pytest.mark.parametrize(
+    ("suffix", "kind"), [(".csv", "strings"), (".parquet", "strings"), (".npz", "strings"), (".npz", "nan")]
+)
+def test_recordings_whose_label_is_empty_are_unlabelled_and_the_others_keep_theirs(tmp_path, suffix, kind):
+    recordings = read_recordings(_partly_labelled(tmp_path / f"new{suffix}", kind), **RUN)
+
+    assert recordings.y.tolist() == [0, UNLABELLED, 1, 0, UNLABELLED, 1]
+    assert recordings.labelled.tolist() == [True, False, True, True, False, True]
+    assert len(recordings) == 6
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".npz"])
+def test_training_refuses_unlabelled_samples_counting_samples_not_rows(tmp_path, suffix):
+    path = _partly_labelled(tmp_path / f"data{suffix}")
+    which = "sample_id(s) 's1', 's4'" if suffix == ".csv" else "sample(s) 1, 4"
+    message = _assert_refused(path, f"2 of 6 samples have no label ({which}); training needs a label")
+    assert "row" not in message and "fill them" not in message
+
+
+def test_a_label_empty_on_some_rows_of_a_sample_is_refused_naming_it_for_training_and_scoring(tmp_path):
+    table = _long_table(_sequences(), labels=["walk", "run"] * 3)
+    table.loc[(table["sample_id"] == "s3") & (table["frame"] >= 2), "label"] = None
+    path = _write(table, tmp_path / "data.csv")
+    expected = "label is empty on some rows of sample_id(s) 's3' and set on others"
+
+    message = _assert_refused(path, expected)
+    with pytest.raises(DataError) as info:
+        read_recordings(path, **RUN)
+
+    assert "changes within" not in message
+    assert expected in str(info.value) and "or on none to score it unlabelled" in str(info.value)
+
+
+def test_empty_subjects_and_splits_are_refused_for_training_counting_samples_and_kept_empty_to_score(
+    tmp_path,
+):
+    table = _long_table(_sequences())
+    number = table["sample_id"].str[1:].astype(int)
+    table["subject"] = np.where(number == 2, None, "p" + (number // 2).astype(str))
+    table["split"] = np.where(number == 5, None, np.where(number % 2, "val", "train"))
+    table["side"] = np.where(number == 0, None, np.where(number % 2, "right", "left"))  # may be empty
+    path = _write(table, tmp_path / "data.csv")
+
+    message = _assert_refused(path, "subject is empty for 1 of 6 samples (sample_id(s) 's2')")
+    recordings = read_recordings(path, **RUN)
+
+    assert "split is empty for 1 of 6 samples (sample_id(s) 's5')" in message
+    assert "row" not in message and "fill them" not in message
+    assert recordings.subjects.tolist() == ["p0", "p0", "", "p1", "p2", "p2"]
+    assert recordings.metadata["split"].tolist() == ["train", "val", "train", "val", "train", ""]
+    # Not 'nan', and the others whole (pandas 3 cuts strings to one character beside an NA).
+    assert recordings.metadata["side"].tolist() == ["", "right", "left", "right", "left", "right"]
+
+
+def test_a_per_sample_column_empty_on_some_rows_of_a_sample_is_refused_as_such(tmp_path):
+    table = _long_table(_sequences()).assign(side="L")
+    table.loc[(table["sample_id"] == "s2") & (table["frame"] == 1), "side"] = None
+    message = _assert_refused(_write(table, tmp_path / "data.csv"), "column 'side' is empty on some rows")
+    assert "sample_id(s) 's2'" in message and "ch_side" not in message  # not a channel that changes
+
+    table = _long_table(_sequences()).assign(subject="p1")
+    table.loc[(table["sample_id"] == "s4") & (table["frame"] > 2), "subject"] = None
+    with pytest.raises(DataError, match=re.escape("subject is empty on some rows of sample_id(s) 's4' and")):
+        read_recordings(_write(table, tmp_path / "new.csv"), **RUN)
+
+
+@pytest.mark.parametrize(("suffix", "where"), [(".csv", "first on line 9"), (".parquet", "first at row 7")])
+def test_an_empty_frame_or_sample_id_is_refused_naming_its_sample_or_where_it_is(tmp_path, suffix, where):
+    table = _long_table(_sequences())
+    table["frame"] = table["frame"].astype(float)
+    table.loc[[3, 4], "frame"] = np.nan  # rows of s0 (5 frames: rows 0-4)
+    table.loc[7, "sample_id"] = None  # a row of s1: line 9 of the CSV, under its header
+
+    message = _assert_refused(_write(table, tmp_path / f"data{suffix}"), "'frame' is empty on 2 row(s) of")
+
+    assert "sample_id(s) 's0'" in message and "give every row its frame number" in message
+    assert f"'sample_id' is empty on 1 row(s), {where}" in message

@@ -130,7 +130,7 @@ def test_skipped_frame_numbers_are_missing_frames_filled_over_the_gap(tmp_path):
     np.testing.assert_array_equal(x[:, 0], np.arange(6))
     np.testing.assert_array_equal(x[:, 1], 10.0 * np.arange(6))
     assert data.filled_values == 4  # 2 frames x 2 channels
-    assert any("2 skipped frame number(s)" in note for note in data.notes)
+    assert any("2 skipped frame number(s) in 1 sample(s) are missing frames" in note for note in data.notes)
 
 
 def test_skipped_frames_with_missing_refuse_are_refused_naming_file_count_and_sample(tmp_path):

@@ -3,8 +3,10 @@ and length, labels optional, with one-line refusals, and nothing is written to t
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
+import json
 import shutil
 import subprocess
 import sys
@@ -20,7 +22,7 @@ from mlflow import MlflowClient
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
 import aqtrack
-from aqtrack import predictions, tracking
+from aqtrack import exports, predictions, tracking
 from aqtrack.checkpoint import BEST
 from aqtrack.cli import main
 from aqtrack.data import load_data, pad_sequences
@@ -175,7 +177,7 @@ def test_a_long_csv_without_labels_gives_one_row_per_recording_with_its_own_colu
     x, _, classes, channels = synthetic(5, seed=1)
     seqs = [x[i, : 30 + 17 * i] for i in range(5)]
     per_sample = {
-        "subject": ["ann", "ann", "bob", "bob", "cy"],
+        "subject": ["ann", "ann", "bob", "bob", ""],  # the last: who, nobody knows
         "side": list("LRLRL"),
         "session": [1, 2, 1, 2, 1],
     }
@@ -193,10 +195,11 @@ def test_a_long_csv_without_labels_gives_one_row_per_recording_with_its_own_colu
         "predicted",
         *(f"p_{c}" for c in classes),
     ]
-    assert table["subject"].tolist() == per_sample["subject"] and table["side"].tolist() == per_sample["side"]
-    assert table["session"].tolist() == per_sample["session"]
+    assert table["subject"].fillna("").tolist() == per_sample["subject"]
+    assert table["side"].tolist() == per_sample["side"] and table["session"].tolist() == per_sample["session"]
     assert f"5 recordings scored with run {store.run_id} (best epoch {store.best_epoch})" in err
     assert "accuracy" not in err
+    assert aqtrack.predict(store.run_id, path)["subject"].isna().tolist() == [False] * 4 + [True]  # not ''
 
 
 def test_labels_give_accuracy_and_balanced_accuracy_as_scikit_learn_computes_them(store, tmp_path, capsys):
@@ -221,6 +224,108 @@ def test_labels_give_accuracy_and_balanced_accuracy_as_scikit_learn_computes_the
     stdout, stderr = capsys.readouterr()
     assert pd.read_csv(io.StringIO(stdout))["label"].tolist() == names
     assert f"accuracy {acc:.4f}, balanced accuracy {balanced:.4f} (12 labelled recordings)" in stderr
+
+
+def test_a_partly_labelled_file_scores_every_recording_and_the_labelled_ones_alone(store, tmp_path, capsys):
+    x, y, classes, channels = synthetic(10, seed=9)
+    names = [classes[k] if i % 2 == 0 else "" for i, k in enumerate(y)]  # 5 recordings without a label
+    csv = written(long_table(list(x), channels, labels=names), tmp_path / "partly.csv")
+    out = tmp_path / "predictions.csv"
+
+    assert main(["predict", store.run_id, str(csv), "-o", str(out)]) == 0
+
+    table = pd.read_csv(out)
+    assert len(table) == 10 and table["label"].isna().tolist() == [i % 2 == 1 for i in range(10)]
+    labelled = table.dropna(subset=["label"])
+    acc = accuracy_score(labelled["label"], labelled["predicted"])
+    balanced = balanced_accuracy_score(labelled["label"], labelled["predicted"])
+    line = f"accuracy {acc:.4f}, balanced accuracy {balanced:.4f} (5 labelled recordings of 10)"
+    stdout, stderr = capsys.readouterr()
+    assert stdout.splitlines() == [
+        f"10 recordings scored with run {store.run_id} (best epoch {store.best_epoch}) -> {out}",
+        line,
+    ]
+    assert "trained or selected on" not in stderr  # no subjects: nothing to say about them
+    # .npz: y holds NaN (class indices) or '' (class names) for a recording without a label.
+    for unlabelled in (np.where(np.arange(10) % 2 == 0, y, np.nan), np.array(names)):
+        np.savez(tmp_path / "partly.npz", X=x, y=unlabelled)
+        result = predictions.score(store.run_id, tmp_path / "partly.npz")
+        assert result.lines(None)[1:] == [line]
+        assert result.table["label"].isna().tolist() == [i % 2 == 1 for i in range(10)]
+
+
+def _run_subjects(run_id: str, tmp_path: Path) -> dict[str, list[str]]:
+    """The subjects of the run's train, val and test splits, from its dataset_stats.json."""
+    path = MlflowClient().download_artifacts(run_id, tracking.DATASET_STATS_ARTIFACT, str(tmp_path))
+    stats = json.loads(Path(path).read_text())
+    return {name: stats[name]["subjects"] for name in ("train", "val", "test")}
+
+
+@pytest.mark.parametrize("source", ["{run}", f"models:/{MODEL}/1"])
+def test_recordings_of_subjects_the_run_trained_or_selected_on_are_counted_and_the_others_scored_apart(
+    store, tmp_path, capsys, source
+):
+    source = source.format(run=store.run_id)
+    subjects = _run_subjects(store.run_id, tmp_path)
+    (a, b), val, test = subjects["train"][:2], subjects["val"][0], subjects["test"][0]
+    x, y, classes, channels = synthetic(10, seed=10)
+    who = [a, a, a, b, val, val, test, test, test, a]
+    names = [classes[k] for k in y[:9]] + [""]  # the unlabelled one is not counted, whoever it is
+    path = written(long_table(list(x), channels, labels=names, subject=who), tmp_path / "mixed.csv")
+    out = tmp_path / "predictions.csv"
+
+    assert main(["predict", source, str(path), "-o", str(out)]) == 0
+
+    table = pd.read_csv(out)
+    labelled, held = table.iloc[:9], table.iloc[6:9]
+    scores = [
+        (accuracy_score(t["label"], t["predicted"]), balanced_accuracy_score(t["label"], t["predicted"]))
+        for t in (labelled, held)
+    ]
+    stdout, stderr = capsys.readouterr()
+    assert stdout.splitlines()[1:] == [
+        f"accuracy {scores[0][0]:.4f}, balanced accuracy {scores[0][1]:.4f} (9 labelled recordings of 10; "
+        "6 of subjects the run trained or selected on)",
+        f"accuracy on the 3 recordings of subjects the run never saw: {scores[1][0]:.4f}, "
+        f"balanced accuracy {scores[1][1]:.4f}",
+    ]
+    warnings = [line for line in stderr.splitlines() if "trained or selected on" in line]
+    assert len(warnings) == 1, stderr
+    seen = f"({a!r}, {b!r}, {val!r})"
+    assert warnings[0].startswith(
+        f"6 of the 9 labelled recordings are of subjects the run trained or selected on {seen}"
+    )
+
+    # Only subjects the run never saw: said in the summary, no warning.
+    only_new = written(
+        long_table(list(x[:3]), channels, labels=names[:3], subject=[test] * 3), tmp_path / "new.csv"
+    )
+    result = predictions.score(source, only_new)
+    assert result.lines(None)[1].endswith("(3 labelled recordings, all of subjects the run never saw)")
+    assert len(result.lines(None)) == 2
+
+
+def test_without_the_training_runs_subjects_nothing_is_said_about_them(store, tmp_path, capsys, monkeypatch):
+    subjects = _run_subjects(store.run_id, tmp_path)
+    x, y, classes, channels = synthetic(4, seed=11)
+    who = [subjects["train"][0]] * 4
+    path = written(
+        long_table(list(x), channels, labels=[classes[k] for k in y], subject=who), tmp_path / "new.csv"
+    )
+    real = exports.load_logged_network
+
+    def from_elsewhere(*args):  # a model whose run is not in this store
+        return dataclasses.replace(real(*args), run_id="0" * 32)
+
+    monkeypatch.setattr(exports, "load_logged_network", from_elsewhere)
+    assert main(["predict", f"models:/{MODEL}/1", str(path)]) == 0
+
+    stderr = capsys.readouterr().err
+    assert "(4 labelled recordings)" in stderr and "subjects" not in stderr
+    # A run trained on data without subjects cannot tell either; one with them trained on train and val.
+    assert predictions.trained_subjects({"train": {"total": 64}, "val": {"total": 32}}) is None
+    both = {"train": {"subjects": ["a", "b"]}, "val": {"subjects": ["c"]}, "test": {"subjects": ["d"]}}
+    assert predictions.trained_subjects(both) == {"a", "b", "c"}
 
 
 def test_missing_values_are_filled_by_the_runs_policy_and_refused_by_a_refusing_run(store, tmp_path, capsys):
@@ -285,6 +390,9 @@ def _files(folder: Path) -> Path:
     written(good.drop(columns=f"ch_{channels[0]}").assign(ch_heel=1.0), folder / "channels.csv")
     labels = [classes[0], "deep_squat", classes[1], "deep_squat"]
     written(long_table(list(x[:, :40]), channels, labels=labels), folder / "labels.csv")
+    partly = long_table(list(x[:, :40]), channels, labels=list(classes[:4]))
+    partly.loc[(partly["sample_id"] == "r02") & (partly["frame"] >= 20), "label"] = None
+    written(partly, folder / "partly.csv")
     (folder / "notes.txt").write_text("not data\n")
     return folder
 
@@ -313,6 +421,11 @@ REFUSALS: dict[str, tuple[Callable[[str, Path], list[str]], str]] = {
     "unknown label": (
         lambda run, f: [run, str(f / "labels.csv")],
         "label(s) 'deep_squat' are not classes of the run ('good_form', 'shallow_depth', 'asymmetric',",
+    ),
+    "label empty on some rows": (
+        lambda run, f: [run, str(f / "partly.csv")],
+        "label is empty on some rows of sample_id(s) 'r02' and set on others; give each its label on every "
+        "row, or on none to score it unlabelled",
     ),
     "-o in a missing folder": (
         lambda run, f: [run, str(f / "good.csv"), "-o", str(f / "no" / "p.csv")],

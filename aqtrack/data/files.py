@@ -10,7 +10,7 @@ Long table: .csv (comma-separated, with a header row) or .parquet, one row per f
                 missing frame (see Missing values); a duplicate or a non-integer frame is an error, and
                 so is a sample whose numbers skip more frames than it lists ('frame' counts frames, it is
                 not a time). A sample's length is its last frame - first frame + 1.
-    label       the sample's class (see Labels); one value per sample.
+    label       the sample's class (see Labels); one value per sample, on every row of it.
     ch_<name>   one or more numeric channel columns; channel_names are the <name>s, in file column order.
     split       optional, one per sample: 'train', 'val' or 'test' (see Splits).
     subject     optional, one per sample: who was recorded (see Splits).
@@ -18,13 +18,19 @@ Long table: .csv (comma-separated, with a header row) or .parquet, one row per f
     per-sample metadata. A column that changes within a sample (e.g. a per-frame `timestamp`) is
     refused: rename it ch_<name> to use it as a channel, or drop it.
     Every listed frame is real: a row whose channels are NaN is a frame with missing values.
+    Empty cells (blank, or NaN/null; parquet's '' too): sample_id and frame are needed on every row. A
+    per-sample column is empty for a sample on all its rows or on none: empty on some and set on
+    others is refused, naming the sample. Empty for a whole sample, it has no value there ('' as
+    metadata, never 'nan'): training refuses a sample without a label, subject or split (counted in
+    samples, not rows); scoring takes it (see Recordings to score).
 
 .npz (numpy.savez; pickled object arrays are never loaded):
     X             float [N, T, C]. A sample shorter than T ends in padding: trailing frames that are NaN
                   in every channel (the UCR/tslearn convention); or give
     lengths       optional int [N], each sample's real frames (2..T): frames past it are ignored,
                   whatever they hold. A ragged X (an object array of [T_i, C] arrays) is refused: pad it.
-    y             [N] integer class indices or strings (see Labels).
+    y             [N] integer class indices or strings (see Labels); NaN (float y) or '' (string y)
+                  is a sample without a label, which only scoring accepts.
     class_names   optional [K] strings: the names of classes 0..K-1 (integer y) or the class order
                   (string y); it may list a class that has no sample.
     channel_names optional [C] strings; default ch_0, ch_1, ...
@@ -45,8 +51,8 @@ Missing values: a NaN inside a sample's real length, or a skipped frame number, 
 
 Labels: integers are class indices 0..K-1 (named class_0.. unless class_names names them); an integer
     class with no sample (labels 1..K leave class 0 empty) is an error unless class_names lists it.
-    Strings become classes in sorted order (or class_names order). Anything else (1.5, NaN) is refused.
-    At least 2 classes must have samples.
+    Strings become classes in sorted order (or class_names order). Anything else (1.5, inf) is refused.
+    At least 2 classes must have samples. No label (an empty cell, NaN, '') is refused for training.
 
 Splits: a `split` column/array is used as given ('test' optional: without it there is no test split).
     When it has no 'val', validation is taken from 'train' (val_fraction). A subject on two sides is a
@@ -58,9 +64,12 @@ Splits: a `split` column/array is used as given ('test' optional: without it the
 
 Recordings to score (`read_recordings`, what `aqtrack predict` reads): the same formats and checks, any
     length, no splits. Labels are optional (a table without `label`, an .npz without `y`, a .ts with
-    `@classLabel false`); present, they must name the run's classes (integers: index them). Channels
-    must be the run's: by name where the file names them (ch_<name> columns, .npz channel_names; put in
-    the run's order), by count otherwise. The run's missing-value policy applies, as in training.
+    `@classLabel false`), and so is each recording's: a table's label empty on all of a recording's
+    rows, an .npz's y NaN (integer classes: save y as float) or '' (class names) mark one unlabelled
+    (Recordings.y UNLABELLED). Labels given must name the run's classes (integers: index them). A
+    recording's subject or split may be empty too ('', kept as metadata). Channels must be the run's:
+    by name where the file names them (ch_<name> columns, .npz channel_names; put in the run's order),
+    by count otherwise. The run's missing-value policy applies, as in training.
 
 Every problem is a one-line `DataError` naming the file, the problem and the fix; several problems found
 together are reported together. Nothing read from the file is echoed beyond a few short names.
@@ -92,6 +101,7 @@ PER_SAMPLE_COLUMNS = ("split", "subject")  # optional columns with a meaning of 
 CHANNEL_PREFIX = "ch_"
 SPLITS = ("train", "val", "test")
 MAX_MESSAGE = 300  # characters of a DataError, file name included
+UNLABELLED = -1  # Recordings.y of a recording to score that has no label
 _SHOW = 5  # how many offending values/samples a message lists before "..."
 _NAME = 24  # longest name (column, label, id) echoed from a file
 
@@ -136,29 +146,39 @@ class Recordings:
     x: np.ndarray  # float32 [N, T_max, C]: NaN after each sample's real length, never inside it
     lengths: np.ndarray  # int64 [N], real frames of each sample (>= 2)
     sample_ids: np.ndarray  # [N] str: tables in sample_id order; .npz / .ts in file order ("0", "1"...)
-    subjects: np.ndarray | None  # [N] str, or None when the file has no subjects
-    metadata: dict[str, np.ndarray]  # other per-sample columns (side, session, split...), each [N]
-    y: np.ndarray | None  # int64 [N], indices into the run's class names; None: the file has no labels
+    subjects: np.ndarray | None  # [N] str ('' for a recording without one), or None: the file has none
+    metadata: dict[str, np.ndarray]  # other per-sample columns (side, session, split...), each [N]; '' empty
+    # int64 [N], indices into the run's class names, UNLABELLED (-1) for a recording without a label;
+    # None: the file has no labels at all. Never index class names with it unmasked: -1 is a valid index.
+    y: np.ndarray | None
     filled: int  # missing values the run's policy filled
     notes: tuple[str, ...]  # what the reader decided on the user's behalf, one line each
 
     def __len__(self) -> int:
         return len(self.x)
 
+    @property
+    def labelled(self) -> np.ndarray:
+        """bool [N]: the recordings that have a label (none when the file has no labels)."""
+        return np.zeros(len(self), dtype=bool) if self.y is None else self.y != UNLABELLED
+
 
 def read_recordings(
     path: Path | str, *, channel_names: Sequence[str], class_names: Sequence[str], missing: str
 ) -> Recordings:
     """Read recordings to score with a trained run: any format and length `load_file` reads, with or
-    without labels (a table without `label`, an .npz without `y`, a .ts with `@classLabel false`).
-    `channel_names`, `class_names` and `missing` are the run's; the checks and messages are training's.
+    without labels (a table without `label`, an .npz without `y`, a .ts with `@classLabel false`), or
+    with some recordings unlabelled (a table's label empty on all their rows, an .npz's y '' or NaN):
+    their y is UNLABELLED. `channel_names`, `class_names` and `missing` are the run's; the checks and
+    messages are training's, except that a label, subject or split may be empty for a whole recording.
 
     Channels: a file that names them (a table's ch_<name> columns, an .npz's channel_names) must hold
     exactly the run's, in any order (they are put in the run's order); a file that does not (.npz
     without channel_names, .ts), or a run trained on unnamed channels, must hold as many. Labels, when
     present: strings (and integers an .npz names with class_names) must be the run's class names; other
     integers index them. Missing values are filled or refused as `missing` says, as in training. A
-    `split` is kept as metadata. Raises DataError: one line naming the file, the problem and the fix.
+    `split` is kept as metadata. Raises DataError: one line naming the file, the problem and the fix;
+    a value empty on some rows of a recording and set on others is one.
     """
     if missing not in MISSING_POLICIES:
         raise ValueError(f"missing must be one of {', '.join(MISSING_POLICIES)}, got {missing!r}")
@@ -166,7 +186,7 @@ def read_recordings(
     channel_names, class_names = tuple(channel_names), tuple(class_names)
     raw = _read(path, labels_required=False)
     _split_as_metadata(raw)
-    x, lengths = _checked(path, raw)
+    x, lengths = _checked(path, raw, scoring=True)
     x = _in_run_order(path, x, raw, channel_names)
     y = None if raw.y is None else _run_classes(path, raw, class_names)
     notes = list(raw.notes)
@@ -174,12 +194,13 @@ def read_recordings(
     x, filled = _filled(path, x, lengths, missing, raw.sample_ids, channel_names, notes, refuse_fix)
     n = len(x)
     sample_ids = raw.sample_ids if raw.sample_ids is not None else np.arange(n).astype(str)
-    log.info("read %d recording(s) from %s%s", n, path, "" if y is None else ", labelled")
+    labelled = "" if y is None else f", {int((y != UNLABELLED).sum())} labelled"
+    log.info("read %d recording(s) from %s%s", n, path, labelled)
     return Recordings(
         x=x,
         lengths=lengths,
         sample_ids=np.asarray(sample_ids).astype(str),
-        subjects=None if raw.subjects is None else raw.subjects.astype(str),
+        subjects=None if raw.subjects is None else _text(raw.subjects),
         metadata=raw.metadata,
         y=y,
         filled=filled,
@@ -242,29 +263,35 @@ def _in_run_order(path: Path, x: np.ndarray, raw: _Raw, channel_names: tuple[str
 
 
 def _run_classes(path: Path, raw: _Raw, class_names: tuple[str, ...]) -> np.ndarray:
-    """The file's labels as indices into the run's class names, int64 [N]."""
+    """The file's labels as indices into the run's class names, int64 [N]; UNLABELLED where empty."""
     y, k = raw.y, len(class_names)
+    labelled = ~_empty(y)
+    if y.dtype.kind not in "USb":
+        y = np.where(labelled, y, 0).astype(np.int64)  # 0 stands in for a missing label until the end
     if y.dtype.kind not in "USb" and raw.class_names is not None:  # integers the file's class_names name
-        names, y = _checked_class_names(path, raw.class_names), y.astype(np.int64)
+        names = _checked_class_names(path, raw.class_names)
         _check_indices(path, y, len(names), raw.sample_ids, f"{len(names)} class_names; {_NAMES_FIX}")
         y = np.asarray(names)[y]
     if y.dtype.kind in "USb":
         labels = y.astype(str).tolist()
         index = {name: i for i, name in enumerate(class_names)}
-        unknown = sorted(set(labels) - set(index))
-        if unknown:
+        strange = labelled & ~np.isin(y.astype(str), list(index))
+        if strange.any():
+            # The fix: those samples' labels, not all of them (the others still give scores).
             _fail(
                 path,
                 [
-                    f"label(s) {_show(unknown)} are not classes of the run ({_show(class_names)}); "
-                    "fix those labels or drop the labels"
+                    f"label(s) {_show(sorted(set(y[strange].astype(str).tolist())))} are not classes of the "
+                    f"run ({_show(class_names)}); fix them ({int(strange.sum())} sample(s), first "
+                    f"{_where(int(np.argmax(strange)), raw.sample_ids)}) or empty them to score those "
+                    "unlabelled"
                 ],
             )
-        return np.array([index[v] for v in labels], dtype=np.int64)
-    y = y.astype(np.int64)
-    fix = f"use 0..{k - 1} or class names"
-    _check_indices(path, y, k, raw.sample_ids, f"the run's {k} classes ({_show(class_names)}); {fix}")
-    return y
+        y = np.array([index.get(v, UNLABELLED) for v in labels], dtype=np.int64)
+    else:
+        fix = f"use 0..{k - 1} or class names"
+        _check_indices(path, y, k, raw.sample_ids, f"the run's {k} classes ({_show(class_names)}); {fix}")
+    return np.where(labelled, y, UNLABELLED)
 
 
 def load_file(
@@ -484,9 +511,7 @@ def _read_table(path: Path):
     return df
 
 
-def _column_problems(df, required: tuple[str, ...] = REQUIRED_COLUMNS) -> list[str]:
-    import pandas as pd
-
+def _column_problems(path: Path, df, required: tuple[str, ...] = REQUIRED_COLUMNS) -> list[str]:
     columns = list(df.columns)
     missing = [c for c in required if c not in columns]
     wrong_shape = _wrong_shape(columns) if missing else None
@@ -503,15 +528,48 @@ def _column_problems(df, required: tuple[str, ...] = REQUIRED_COLUMNS) -> list[s
     non_numeric = [c for c in channels if not _is_numeric(df[c])]
     if non_numeric:
         problems.append(f"non-numeric values in channel column(s) {_show(non_numeric)}; use numbers only")
-    for c in [c for c in (*REQUIRED_COLUMNS, *PER_SAMPLE_COLUMNS) if c in columns]:
-        blank = np.flatnonzero(pd.isna(df[c]).to_numpy())
-        if len(blank):
-            problems.append(
-                f"column {c!r} has {len(blank)} missing value(s) (first at row {blank[0]}); fill them"
-            )
+    problems += _empty_row_problems(path, df)
     if not _is_integral(df["frame"]):
         problems.append("column 'frame' must hold integers (frame numbers); renumber the frames")
     return problems
+
+
+def _empty_row_problems(path: Path, df) -> list[str]:
+    """sample_id and frame, the columns that place a row, must be on every row. (A per-sample column
+    empty for a whole sample is judged per sample: `_partly_empty_problems`, `_empty_problems`.)"""
+    problems = []
+    empty_ids = _empty_rows(df["sample_id"])
+    empty = np.flatnonzero(_empty_rows(df["frame"]))
+    if len(empty):
+        ids = df["sample_id"].to_numpy()[empty[~empty_ids[empty]]]
+        which = f"of sample_id(s) {_show(dict.fromkeys(ids))}" if len(ids) else _row(path, empty[0])
+        problems.append(
+            f"column 'frame' is empty on {len(empty)} row(s) {which}; give every row its frame number"
+        )
+    empty = np.flatnonzero(empty_ids)
+    if len(empty):
+        problems.append(
+            f"column 'sample_id' is empty on {len(empty)} row(s), first {_row(path, empty[0])}; give every "
+            "row the id of its sample"
+        )
+    return problems
+
+
+def _row(path: Path, i: int) -> str:
+    """Where the table's row i (0-based, in file order) is, as the user would look for it."""
+    if path.suffix.lower() == ".csv":
+        return f"on line {i + 2}"  # line 1 is the header
+    return f"at row {i} (counting from 0)"
+
+
+def _empty_rows(column) -> np.ndarray:
+    """bool [rows]: cells that are empty: NaN/None, or text of nothing but spaces (parquet keeps '')."""
+    import pandas as pd
+
+    empty = pd.isna(column).to_numpy()
+    if not _is_numeric(column):
+        empty = empty | column.astype(str).str.strip().eq("").to_numpy()
+    return empty
 
 
 def _wrong_shape(columns: list[str]) -> str | None:
@@ -559,7 +617,7 @@ def _is_integral(column) -> bool:
 
 def _table_to_raw(path: Path, df, labels_required: bool = True) -> _Raw:
     required = REQUIRED_COLUMNS if labels_required else tuple(c for c in REQUIRED_COLUMNS if c != "label")
-    problems = _column_problems(df, required)
+    problems = _column_problems(path, df, required)
     if problems:
         _fail(path, problems)
     try:
@@ -576,7 +634,10 @@ def _table_to_raw(path: Path, df, labels_required: bool = True) -> _Raw:
     channels = [c for c in df.columns if c.startswith(CHANNEL_PREFIX)]
     per_sample = [c for c in df.columns if c not in ("sample_id", "frame") and c not in channels]
     metadata = [c for c in per_sample if c != "label" and c not in PER_SAMPLE_COLUMNS]
-    problems = _per_sample_problems(groups, per_sample, metadata) + _frame_problems(df, groups)
+    for c in per_sample:  # one spelling of "empty": NaN ('' and spaces too, which parquet can hold)
+        df[c] = df[c].mask(_empty_rows(df[c]))
+    problems = _partly_empty_problems(df, per_sample, scoring=not labels_required)
+    problems += _per_sample_problems(groups, per_sample, metadata) + _frame_problems(df, groups)
     if problems:
         _fail(path, problems)
 
@@ -593,25 +654,49 @@ def _table_to_raw(path: Path, df, labels_required: bool = True) -> _Raw:
         x=x,
         y=_labels_of(first["label"]) if "label" in df.columns else None,
         lengths=lengths,
-        split=first["split"].to_numpy(dtype=str) if "split" in df.columns else None,
-        subjects=first["subject"].to_numpy(dtype=str) if "subject" in df.columns else None,
+        split=_text_of(first["split"]) if "split" in df.columns else None,
+        subjects=_text_of(first["subject"]) if "subject" in df.columns else None,
         channel_names=tuple(c[len(CHANNEL_PREFIX) :] for c in channels),
         sample_ids=first.index.to_numpy(dtype=str),
         metadata={c: _metadata_of(first[c]) for c in metadata},
     )
     skipped = int(lengths.sum() - len(df))
     if skipped:
+        gappy = int((lengths != groups.size().to_numpy()).sum())
         _note(
             raw.notes,
-            f"{skipped} skipped frame number(s) are missing frames ({skipped * len(channels)} values)",
+            f"{skipped} skipped frame number(s) in {gappy} sample(s) are missing frames "
+            f"({skipped * len(channels)} values)",
         )
     if metadata:
         _note(raw.notes, f"kept per-sample column(s) {_show(metadata)} as metadata")
     return raw
 
 
+def _partly_empty_problems(df, per_sample: list[str], scoring: bool) -> list[str]:
+    """A per-sample column empty on some rows of a sample and set on others: which value is meant?
+    (Empty on all its rows is a sample without one: an unlabelled recording, an unknown subject.)"""
+    empty = df[per_sample].isna().groupby(df["sample_id"], sort=True)
+    partly = empty.any() & ~empty.all()  # [samples, columns]
+    problems = []
+    for column in [c for c in per_sample if partly[c].any()]:
+        where = f"sample_id(s) {_show(partly.index[partly[column].to_numpy()])}"
+        if column in ("label", *PER_SAMPLE_COLUMNS):
+            name, fix = column, f"give each its {column} on every row"
+            if scoring:  # a whole recording may go without one
+                fix += ", or on none to score it unlabelled" if column == "label" else ", or on none"
+        else:
+            name, fix = (
+                f"column {_short(column)!r}",
+                "give each its value on every row or on none, or drop it",
+            )
+        problems.append(f"{name} is empty on some rows of {where} and set on others; {fix}")
+    return problems
+
+
 def _per_sample_problems(groups, per_sample: list[str], metadata: list[str]) -> list[str]:
-    varying = groups[per_sample].nunique(dropna=False) > 1  # [samples, columns]
+    # Values that differ within a sample; an empty cell is not a value (`_partly_empty_problems`).
+    varying = groups[per_sample].nunique(dropna=True) > 1  # [samples, columns]
     problems = []
     for column in [c for c in per_sample if c not in metadata and varying[c].any()]:
         samples = varying.index[varying[column].to_numpy()]
@@ -646,12 +731,23 @@ def _frame_problems(df, groups) -> list[str]:
 
 
 def _labels_of(column) -> np.ndarray:
-    """Labels as read: numbers as float64 (checked to be whole later), anything else as strings."""
-    return column.to_numpy(dtype=np.float64) if _is_numeric(column) else column.to_numpy(dtype=str)
+    """Labels as read: numbers as float64 (checked to be whole later; NaN: none), anything else as
+    strings ('': none)."""
+    return column.to_numpy(dtype=np.float64) if _is_numeric(column) else _text_of(column)
 
 
 def _metadata_of(column) -> np.ndarray:
-    return column.to_numpy() if _is_numeric(column) else column.to_numpy(dtype=str)
+    return column.to_numpy() if _is_numeric(column) else _text_of(column)
+
+
+def _text_of(column) -> np.ndarray:
+    """One string per sample, '' where the column is empty (never 'nan'). Whole numbers that an empty
+    cell turned into floats read as the integers they were: subject 7, not 7.0, as without the gap."""
+    empty = column.isna().to_numpy()
+    if column.dtype.kind == "f" and _is_integral(column):
+        column = column.fillna(0).astype(np.int64)
+    # Element by element: pandas 3's to_numpy(dtype=str) cuts every string to 1 character when one is NA.
+    return np.array(["" if e else str(v) for v, e in zip(column.tolist(), empty, strict=True)], dtype=str)
 
 
 # --- .ts (aeon/sktime) ---------------------------------------------------------------------------------
@@ -728,14 +824,16 @@ def default_channel_names(count: int) -> tuple[str, ...]:
     return tuple(f"ch_{j}" for j in range(count))
 
 
-def _checked(path: Path, raw: _Raw) -> tuple[np.ndarray, np.ndarray]:
+def _checked(path: Path, raw: _Raw, scoring: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Validate what a reader found, labels included when there are any: (x float32 [N, T, C] with NaN
-    past each sample's real length, lengths int64 [N]), or one DataError with every problem found."""
+    past each sample's real length, lengths int64 [N]), or one DataError with every problem found.
+    Training needs every sample's label, subject and split; `scoring` lets any of them be empty."""
     problems = _shape_problems(raw)
     if problems:
         _fail(path, problems)
     x, lengths = _padded(raw)
-    problems = _content_problems(x, lengths, raw)
+    problems = [] if scoring else _empty_problems(path, raw)
+    problems += _content_problems(x, lengths, raw)
     if raw.y is not None:
         problems += _label_problems(raw.y, raw.sample_ids)
     if problems:
@@ -766,6 +864,52 @@ def _filled(
             f"filled {filled} missing value(s) by linear interpolation over frames (--missing {missing})",
         )
     return x, filled
+
+
+def _empty_problems(path: Path, raw: _Raw) -> list[str]:
+    """Samples training cannot use: without a label, or without the subject or split the file gives
+    the others. Counted in samples, whatever the rows (a table repeats them on every frame)."""
+    n = len(raw.x)
+    kind = "column" if path.suffix.lower() in (".csv", ".parquet") else "array"
+    problems = []
+    for name, values in (("label", raw.y), ("subject", raw.subjects), ("split", raw.split)):
+        empty = np.zeros(n, dtype=bool) if values is None else _empty(values)
+        if not empty.any():
+            continue
+        which, count = _which(empty, raw.sample_ids), int(empty.sum())
+        if name == "label":
+            problems.append(
+                f"{count} of {n} samples have no label ({which}); training needs a label on every sample: "
+                "label them or leave them out (aqtrack predict scores them)"
+            )
+        else:
+            fix = "give each its subject" if name == "subject" else "mark each 'train', 'val' or 'test'"
+            problems.append(
+                f"{name} is empty for {count} of {n} samples ({which}); {fix}, or drop the {kind}"
+            )
+    return problems
+
+
+def _empty(values: np.ndarray) -> np.ndarray:
+    """bool [N]: per-sample values that are empty: NaN, or text of nothing but spaces."""
+    if values.dtype.kind == "f":
+        return np.isnan(values)
+    if values.dtype.kind in "US":
+        return np.char.strip(values.astype(str)) == ""
+    return np.zeros(len(values), dtype=bool)
+
+
+def _text(values: np.ndarray) -> np.ndarray:
+    """Per-sample values [N] as strings, '' where empty (a NaN subject is no subject named 'nan')."""
+    return np.where(_empty(values), "", values.astype(str))
+
+
+def _which(mask: np.ndarray, sample_ids: np.ndarray | None) -> str:
+    """The samples `mask` [N] marks, as a message names them: their ids, else their positions."""
+    idx = np.flatnonzero(mask)
+    if sample_ids is None:
+        return f"sample(s) {_listed(idx.tolist())}"
+    return f"sample_id(s) {_show(sample_ids[idx])}"
 
 
 def _shape_problems(raw: _Raw) -> list[str]:
@@ -817,7 +961,7 @@ def _split_problems(split: np.ndarray, n: int) -> list[str]:
             f"split has shape {split.shape} but there are {n} samples; "
             "give one 'train'/'val'/'test' per sample"
         ]
-    values = split.astype(str)
+    values = split.astype(str)[~_empty(split)]  # an empty split: `_empty_problems`
     invalid = sorted(set(values) - set(SPLITS))
     if invalid:
         return [
@@ -866,8 +1010,8 @@ def _label_problems(y: np.ndarray, sample_ids: np.ndarray | None) -> list[str]:
         return []
     if y.dtype.kind not in "iuf":
         return [f"labels must be integers or strings, got dtype {y.dtype}; use class indices 0..K-1 or names"]
-    if y.dtype.kind == "f":
-        not_int = ~np.isfinite(y) | (y != np.round(y))
+    if y.dtype.kind == "f":  # NaN is no label (`_empty_problems`; allowed when scoring), inf is refused
+        not_int = ~np.isnan(y) & (~np.isfinite(y) | (y != np.round(y)))
         if not_int.any():
             i = int(np.argmax(not_int))
             return [
