@@ -62,11 +62,21 @@ def test_runs_table_has_status_progress_best_and_resumability_per_run(runs):
 def test_runs_command_prints_one_line_per_run(runs, capsys):
     assert main(["runs"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split()[:7] == ["run_id", "name", "status", "epochs", "best", "val_acc", "test_acc"]
+    assert lines[0].split()[:8] == [
+        "run_id",
+        "name",
+        "status",
+        "epochs",
+        "best",
+        "(epoch)",
+        "test_acc",
+        "test_bal_acc",
+    ]
     rows = {line.split()[0]: line for line in lines[1:]}
     assert set(rows) == set(runs.values())
     assert re.search(
-        r" done +FINISHED +4/4 +\d\.\d{4} \(\d\) +\d\.\d{4} +\d+\.\d{4} +\d\.\d\de-\d\d +finished; --rounds",
+        r" done +FINISHED +4/4 +val_acc \d\.\d{4} \(\d\)( +\d\.\d{4}){3} +\d+\.\d{4} +\d\.\d\de-\d\d "
+        r"+finished; --rounds",
         rows[runs["finished"]],
     )
     assert re.search(r" stopped +KILLED +2/4 .* yes, from epoch 2 ", rows[runs["killed"]])
@@ -108,7 +118,8 @@ def test_show_prints_summary_params_history_tail_and_artifact_tree(runs, capsys)
     assert main(["show", run_id, "--tail", "2"]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"run {run_id} 'done' in experiment 'action-quality'\nstatus FINISHED")
-    assert "epochs 4/4, best val_acc" in out and "resumable: finished; --rounds to extend" in out
+    assert "epochs 4/4, best epoch " in out and " by val_acc (0." in out and ", test_acc 0." in out
+    assert "resumable: finished; --rounds to extend" in out
     assert "aqtrack.data_source=synthetic" in out and "epochs_per_round=2" in out
     history = out[out.index("last 2 of 4 epochs:") :].splitlines()
     assert history[1].split() == ["epoch", *METRIC_KEYS]

@@ -69,8 +69,7 @@ def test_description_summarises_config_data_and_final_results(tiny):
     assert "subjects, split by subject, 8 channels x 100 frames, 4 classes" in note
     assert RESULTS_PENDING not in note
     assert (
-        f"4 of 4 epochs; best epoch {result.best_epoch} by val_acc (**{result.best_val_acc:.4f}**, "
-        f"val_acc {result.best_val_acc:.4f})" in note
+        f"4 of 4 epochs; best epoch {result.best_epoch} by val_acc (**{result.best_val_acc:.4f}**); " in note
     )
     test = MlflowClient().get_run(result.run_id).data.metrics
     assert (
