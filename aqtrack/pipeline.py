@@ -27,7 +27,7 @@ import os
 import socket
 import tempfile
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -134,7 +134,7 @@ def train(
 
     Under torchrun, rank 0 does all of this (callbacks included) and the other ranks follow it.
     """
-    request = Request(resume or None, fork or None, fork_epoch, _absolute_data(settings))
+    request = Request(resume or None, fork or None, fork_epoch, settings)
     with distributed.joined() as world:
         if not world.is_main:
             return _follow(world)
@@ -151,6 +151,16 @@ def _absolute_data(settings: dict[str, Any]) -> dict[str, Any]:
     if not data or data == SYNTHETIC or not Path(data).exists():
         return settings
     return {**settings, "data": str(Path(data).resolve())}
+
+
+def _absolute_early(early: _Early) -> _Early:
+    """`early` with its configs naming the data file by absolute path (the data already loaded)."""
+    config, data_config = early.config, early.data_config
+    if config is not None:
+        config = Config.from_dict(_absolute_data(config.to_dict()))
+    if data_config is not None:
+        data_config = replace(data_config, data=_absolute_data({"data": data_config.data})["data"])
+    return replace(early, config=config, data_config=data_config)
 
 
 @dataclass
@@ -213,6 +223,9 @@ class _Plan:
 def _lead(world: World, request: Request, callbacks: Iterable[EpochHook]) -> TrainResult:
     """Check everything, open the run, tell the other ranks (if any), train and record."""
     early = _check_early(request)
+    # Messages named the file as given; what the run records must find it again from anywhere.
+    request = replace(request, settings=_absolute_data(request.settings))
+    early = _absolute_early(early)
     client = tracking.connect()
     env = tracking.env_run(client)
     with tempfile.TemporaryDirectory(prefix="aqtrack-start-") as tmp, contextlib.ExitStack() as held:
