@@ -353,6 +353,32 @@ def resumed(saved: Config, given: dict[str, Any]) -> Config:
     return saved.replace(**changed)
 
 
+# Settings that may change when a cross-validation is resumed: none that changes what a fold measures,
+# since its finished folds keep theirs (`rounds` and the SVM's settings included).
+CV_RESUMABLE = frozenset(
+    {"checkpoint_interval", "num_workers", "output_dir", "experiment", "run_name", "tracking_patience"}
+    | {"device", "system_metrics"}
+)
+
+
+def cv_resumed(saved: Config, given: dict[str, Any]) -> Config:
+    """The config of a resumed cross-validation: its own, plus the `CV_RESUMABLE` settings given. A
+    given setting that repeats the run's value is fine; changing another one is refused."""
+    check_known(given)
+    current = saved.to_dict()
+    changed = {k: v for k, v in given.items() if v != current[k]}
+    conflicts = [
+        f"{flag(k)}={v!r} (the run has {current[k]!r})" for k, v in changed.items() if k not in CV_RESUMABLE
+    ]
+    if conflicts:
+        may = ", ".join(flag(k) for k in sorted(CV_RESUMABLE - {"experiment"}))
+        raise ConfigError(
+            f"cannot change {', '.join(conflicts)} when resuming a cross-validation: its finished folds "
+            f"were trained without it; only {may} may change; start a new cross-validation to change it"
+        )
+    return saved.replace(**changed)
+
+
 def fork_fixed() -> frozenset[str]:
     """Settings a fork cannot change: the data (every data setting) and the network's shape."""
     return frozenset(f.name for f in dataclasses.fields(DataConfig)) | {"hidden"}

@@ -98,7 +98,7 @@ def finish_run(job: Finishing) -> dict[str, float]:
     Returns the test scores (empty without a test split)."""
     with tempfile.TemporaryDirectory(prefix="aqtrack-finish-") as tmp:
         best = find_best(job.client, job.run_id, job.local_dir, Path(tmp), label="finishing run")
-    network = _network(best.state)
+    network = network_of(best.state)
     outputs = Outputs.of(network, job.data)
     tags = {exports.TAG_BEST_EPOCH: str(best.state.epoch)}
     _log_network(job, network, tags)
@@ -110,7 +110,7 @@ def finish_run(job: Finishing) -> dict[str, float]:
     return test
 
 
-def _network(state: TrainState) -> ActionQualityNet:
+def network_of(state: TrainState) -> ActionQualityNet:
     network = build_model(ModelSpec(**state.model_spec))
     network.load_state_dict(state.model)
     return network.eval()
@@ -268,7 +268,7 @@ def fit_svm(run_id: str, *, c: float | None = None, kernel: str | None = None) -
         svm_kernel=config.svm.svm_kernel if kernel is None else kernel,
     )
     data = load_configured(config.data)
-    features = Outputs.of(_network(best.state), data).features
+    features = Outputs.of(network_of(best.state), data).features
     step = int(run.data.tags.get(CHECKPOINT_EPOCH_TAG, best.state.epoch))
     tags = {exports.TAG_BEST_EPOCH: str(best.state.epoch)}
     refit = tracking.create_child_run(
