@@ -483,9 +483,12 @@ def _worker(todo, done, threads: int, level: int, main_pid: int) -> None:
 
     os.setpgrp()  # out of the terminal's process group: the main process decides when to stop
     torch.set_num_threads(threads)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
     logger = logging.getLogger("aqtrack")
+    logger.handlers[:] = [handler]
     logger.setLevel(max(level, logging.WARNING))  # progress lines of several folds at once would mingle
-    logger.addHandler(logging.StreamHandler())
+    logger.propagate = False
     client = tracking.connect()
     with stop_when_gone(psutil.Process(main_pid), "the `aqtrack cv` process"):
         while (task := todo.get()) is not None:

@@ -6,10 +6,15 @@ from __future__ import annotations
 
 import io
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 import torch
 from mlflow import MlflowClient
@@ -17,7 +22,7 @@ from mlflow import MlflowClient
 import aqtrack
 from aqtrack import crossval, exports, tracking
 from aqtrack.browse import format_runs, runs_table, show_run
-from aqtrack.checkpoint import LAST
+from aqtrack.checkpoint import CHECKPOINT_EPOCH_TAG, LAST
 from aqtrack.cli import main
 from aqtrack.errors import ConfigError, DataError, ResumeError
 from aqtrack.metrics import (
@@ -344,3 +349,44 @@ def test_out_of_fold_csv_has_the_data_order(in_cv_store, tmp_path):
         f"test-{i}" for i in range(16)
     ]
     assert os.path.getsize(oof) > 0
+
+
+def test_sigterm_to_cv_with_workers_stops_every_fold_in_flight_and_leaves_no_process(tmp_path, mlflow_store):
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in settings(tmp_path / "out").items() if k != "svm"]
+    command = [
+        sys.executable,
+        "-m",
+        "aqtrack",
+        "cv",
+        *flags,
+        "--epochs-per-round=5000",
+        "--no-svm",
+        "--jobs=2",
+    ]
+    cv = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            experiment = MlflowClient().get_experiment_by_name("action-quality")
+            runs = MlflowClient().search_runs([experiment.experiment_id]) if experiment else []
+            if sum(CHECKPOINT_EPOCH_TAG in r.data.tags for r in runs) == 2:  # both workers train a fold
+                break
+            time.sleep(0.5)
+        children = psutil.Process(cv.pid).children()
+        workers = [p for p in children if "spawn_main" in " ".join(p.cmdline())]  # not the resource tracker
+        assert len(workers) == 2
+        cv.send_signal(signal.SIGTERM)
+        _, err = cv.communicate(timeout=120)
+    finally:
+        if cv.poll() is None:
+            cv.kill()
+    assert cv.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
+    runs = MlflowClient().search_runs([MlflowClient().get_experiment_by_name("action-quality").experiment_id])
+    assert sorted(r.info.status for r in runs) == ["KILLED"] * 3  # the parent and the two folds in flight
+    assert f"continue it with `aqtrack cv --resume {result_id(runs)}`" in err
+
+
+def result_id(runs) -> str:
+    (parent,) = [r for r in runs if tracking.TAG_CV in r.data.tags]
+    return parent.info.run_id
