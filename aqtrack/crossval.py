@@ -270,6 +270,8 @@ def _reopen(client, run_id: str, given: dict[str, Any], env, held: contextlib.Ex
         )
         client.set_tag(env.info.run_id, NOTE_TAG, f"Continued the cross-validation in run `{run_id}`.")
     client.update_run(run_id, status="RUNNING", name=given.get("run_name") or None)
+    if tracking.TAG_ERROR in run.data.tags:  # the error of an earlier attempt; this one may end otherwise
+        client.delete_tag(run_id, tracking.TAG_ERROR)
     tracking.log_points(client, run_id, {}, 0, _owner())
     return client.get_run(run_id), cfg, plan
 
@@ -390,7 +392,13 @@ def _discard(client, run, why: NoCheckpoint) -> None:
     with contextlib.ExitStack() as stack:
         if not try_run_lock(stack, client.tracking_uri, run_id):
             raise ResumeError(f"fold run {run_id} is being trained by another process on this machine")
-        log.warning("%s; fold %s starts again in a new run", why, run.data.tags.get(tracking.TAG_CV_FOLD))
+        log.warning(
+            "cv: fold %s: its run %s holds no checkpoint to continue from; it is deleted and the fold "
+            "starts again in a new run",
+            run.data.tags.get(tracking.TAG_CV_FOLD),
+            run_id,
+        )
+        log.debug("%s", why)
         tracking.delete_run(client, run_id)
 
 
