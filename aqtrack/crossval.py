@@ -17,8 +17,9 @@ verified checkpoint (`train --resume`), starts a fold whose run holds no checkpo
 
 The aggregate, at step = the number of folds aggregated: the mean and sample standard deviation
 (ddof=1, as papers report) of each fold's test_acc, test_balanced_acc and test_f1_macro, and the scores of
-the pooled out-of-fold predictions (each fold's best checkpoint on its own fold); the per-fold table, the
-predictions as CSV, the pooled confusion matrix and a per-fold figure as artifacts.
+the pooled out-of-fold predictions (what each fold's best checkpoint predicted for its own fold, logged by
+its finishing stage); the per-fold table, the predictions as CSV, the pooled confusion matrix and a
+per-fold figure as artifacts (`aqtrack.cv_aggregate`).
 
 `jobs` > 1 trains folds in that many worker processes (spawned; each trains whole folds with
 1/jobs of torch's threads); this process aggregates. A fold's numbers depend on its torch thread count
@@ -38,28 +39,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from aqtrack import exports, tracking
 from aqtrack.config import CV_RESUMABLE, Config, check_values, config_fields, cv_resumed, parse_param, show
+from aqtrack.cv_aggregate import FoldResult, aggregate
 from aqtrack.data import FoldPlan, fold_plan
 from aqtrack.describe import GENERATED_NAME_RE, NOTE_TAG, RUN_NAME_TAG, cv_final_note, cv_start_note, run_name
-from aqtrack.errors import AqtrackError, ConfigError, NoCheckpoint, ResumeError, TrackingLost
+from aqtrack.errors import AqtrackError, ConfigError, DataError, NoCheckpoint, ResumeError, TrackingLost
 from aqtrack.interrupts import stop_signals
 from aqtrack.lock import run_lock, try_run_lock
-from aqtrack.metrics import (
-    CV_FOLDS_FINISHED,
-    CV_MEAN,
-    CV_OOF_ACC,
-    CV_OOF_BALANCED_ACC,
-    CV_OOF_F1_MACRO,
-    CV_STD,
-    TEST_ACC,
-    TEST_KEYS,
-    confusion_counts,
-    scores,
-)
-from aqtrack.pipeline import Nest, adopt, aqtrack_version, check_writable, checkpoint_dir, train_fold
+from aqtrack.metrics import TEST_ACC
+from aqtrack.pipeline import Nest, adopt, aqtrack_version, check_writable, train_fold
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -69,32 +58,19 @@ log = logging.getLogger(__name__)
 RESUME_COMMAND = "aqtrack cv --resume"
 
 
-@dataclass(frozen=True)
-class FoldResult:
-    """One finished fold, as the parent aggregates it: what its run measured on its test split."""
+@dataclass
+class _Cv:
+    """One cross-validation, as this process runs it: the store, the parent run, settings and folds."""
 
-    fold: int
-    run_id: str
-    subjects: tuple[str, ...]  # held out in this fold (empty without subjects)
-    n: int  # test samples
-    test_acc: float
-    test_balanced_acc: float
-    test_f1_macro: float
-    best_epoch: int
+    client: Any
+    parent: Any  # the parent run (an mlflow Run)
+    config: Config  # the parent's settings (no `fold`)
+    plan: FoldPlan
+    tmp: Path  # this process's scratch directory
 
-    def row(self) -> dict[str, Any]:
-        """A row of the per-fold table."""
-        return {
-            "fold": self.fold,
-            "run_id": self.run_id,
-            "subjects": ",".join(self.subjects),
-            "n_subjects": len(self.subjects),
-            "n": self.n,
-            TEST_KEYS[0]: self.test_acc,
-            TEST_KEYS[1]: self.test_balanced_acc,
-            TEST_KEYS[2]: self.test_f1_macro,
-            "best_epoch": self.best_epoch,
-        }
+    @property
+    def run_id(self) -> str:
+        return self.parent.info.run_id
 
 
 @dataclass
@@ -153,17 +129,17 @@ def cross_validate(resume: str | None = None, *, jobs: int = 1, **settings: Any)
     env = tracking.env_run(client)
     with contextlib.ExitStack() as held, tempfile.TemporaryDirectory(prefix="aqtrack-cv-") as tmp:
         if resume:
-            parent, cfg, plan = _reopen(client, resume, settings, env, held)
+            parent, cfg, plan = _reopen(client, resume, settings, env, held, Path(tmp))
         else:
             parent, cfg = _open(client, cfg, plan, env, held, Path(tmp))
-        parent_id = parent.info.run_id
+        cv = _Cv(client, parent, cfg, plan, Path(tmp))
         try:
-            with stop_signals(), tracking.terminating(client, parent_id, RESUME_COMMAND):
-                result = _cross_validate(client, parent, cfg, plan, jobs, settings, Path(tmp))
+            with stop_signals(), tracking.terminating(client, cv.run_id, RESUME_COMMAND):
+                result = _cross_validate(cv, jobs, settings)
                 if result.failed:
                     raise FoldsFailed(_failure(result))
         except FoldsFailed:
-            log.error("cv %s: %s", parent_id, _failure(result))
+            log.error("cv %s: %s", cv.run_id, _failure(result))
         return result
 
 
@@ -235,9 +211,9 @@ def _open(client, cfg: Config, plan: FoldPlan, env, held: contextlib.ExitStack, 
     return client.get_run(run_id), cfg
 
 
-def _reopen(client, run_id: str, given: dict[str, Any], env, held: contextlib.ExitStack):
-    """The parent run of the cross-validation to continue, locked and RUNNING again, and its settings
-    with the resumable ones given."""
+def _reopen(client, run_id: str, given: dict[str, Any], env, held: contextlib.ExitStack, tmp: Path):
+    """The parent run of the cross-validation to continue, locked and RUNNING again, its settings with
+    the resumable ones given, and its folds (checked to be the ones it started with)."""
     run = tracking.get_run(client, run_id, label="cv --resume")
     if tracking.TAG_CV not in run.data.tags:
         raise ResumeError(
@@ -245,22 +221,11 @@ def _reopen(client, run_id: str, given: dict[str, Any], env, held: contextlib.Ex
             f"training with `aqtrack train --resume {run_id}`"
         )
     held.enter_context(run_lock(client.tracking_uri, run_id))
-    busy = tracking.running_on_another_machine(run)
-    if busy:
-        raise ResumeError(f"cv --resume {run_id}: the run is {busy}")
-    experiment = client.get_experiment(run.info.experiment_id).name
-    if given.get("experiment", experiment) != experiment:
-        raise ResumeError(
-            f"cv --resume {run_id}: the run is in experiment {experiment!r}, not {given['experiment']!r}"
-        )
     saved = {k: parse_param(k, v) for k, v in run.data.params.items() if k in _SETTINGS and k != "fold"}
     cfg = cv_resumed(Config.from_dict(saved), given)
+    _check_resumable(client, run, given)
     plan = _plan(cfg)
-    folds = tracking.cv_folds(client, run)
-    planned = int(run.data.tags.get(tracking.TAG_CV_PLANNED, "0"))
-    done = [f for f, r in folds.items() if r.info.status == "FINISHED"]
-    if run.info.status == "FINISHED" and len(done) >= planned:
-        raise ResumeError(f"cv --resume {run_id}: all {planned} folds finished; there is nothing to resume")
+    _check_same_folds(client, run, plan, tmp)
     if env is not None and env.info.run_id != run_id:
         log.warning(
             "%s=%s: cv --resume continues run %s itself; that run is left empty",
@@ -274,6 +239,40 @@ def _reopen(client, run_id: str, given: dict[str, Any], env, held: contextlib.Ex
         client.delete_tag(run_id, tracking.TAG_ERROR)
     tracking.log_points(client, run_id, {}, 0, _owner())
     return client.get_run(run_id), cfg, plan
+
+
+def _check_resumable(client, run, given: dict[str, Any]) -> None:
+    run_id = run.info.run_id
+    busy = tracking.running_on_another_machine(run)
+    if busy:
+        raise ResumeError(f"cv --resume {run_id}: the run is {busy}")
+    experiment = client.get_experiment(run.info.experiment_id).name
+    if given.get("experiment", experiment) != experiment:
+        raise ResumeError(
+            f"cv --resume {run_id}: the run is in experiment {experiment!r}, not {given['experiment']!r}"
+        )
+    planned = int(run.data.tags.get(tracking.TAG_CV_PLANNED, "0"))
+    done = [f for f, r in tracking.cv_folds(client, run).items() if r.info.status == "FINISHED"]
+    if run.info.status == "FINISHED" and len(done) >= planned:
+        raise ResumeError(f"cv --resume {run_id}: all {planned} folds finished; there is nothing to resume")
+
+
+def _check_same_folds(client, run, plan: FoldPlan, tmp: Path) -> None:
+    """The folds the data makes now are the ones the cross-validation started with (its
+    fold_assignment.csv): finished folds were trained and tested on those."""
+    import pandas as pd
+
+    path = tracking.download_artifact(client, run.info.run_id, exports.CV_ASSIGNMENT, tmp / "assignment")
+    if path is None:  # stopped before it was logged: no fold has trained yet
+        return
+    started = pd.read_csv(path, dtype={"sample_id": str}, keep_default_na=False)
+    now = [str(s) for s in plan.pool.samples.sample_ids]
+    if started["sample_id"].tolist() != now or started["fold"].tolist() != plan.fold_of().tolist():
+        raise DataError(
+            f"cv --resume {run.info.run_id}: {plan.pool.source} makes other folds than the cross-validation "
+            f"started with ({exports.CV_ASSIGNMENT} in the run): the data changed; start a new "
+            "cross-validation"
+        )
 
 
 _SETTINGS = frozenset(name for _, name, _ in config_fields())
@@ -328,33 +327,30 @@ def _method(plan: FoldPlan) -> str:
 # --- the folds ----------------------------------------------------------------------------------------
 
 
-def _cross_validate(
-    client, parent, cfg: Config, plan: FoldPlan, jobs: int, given: dict, tmp: Path
-) -> CvResult:
+def _cross_validate(cv: _Cv, jobs: int, given: dict[str, Any]) -> CvResult:
     """Bring every fold to FINISHED (skipping those that are), then aggregate the finished ones."""
-    parent_id = parent.info.run_id
-    base = {k: v for k, v in cfg.to_dict().items() if k != "fold"}
-    resumable = {k: v for k, v in given.items() if k in CV_RESUMABLE - {"run_name", "experiment"}}
-    folds = tracking.cv_folds(client, parent)
+    k = cv.plan.k
+    base = {name: v for name, v in cv.config.to_dict().items() if name != "fold"}
+    resumable = {name: v for name, v in given.items() if name in CV_RESUMABLE - {"run_name", "experiment"}}
+    folds = tracking.cv_folds(cv.client, cv.parent)
     todo = [
-        _FoldTask(parent_id, i, {**base, "fold": i, "run_name": f"fold-{i}-of-{plan.k}"}, resumable)
-        for i in range(1, plan.k + 1)
+        _FoldTask(cv.run_id, i, {**base, "fold": i, "run_name": f"fold-{i}-of-{k}"}, resumable)
+        for i in range(1, k + 1)
         if i not in folds or folds[i].info.status != "FINISHED"
     ]
-    log.info("cv %s: %d of %d folds to train", parent_id, len(todo), plan.k)
-    runs = _in_workers(todo, jobs) if jobs > 1 and len(todo) > 1 else (_run_fold(client, t) for t in todo)
+    log.info("cv %s: %d of %d folds to train", cv.run_id, len(todo), k)
+    runs = _in_workers(todo, jobs) if jobs > 1 and len(todo) > 1 else (_run_fold(cv.client, t) for t in todo)
     failed: dict[int, str] = {}
     lost = ""
     for outcome in runs:
         if outcome.error:
             failed[outcome.fold] = outcome.error
             lost = lost or (outcome.error if outcome.lost else "")
-        _fold_done(client, parent, outcome)
+        _fold_done(cv.client, cv.parent, outcome)
     if lost:
-        raise TrackingLost(
-            f"cv {parent_id}: {lost}; `{RESUME_COMMAND} {parent_id}` continues once it is back"
-        )
-    result = _aggregate(client, parent, cfg, plan, tmp)
+        again = f"`{RESUME_COMMAND} {cv.run_id}` continues once it is back"
+        raise TrackingLost(f"cv {cv.run_id}: {lost}; {again}")
+    result = _aggregate(cv)
     result.failed = failed
     return result
 
@@ -509,149 +505,11 @@ def _worker(todo, done, threads: int, level: int, main_pid: int) -> None:
 # --- the aggregate --------------------------------------------------------------------------------------
 
 
-def _aggregate(client, parent, cfg: Config, plan: FoldPlan, tmp: Path) -> CvResult:
-    """Aggregate the FINISHED folds (only those) into the parent: metrics, table, predictions, figures."""
-    import pandas as pd
-
-    finished = {
-        f: r for f, r in sorted(tracking.cv_folds(client, parent).items()) if r.info.status == "FINISHED"
-    }
-    folds, parts = [], []
-    for fold, run in finished.items():
-        result, predictions = _fold_result(client, run, fold, cfg, plan, tmp)
-        folds.append(result)
-        parts.append(predictions)
-    predictions = pd.concat(parts).sort_index() if parts else _empty_predictions(plan)
-    result = CvResult(parent.info.run_id, plan.k, folds, _scores(folds, predictions, plan), predictions)
-    if folds:
-        _log_scores(client, result, tmp)
-        _log_predictions(client, result, plan, tmp)
-    note = cv_final_note(
-        cv_start_note(cfg, plan, result.run_id), plan.k, [f.row() for f in folds], result.scores
-    )
-    tags = {tracking.TAG_CV_FINISHED: str(len(folds)), NOTE_TAG: note}
-    tracking.log_points(client, result.run_id, {}, 0, tags)
-    return result
-
-
-def _fold_result(
-    client, run, fold: int, cfg: Config, plan: FoldPlan, tmp: Path
-) -> tuple[FoldResult, pd.DataFrame]:
-    """What the fold's run measured on its test split, and its out-of-fold predictions: its verified best
-    checkpoint on its fold's samples (the network its test scores come from)."""
-    from aqtrack.finish import network_of
-    from aqtrack.model import embed
-    from aqtrack.resume import find_best
-
-    run_id = run.info.run_id
-    best = find_best(
-        client, run_id, checkpoint_dir(cfg.run.output_dir, run_id), tmp / run_id, label=f"fold {fold}"
-    )
-    test = plan.pool.samples.select(plan.tests[fold - 1])
-    _, logits = embed(network_of(best.state), test.x, test.lengths)
-    metrics = run.data.metrics
-    result = FoldResult(
-        fold=fold,
-        run_id=run_id,
-        subjects=tuple(sorted({str(s) for s in test.subjects})) if test.subjects is not None else (),
-        n=len(test),
-        test_acc=metrics.get(TEST_KEYS[0], float("nan")),
-        test_balanced_acc=metrics.get(TEST_KEYS[1], float("nan")),
-        test_f1_macro=metrics.get(TEST_KEYS[2], float("nan")),
-        best_epoch=best.state.epoch,
-    )
-    predicted = logits.argmax(axis=1)
-    if float(np.mean(predicted == test.y)) != result.test_acc:
-        log.warning("cv: fold %d: its best checkpoint now scores otherwise than its run's test_acc", fold)
-    return result, _predictions(plan, fold, logits)
-
-
-def _predictions(plan: FoldPlan, fold: int, logits: np.ndarray) -> pd.DataFrame:
-    """One row per sample of the fold, indexed by its position in the data."""
-    import pandas as pd
-
-    from aqtrack.predictions import PROBABILITY_PREFIX, softmax
-
-    index = plan.tests[fold - 1]
-    s, names = plan.pool.samples, plan.pool.class_names
-    probabilities = softmax(logits)
-    table = pd.DataFrame(
-        {
-            "sample_id": s.sample_ids[index],
-            "subject": s.subjects[index] if s.subjects is not None else "",
-            "fold": fold,
-            "label": [names[k] for k in s.y[index]],
-            "predicted": [names[k] for k in logits.argmax(axis=1)],
-        },
-        index=index,
-    )
-    for k, name in enumerate(names):
-        table[PROBABILITY_PREFIX + name] = probabilities[:, k]
-    return table
-
-
-def _empty_predictions(plan: FoldPlan) -> pd.DataFrame:
-    import pandas as pd
-
-    from aqtrack.predictions import PROBABILITY_PREFIX
-
-    columns = ["sample_id", "subject", "fold", "label", "predicted"]
-    return pd.DataFrame(columns=columns + [PROBABILITY_PREFIX + n for n in plan.pool.class_names])
-
-
-def _scores(folds: list[FoldResult], predictions: pd.DataFrame, plan: FoldPlan) -> dict[str, float]:
-    """Mean and sample standard deviation (ddof=1; from 2 folds on) of each test score over the folds,
-    and the scores of the pooled out-of-fold predictions."""
-    if not folds:
-        return {}
-    out: dict[str, float] = {CV_FOLDS_FINISHED: float(len(folds))}
-    for key in TEST_KEYS:
-        values = np.array([getattr(f, key) for f in folds], dtype=np.float64)
-        out[CV_MEAN[key]] = float(values.mean())
-        if len(values) > 1:
-            out[CV_STD[key]] = float(values.std(ddof=1))
-    index = {name: k for k, name in enumerate(plan.pool.class_names)}
-    y = predictions["label"].map(index).to_numpy()
-    pooled = scores(confusion_counts(y, predictions["predicted"].map(index).to_numpy(), len(index)))
-    out |= {
-        CV_OOF_ACC: pooled["acc"],
-        CV_OOF_BALANCED_ACC: pooled["balanced_acc"],
-        CV_OOF_F1_MACRO: pooled["f1_macro"],
-    }
-    return out
-
-
-def _log_scores(client, result: CvResult, tmp: Path) -> None:
-    """The aggregate metrics at step = the number of folds aggregated (each once), and the per-fold
-    table: MLflow appends to a logged table, so only the rows of folds it lacks are logged."""
-    step, run_id = result.folds_finished, result.run_id
-    have = {k for k in result.scores if step in tracking.metric_steps(client, run_id, k)}
-    tracking.log_points(client, run_id, {k: v for k, v in result.scores.items() if k not in have}, step, {})
-    logged = exports.read_table(client, run_id, exports.CV_FOLDS_TABLE, tmp / "table") or {"fold": []}
-    rows = [f.row() for f in result.folds if f.fold not in set(logged["fold"])]
-    if rows:
-        exports.log_table(client, run_id, {k: [r[k] for r in rows] for k in rows[0]}, exports.CV_FOLDS_TABLE)
-
-
-def _log_predictions(client, result: CvResult, plan: FoldPlan, tmp: Path) -> None:
-    """The out-of-fold predictions (CSV, in the data's order), their confusion matrix and the folds'
-    figure; each replaces the one an earlier aggregate logged."""
-    from aqtrack.plots import confusion_matrix_figure, cv_folds_figure
-
-    path = tmp / Path(exports.CV_PREDICTIONS).name
-    result.predictions.to_csv(path, index=False)
-    client.log_artifact(result.run_id, str(path), exports.CV_DIR)
-    names = plan.pool.class_names
-    index = {name: k for k, name in enumerate(names)}
-    p = result.predictions
-    counts = confusion_counts(
-        p["label"].map(index).to_numpy(), p["predicted"].map(index).to_numpy(), len(names)
-    )
-    title = f"out-of-fold predictions of {result.folds_finished} of {plan.k} folds (run {result.run_id[:8]})"
-    exports.log_figure(
-        client, result.run_id, confusion_matrix_figure(counts, names, title=title), exports.CV_CONFUSION
-    )
-    folds = [f.fold for f in result.folds]
-    by_key = {key: [getattr(f, key) for f in result.folds] for key in TEST_KEYS}
-    figure = cv_folds_figure(folds, by_key, title=f"test scores by fold (run {result.run_id[:8]})")
-    exports.log_figure(client, result.run_id, figure, exports.CV_FOLDS_FIGURE)
+def _aggregate(cv: _Cv) -> CvResult:
+    """The finished folds (only those) aggregated into the parent, and its description and tags."""
+    done = aggregate(cv.client, cv.parent, cv.plan, cv.tmp)
+    rows = [f.row() for f in done.folds]
+    note = cv_final_note(cv_start_note(cv.config, cv.plan, cv.run_id), cv.plan.k, rows, done.scores)
+    tags = {tracking.TAG_CV_FINISHED: str(len(rows)), NOTE_TAG: note}
+    tracking.log_points(cv.client, cv.run_id, {}, 0, tags)
+    return CvResult(cv.run_id, cv.plan.k, done.folds, done.scores, done.predictions)

@@ -43,6 +43,8 @@ CONFUSION_ARTIFACT = f"{PLOTS_DIR}/confusion_matrix.png"  # the validation split
 TEST_CONFUSION_ARTIFACT = f"{PLOTS_DIR}/test_confusion_matrix.png"
 TEST_DIR = "test"
 PER_CLASS_ARTIFACT = f"{TEST_DIR}/per_class_metrics.json"  # precision, recall, F1, support per class
+# A cross-validation fold's predictions on its test split (its fold), what the parent pools.
+TEST_PREDICTIONS_ARTIFACT = f"{TEST_DIR}/predictions.csv"
 TAG_BEST_EPOCH = "aqtrack.best_epoch"  # on a LoggedModel: the best checkpoint it was made from
 # A cross-validation's parent run.
 CV_DIR = "cv"

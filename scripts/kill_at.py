@@ -106,7 +106,7 @@ def install(target: tuple[str, int]) -> None:
     import torch
     from mlflow import MlflowClient
 
-    from aqtrack import checkpoint, crossval, loop, report
+    from aqtrack import checkpoint, crossval, cv_aggregate, loop, report
     from aqtrack.checkpoint import BEST, CHECKPOINT_EPOCH_TAG, LAST, MANIFEST_SUFFIX
 
     clip = torch.nn.utils.clip_grad_norm_
@@ -200,7 +200,7 @@ def install(target: tuple[str, int]) -> None:
     MlflowClient.log_model_artifacts = log_model_artifacts_
 
     _die_before(crossval, "_fold_done", "fold-done", target)
-    _die_after(crossval, "_log_scores", "cv-aggregated", target)
+    _die_after(cv_aggregate, "log_scores", "cv-aggregated", target)
 
 
 def parse(spec: str) -> tuple[str, int]:

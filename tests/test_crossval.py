@@ -148,6 +148,8 @@ def test_mlflow_run_id_becomes_the_parent_and_each_fold_a_normal_run_nested_unde
             assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == [1, 2]
         names = {f.path for f in client.list_artifacts(run.info.run_id, "checkpoints")}
         assert {"checkpoints/last.pt", "checkpoints/best_action_quality_model.pt"} <= names
+        tested = {f.path for f in client.list_artifacts(run.info.run_id, exports.TEST_DIR)}
+        assert exports.TEST_PREDICTIONS_ARTIFACT in tested  # what the parent pools
 
 
 def test_each_fold_tests_on_its_own_fold_and_the_fold_of_every_sample_is_recorded(in_cv_store, tmp_path):
@@ -294,6 +296,31 @@ def test_a_resume_refuses_what_it_cannot_continue(in_cv_store, cv):
         ConfigError, match=r"cannot change --rounds=2 \(the run has 1\) when resuming a cross"
     ):
         aqtrack.cross_validate(resume=result.run_id, rounds=2)
+
+
+def test_a_resume_refuses_data_that_now_makes_other_folds(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    y = np.tile(np.arange(4), 12)  # 6 subjects x 8 recordings, every class twice each
+    subjects = np.repeat([f"p{i}" for i in range(6)], 8)
+    path = tmp_path / "sessions.npz"
+    np.savez(path, X=rng.normal(size=(48, 20, 2)).astype(np.float32), y=y, subject=subjects)
+    real = crossval.train_fold
+    monkeypatch.setattr(
+        crossval,
+        "train_fold",
+        lambda nest, resume=None, **s: (
+            real(nest, resume=resume, **s)
+            if nest.tags[tracking.TAG_CV_FOLD] == "1"
+            else (_ for _ in ()).throw(RuntimeError("stop"))
+        ),
+    )
+    cv = aqtrack.cross_validate(**{**settings(tmp_path / "out"), "data": str(path), "folds": "2"})
+    assert cv.failed and cv.folds_finished == 1
+    np.savez(path, X=rng.normal(size=(40, 20, 2)).astype(np.float32), y=y[:40], subject=subjects[:40])
+
+    with pytest.raises(DataError, match="makes other folds than the cross-validation started with"):
+        aqtrack.cross_validate(resume=cv.run_id)
+    assert MlflowClient().get_run(cv.run_id).info.status == "FAILED"  # untouched
 
 
 @pytest.mark.parametrize(
