@@ -271,9 +271,17 @@ def test_a_failed_fold_is_left_out_of_the_aggregate_and_a_resume_trains_it(tiny,
     assert "2 of 3 folds finished (only those are aggregated)" in parent.data.tags["mlflow.note.content"]
 
     monkeypatch.setattr(crossval, "train_fold", real)
+    # As under `mlflow run -e cv -P resume_run_id=...`: MLflow's new run is left empty, the parent goes on.
+    made = client.create_run(parent.info.experiment_id).info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", made)
     again = aqtrack.cross_validate(resume=result.run_id)
 
     assert again.run_id == result.run_id and not again.failed
+    left = client.get_run(made)
+    assert not left.data.metrics and tracking.TAG_CV not in left.data.tags
+    assert (
+        left.data.tags["mlflow.note.content"] == f"Continued the cross-validation in run `{result.run_id}`."
+    )
     assert [f.fold for f in again.folds] == [1, 2, 3]
     assert [f.run_id for f in again.folds if f.fold != 2] == [f.run_id for f in result.folds]  # kept
     finished = client.get_run(result.run_id)
