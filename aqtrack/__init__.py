@@ -5,6 +5,7 @@ result = aqtrack.train(rounds=1, epochs_per_round=20)
 aqtrack.train(resume=result.run_id, rounds=2)
 aqtrack.train(fork=result.run_id, fork_epoch=10, lr=5e-4)  # a new run from epoch 10, lower lr
 table = aqtrack.predict(result.run_id, "new_recordings.csv")  # a DataFrame: predicted, p_<class>...
+cv = aqtrack.cross_validate(folds="5", rounds=1, epochs_per_round=20)  # one nested run per fold
 """
 
 from __future__ import annotations
@@ -15,10 +16,20 @@ if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
 
+    from aqtrack.crossval import CvResult
     from aqtrack.pipeline import TrainResult
     from aqtrack.svm import SvmResult
 
-__all__ = ["fit_svm", "plot_curves", "predict", "rebuild_report", "runs_table", "show_run", "train"]
+__all__ = [
+    "cross_validate",
+    "fit_svm",
+    "plot_curves",
+    "predict",
+    "rebuild_report",
+    "runs_table",
+    "show_run",
+    "train",
+]
 
 
 def train(resume: str | None = None, **settings: Any) -> TrainResult:
@@ -27,6 +38,14 @@ def train(resume: str | None = None, **settings: Any) -> TrainResult:
     from aqtrack.pipeline import train as _train
 
     return _train(resume=resume, **settings)
+
+
+def cross_validate(resume: str | None = None, *, jobs: int = 1, **settings: Any) -> CvResult:
+    """See `aqtrack.crossval.cross_validate`: `folds="5"` or `folds="loso"` plus any `train` setting, or
+    `resume=PARENT_ID`; one parent run, one nested run per fold; `jobs` worker processes train folds."""
+    from aqtrack.crossval import cross_validate as _cross_validate
+
+    return _cross_validate(resume, jobs=jobs, **settings)
 
 
 def rebuild_report(run_id: str, output_dir):

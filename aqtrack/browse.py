@@ -17,6 +17,8 @@ from aqtrack.checkpoint import CHECKPOINT_EPOCH_TAG
 from aqtrack.config import Config
 from aqtrack.errors import ConfigError
 from aqtrack.metrics import (
+    CV_MEAN,
+    CV_STD,
     GRAD_NORM,
     LR,
     METRIC_KEYS,
@@ -34,6 +36,10 @@ if TYPE_CHECKING:
 
 COLUMNS = ("run_id", "name", "status", "epochs", "total_epochs", "select_by", "best_score", "best_epoch")
 COLUMNS += ("best_val_acc", *TEST_KEYS, "grad_norm", "lr", "resumable", "origin", "started")
+# A cross-validation's parent: its folds finished / planned; its test scores are then the means over the
+# finished folds and STD_COLUMNS their sample standard deviations. `aqtrack show` lists its fold runs.
+STD_COLUMNS = {key: f"{key}_std" for key in TEST_KEYS}
+COLUMNS += ("folds_finished", "folds_planned", *STD_COLUMNS.values())
 # How `aqtrack runs` heads the test scores: short, so the table fits a terminal.
 TEST_HEADERS = {TEST_ACC: "test_acc", TEST_BALANCED_ACC: "test_bal_acc", TEST_F1_MACRO: "test_f1"}
 HIDDEN_TAGS = (tracking.TAG_HEARTBEAT, tracking.TAG_OWNER)  # bookkeeping, not for people
@@ -48,8 +54,9 @@ def runs_table(experiment: str | None = None, *, all_experiments: bool = False) 
 
     client = tracking.connect()
     ids = _experiment_ids(client, experiment, all_experiments)
-    # `aqtrack svm` refits are listed with their training run by `aqtrack show`, not here.
-    runs = [r for r in tracking.search_runs(client, ids) if tracking.TAG_REFIT_OF not in r.data.tags]
+    # `aqtrack svm` refits and a cross-validation's folds are listed with their run by `aqtrack show`.
+    nested = (tracking.TAG_REFIT_OF, tracking.TAG_CV_PARENT)
+    runs = [r for r in tracking.search_runs(client, ids) if not any(t in r.data.tags for t in nested)]
     table = pd.DataFrame([_row(client, run) for run in runs], columns=list(COLUMNS))
     if all_experiments:
         names = {e.experiment_id: e.name for e in client.search_experiments()}
@@ -71,7 +78,18 @@ def format_runs(table: pd.DataFrame) -> str:
         shown[header] = [_num(v, ".4f") for v in table[key]]
     shown["grad_norm"] = [_num(v, ".4f") for v in table["grad_norm"]]
     shown["lr"] = [_num(v, ".2e") for v in table["lr"]]
+    cv = table["folds_planned"] > 0
+    for key, header in TEST_HEADERS.items():  # a cross-validation's: mean ± sample std over its folds
+        shown.loc[cv, header] = [
+            _num(v, ".4f") + ("" if s != s else f"±{s:.4f}")
+            for v, s in zip(table.loc[cv, key], table.loc[cv, STD_COLUMNS[key]], strict=True)
+        ]
+    shown.loc[cv, "epochs"] = "-"
+    shown["folds"] = [
+        f"{d}/{p}" if p else "" for d, p in zip(table["folds_finished"], table["folds_planned"], strict=True)
+    ]
     order = [c for c in ("run_id", "experiment", "name", "status", "epochs", "best (epoch)") if c in shown]
+    order += ["folds"] if cv.any() else []  # the column only where a cross-validation is listed
     rest = [*TEST_HEADERS.values(), "grad_norm", "lr", "resumable", "origin", "started"]
     return shown[[*order, *rest]].to_string(index=False)
 
@@ -91,6 +109,8 @@ def _experiment_ids(client, name: str | None, all_experiments: bool) -> list[str
 
 
 def _row(client, run) -> dict:
+    if tracking.TAG_CV in run.data.tags:
+        return _cv_row(client, run)
     done, best = _progress(client, run)
     metrics = run.data.metrics
     return {
@@ -110,7 +130,40 @@ def _row(client, run) -> dict:
         "resumable": resumable(run, client.tracking_uri),
         "origin": origin(run),
         "started": _time(run.info.start_time),
+        "folds_finished": 0,
+        "folds_planned": 0,
+        **{column: float("nan") for column in STD_COLUMNS.values()},
     }
+
+
+def _cv_row(client, run) -> dict:
+    """A cross-validation's parent: folds finished / planned and the aggregate over the finished ones."""
+    metrics, (finished, planned) = run.data.metrics, _folds(run)
+    return {
+        "run_id": run.info.run_id,
+        "name": run.info.run_name,
+        "status": run.info.status,
+        "epochs": 0,
+        "total_epochs": 0,
+        "select_by": run.data.params.get("select_by", VAL_ACC),
+        "best_score": float("nan"),
+        "best_epoch": 0,
+        "best_val_acc": float("nan"),
+        **{key: metrics.get(CV_MEAN[key], float("nan")) for key in TEST_KEYS},
+        "grad_norm": float("nan"),
+        "lr": float("nan"),
+        "resumable": resumable(run, client.tracking_uri),
+        "origin": origin(run),
+        "started": _time(run.info.start_time),
+        "folds_finished": finished,
+        "folds_planned": planned,
+        **{STD_COLUMNS[key]: metrics.get(CV_STD[key], float("nan")) for key in TEST_KEYS},
+    }
+
+
+def _folds(run) -> tuple[int, int]:
+    tags = run.data.tags
+    return int(tags.get(tracking.TAG_CV_FINISHED, "0")), int(tags.get(tracking.TAG_CV_PLANNED, "0"))
 
 
 @dataclass(frozen=True)
@@ -149,8 +202,15 @@ def _total_epochs(run) -> int:
 
 
 def resumable(run, tracking_uri: str) -> str:
-    """Whether `aqtrack train --resume` can continue the run, and why (not)."""
+    """Whether `aqtrack train --resume` (`aqtrack cv --resume` for a cross-validation) can continue the
+    run, and why (not)."""
     tags, status = run.data.tags, run.info.status
+    if tracking.TAG_CV in tags:
+        finished, planned = _folds(run)
+        busy = status != "FINISHED" and tracking.held_elsewhere(run, tracking_uri)
+        if status == "FINISHED":
+            return "finished"
+        return f"not now: {busy}" if busy else f"yes: cv --resume ({finished} of {planned} folds finished)"
     epoch = tags.get(CHECKPOINT_EPOCH_TAG)
     if not epoch:
         return "no: no checkpoint"
@@ -167,6 +227,11 @@ def resumable(run, tracking_uri: str) -> str:
 def origin(run) -> str:
     """Where the run came from: another run it resumes or forks ("" for a run started afresh)."""
     tags = run.data.tags
+    if tracking.TAG_CV in tags:
+        folds = tags[tracking.TAG_CV]
+        return f"cross-validation, {'leave one subject out' if folds == 'loso' else folds + ' folds'}"
+    if tracking.TAG_CV_PARENT in tags:
+        return f"fold {tags.get(tracking.TAG_CV_FOLD, '?')} of cv {tags[tracking.TAG_CV_PARENT][:8]}"
     if tracking.TAG_FORKED_FROM in tags:
         source, _, epoch = tags[tracking.TAG_FORKED_FROM].partition("@")
         return f"fork of {source[:8]}@{epoch}"
@@ -186,13 +251,17 @@ def show_run(run_id: str, tail: int = 10) -> str:
     info, data = run.info, run.data
     experiment = client.get_experiment(info.experiment_id).name
     ended = f", ran {_duration(info.end_time - info.start_time)}" if info.end_time else ""
-    lines = [
-        f"run {run_id} {info.run_name!r} in experiment {experiment!r}",
-        f"status {info.status}, started {_time(info.start_time)}{ended}",
+    progress = (
         f"epochs {_epochs(done, _total_epochs(run))}"
         + (f", {best}" if done else "")
         + "".join(f", {k} {data.metrics[k]:.4f}" for k in TEST_KEYS if k in data.metrics)
-        + f"; resumable: {resumable(run, client.tracking_uri)}",
+        if tracking.TAG_CV not in data.tags
+        else "cross-validation, {} of {} folds finished".format(*_folds(run))
+    )
+    lines = [
+        f"run {run_id} {info.run_name!r} in experiment {experiment!r}",
+        f"status {info.status}, started {_time(info.start_time)}{ended}",
+        f"{progress}; resumable: {resumable(run, client.tracking_uri)}",
     ]
     tags = [
         f"{k}={v}" for k, v in sorted(data.tags.items()) if k.startswith("aqtrack.") and k not in HIDDEN_TAGS
@@ -216,6 +285,16 @@ def show_run(run_id: str, tail: int = 10) -> str:
 def _lineage(client, run) -> list[str]:
     """The runs linked to this one: where it came from, its forks and its SVM refits."""
     tags, lines = run.data.tags, []
+    if tracking.TAG_CV_PARENT in tags:
+        lines.append(
+            f"  fold {tags.get(tracking.TAG_CV_FOLD, '?')} of cross-validation {tags[tracking.TAG_CV_PARENT]}"
+        )
+    for fold, child in sorted(tracking.cv_folds(client, run).items()) if tracking.TAG_CV in tags else []:
+        test_acc = child.data.metrics.get(TEST_ACC)
+        scores = f"test_acc={test_acc:.4f}" if test_acc is not None else child.info.status
+        lines.append(
+            f"  fold {fold}: {child.info.run_id} {child.info.run_name!r} {child.info.status}: {scores}"
+        )
     source = tags.get(tracking.TAG_FORKED_FROM) or tags.get(tracking.TAG_RESUMED_FROM)
     if source:
         lines.append(f"  origin: {'fork of' if tracking.TAG_FORKED_FROM in tags else 'resumes'} {source}")

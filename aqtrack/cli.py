@@ -1,6 +1,7 @@
 """`aqtrack` command line. Flags are derived from the config dataclasses; heavy imports wait for a command.
 
 aqtrack train [--rounds 3 ...] [--resume RUN_ID|auto | --fork RUN_ID --fork-epoch N]
+aqtrack cv --folds K|loso [--jobs N] [--rounds 3 ...] | aqtrack cv --resume PARENT_ID
 aqtrack report RUN_ID -o DIR
 aqtrack runs [--experiment NAME | --all]
 aqtrack show RUN_ID [--tail N]
@@ -48,6 +49,12 @@ MLPROJECT_PARAMETERS = {
     "resume_run_id": "--resume",
     "fork_run_id": "--fork",
     "fork_epoch": "--fork-epoch",
+    **{name: flag(name) for _, name, _ in config_fields()},
+}
+# The `cv` entry point's: every setting, resume_run_id (a CV parent) and jobs.
+CV_MLPROJECT_PARAMETERS = {
+    "resume_run_id": "--resume",
+    "jobs": "--jobs",
     **{name: flag(name) for _, name, _ in config_fields()},
 }
 
@@ -111,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("-q", "--quiet", action="store_true", help="only warnings and the final summary")
     _add_settings(train)
 
+    _add_cv(commands)
+
     report = commands.add_parser("report", help="rebuild experiment_report.json from a run's MLflow metrics")
     report.add_argument("run_id", metavar="RUN_ID")
     report.add_argument("-o", "--output-dir", type=Path, default=Path("."), help="where to write it")
@@ -129,6 +138,33 @@ def build_parser() -> argparse.ArgumentParser:
     _add_svm_and_plot(commands)
     _add_predict(commands)
     return parser
+
+
+def _add_cv(commands) -> None:
+    cv = commands.add_parser(
+        "cv",
+        help="cross-validate by subject: one parent run, one nested run per fold (--folds K or loso)",
+        description="Cross-validate: --folds K (grouped, stratified K-fold by subject) or --folds loso (one "
+        "fold per subject), with any training setting. Each fold is a run nested under one parent run, "
+        "which aggregates the finished folds; --resume PARENT_ID continues a stopped one.",
+    )
+    cv.add_argument(
+        "--resume",
+        metavar="RUN_ID",
+        default="",
+        help="continue this cross-validation (its parent run): finished folds are kept, an interrupted one "
+        "resumes from its checkpoint, the missing ones are trained",
+    )
+    cv.add_argument(
+        "--jobs",
+        type=_typed(parse_int),
+        default=1,
+        metavar="N",
+        help="train folds in N worker processes, each with 1/N of torch's threads (default 1: here)",
+    )
+    cv.add_argument(FROM_MLPROJECT, action="store_true", help=argparse.SUPPRESS)
+    cv.add_argument("-q", "--quiet", action="store_true", help="only warnings and the results")
+    _add_settings(cv)
 
 
 def _add_svm_and_plot(commands) -> None:
@@ -237,17 +273,23 @@ def _from_mlproject(argv: list[str]) -> list[str]:
     passes `-P epochs_per_round=5`) as `--epochs-per-round 5`; an unknown `-P` name is one error line."""
     start = argv.index(FROM_MLPROJECT) + 1
     out = argv[:start]
+    cv = bool(argv) and argv[0] == "cv"
+    parameters = CV_MLPROJECT_PARAMETERS if cv else MLPROJECT_PARAMETERS
     for i in range(start, len(argv), 2):  # `--name value` pairs
         name = argv[i][2:] if argv[i].startswith("--") else ""
-        if name not in MLPROJECT_PARAMETERS:
-            close = difflib.get_close_matches(name, MLPROJECT_PARAMETERS, n=1)
+        if name not in parameters:
+            close = difflib.get_close_matches(name, parameters, n=1)
             raise ConfigError(
-                f"-P {name or argv[i]}: not a parameter of this project"
+                f"-P {name or argv[i]}: not a parameter of this {'entry point' if cv else 'project'}"
                 + (f"; did you mean -P {close[0]}?" if close else "")
                 + "; the parameters are `aqtrack train`'s settings (`aqtrack train --help`, - as _), "
-                "resume_run_id, fork_run_id and fork_epoch"
+                + (
+                    "resume_run_id (a cross-validation) and jobs"
+                    if cv
+                    else "resume_run_id, fork_run_id and fork_epoch"
+                )
             )
-        out += [MLPROJECT_PARAMETERS[name], *argv[i + 1 : i + 2]]
+        out += [parameters[name], *argv[i + 1 : i + 2]]
     return out
 
 
@@ -289,6 +331,42 @@ def summary(result) -> str:
     test = ", ".join(f"{k} {v:.4f}" for k, v in result.test_scores.items())
     epochs = f"{result.epochs} epoch{'s' if result.epochs != 1 else ''}"
     return f"run {result.run_id}: {epochs}, {best}{'; ' + test if test else ''}; report: {result.report_path}"
+
+
+def _cv(args: argparse.Namespace) -> int:
+    from aqtrack.crossval import cross_validate
+    from aqtrack.interrupts import launcher_process, stop_when_gone
+
+    origin = {"resume", "jobs", "command", "quiet", "from_mlproject"}
+    settings: dict[str, Any] = {k: v for k, v in vars(args).items() if k not in origin}
+    launcher = launcher_process() if args.from_mlproject else None
+    if launcher is not None:
+        os.chdir(launcher.cwd())  # relative paths mean what they mean where `mlflow run` was typed
+    with stop_when_gone(launcher):
+        result = cross_validate(resume=args.resume or None, jobs=args.jobs, **settings)
+    print(_cv_summary(result))
+    return 1 if result.failed else 0
+
+
+def _cv_summary(result) -> str:
+    from aqtrack.metrics import CV_MEAN, CV_STD, TEST_KEYS
+
+    lines = []
+    if result.folds:
+        import pandas as pd
+
+        table = pd.DataFrame([f.row() for f in result.folds]).drop(columns=["subjects"])
+        lines.append(table.to_string(index=False, float_format="{:.4f}".format))
+    s = result.scores
+    scores = ", ".join(
+        f"{k} {s[CV_MEAN[k]]:.4f}" + (f" ± {s[CV_STD[k]]:.4f}" if CV_STD[k] in s else "") for k in TEST_KEYS
+    )
+    done = f"{result.folds_finished} of {result.folds_planned} folds"
+    lines.append(
+        f"cv {result.run_id}: {done}"
+        + (f"; {scores} (mean ± sample std over the folds)" if result.folds else "")
+    )
+    return "\n".join(lines)
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -361,6 +439,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "train": _train,
+    "cv": _cv,
     "report": _report,
     "runs": _runs,
     "show": _show,

@@ -19,6 +19,7 @@ OPTIMIZERS = ("adamw", "adam")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("none", "bf16", "fp16")
 MISSING_POLICIES = ("interpolate", "refuse")
+LOSO = "loso"  # --folds loso: leave one subject out, one fold per subject
 SVM_KERNELS = ("rbf", "linear", "poly", "sigmoid")
 CLASS_WEIGHTS = ("none", "balanced")
 SELECT_BY = ("val_acc", "val_balanced_acc", "val_f1_macro")  # aqtrack.metrics.SELECTABLE
@@ -119,13 +120,27 @@ class DataConfig:
     test_fraction: float = option(
         0.2,
         "data files without a 'split': test fraction (stratified; grouped by subject when the file "
-        "has subjects); 0 = no test split",
+        "has subjects); 0 = no test split; not used with --folds (the held-out fold is the test split)",
         check=(lambda v: 0.0 <= v < 1.0, "in [0, 1) (0 = no test split)"),
     )
     val_fraction: float = option(
         0.2,
-        "data files without a 'split': validation fraction of what remains after the test split",
+        "data files without a 'split', and any data with --folds: validation fraction of what remains "
+        "after the test split",
         check=(lambda v: 0.0 < v < 1.0, "between 0 and 1"),
+    )
+    folds: str = option(
+        "",
+        "cross-validation over all samples: K (grouped, stratified K-fold by subject; stratified without "
+        "subjects) or loso (one fold per subject); '' = none. `aqtrack cv` trains every fold, `aqtrack "
+        "train` the one --fold names",
+        check=(lambda v: v in ("", LOSO) or (v.isdigit() and int(v) >= 2), "'', a whole number >= 2 or loso"),
+    )
+    fold: int = option(
+        0,
+        "with --folds: the fold to train (1..K): its samples are the test split, validation is carved from "
+        "the others (--val-fraction, grouped by subject); 0 = none (aqtrack cv sets it per fold)",
+        check=_at_least(0),
     )
     missing: str = option(
         "interpolate",
@@ -133,10 +148,14 @@ class DataConfig:
         "is logged) or refuse",
         choices=MISSING_POLICIES,
     )
-    data_seed: int = option(0, "seed of the synthetic data and of the splits of data files")
+    data_seed: int = option(0, "seed of the synthetic data and of the splits of data files (and folds)")
 
     def __post_init__(self) -> None:
         _check_fields(self)
+        no_cv = "0 without --folds (no cross-validation)"
+        _check(bool(self.folds) or not self.fold, "fold", no_cv, self.fold)
+        if self.folds.isdigit():
+            _check(self.fold <= int(self.folds), "fold", f"<= --folds ({self.folds})", self.fold)
 
 
 @dataclass
@@ -331,6 +350,32 @@ def resumed(saved: Config, given: dict[str, Any]) -> Config:
             f"{', '.join(flag(k) for k in sorted(RESUMABLE - {'experiment'}))} may change: start a new run, "
             "or fork "
             "this one (--fork RUN_ID --fork-epoch N) to change them from one of its checkpoints"
+        )
+    return saved.replace(**changed)
+
+
+# Settings that may change when a cross-validation is resumed: none that changes what a fold measures,
+# since its finished folds keep theirs (`rounds` and the SVM's settings included).
+CV_RESUMABLE = frozenset(
+    {"checkpoint_interval", "num_workers", "output_dir", "experiment", "run_name", "tracking_patience"}
+    | {"device", "system_metrics"}
+)
+
+
+def cv_resumed(saved: Config, given: dict[str, Any]) -> Config:
+    """The config of a resumed cross-validation: its own, plus the `CV_RESUMABLE` settings given. A
+    given setting that repeats the run's value is fine; changing another one is refused."""
+    check_known(given)
+    current = saved.to_dict()
+    changed = {k: v for k, v in given.items() if v != current[k]}
+    conflicts = [
+        f"{flag(k)}={v!r} (the run has {current[k]!r})" for k, v in changed.items() if k not in CV_RESUMABLE
+    ]
+    if conflicts:
+        may = ", ".join(flag(k) for k in sorted(CV_RESUMABLE - {"experiment"}))
+        raise ConfigError(
+            f"cannot change {', '.join(conflicts)} when resuming a cross-validation: its finished folds "
+            f"were trained without it; only {may} may change; start a new cross-validation to change it"
         )
     return saved.replace(**changed)
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from aqtrack.checkpoint import TrainState
 from aqtrack.config import Config
-from aqtrack.data import ActionQualityData
+from aqtrack.data import ActionQualityData, FoldPlan
 from aqtrack.metrics import (
     SVM_TEST_ACC,
     SVM_VAL_ACC,
@@ -40,16 +40,7 @@ def run_name(cfg: Config, generated: str) -> str:
 def start_note(cfg: Config, data: ActionQualityData, run_id: str, origin: str) -> str:
     """The description while training: the config, the data and, in `origin`, where the run came from
     (a markdown sentence; "" for a new run)."""
-    t, m = cfg.train, cfg.model
-    lines = [
-        f"**Action-quality classifier**: 1D CNN (hidden {m.hidden}, dropout {m.dropout:g}), "
-        f"{_count(t.rounds, 'round')} x {_count(t.epochs_per_round, 'epoch')}, {t.optimizer} lr {t.lr:g} → "
-        f"{t.min_lr:g} "
-        f"(cosine), batch {t.batch_size}, max grad norm {t.max_grad_norm:g}, seed {t.seed}; the best "
-        f"epoch is chosen by {t.select_by} on the validation split"
-        + (", classes weighted (balanced)." if t.class_weight == "balanced" else "."),
-        f"**Data**: {_data_line(data)}",
-    ]
+    lines = [f"**Action-quality classifier**: {_model_line(cfg)}", f"**Data**: {_data_line(data)}"]
     if origin:
         lines.append(origin)
     lines += [f"**Results**: {RESULTS_PENDING}", _how_to_resume(run_id)]
@@ -58,6 +49,17 @@ def start_note(cfg: Config, data: ActionQualityData, run_id: str, origin: str) -
 
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _model_line(cfg: Config) -> str:
+    t, m = cfg.train, cfg.model
+    return (
+        f"1D CNN (hidden {m.hidden}, dropout {m.dropout:g}), "
+        f"{_count(t.rounds, 'round')} x {_count(t.epochs_per_round, 'epoch')}, {t.optimizer} lr {t.lr:g} → "
+        f"{t.min_lr:g} (cosine), batch {t.batch_size}, max grad norm {t.max_grad_norm:g}, seed {t.seed}; the "
+        f"best epoch is chosen by {t.select_by} on the validation split"
+        + (", classes weighted (balanced)." if t.class_weight == "balanced" else ".")
+    )
 
 
 def _data_line(data: ActionQualityData) -> str:
@@ -107,3 +109,50 @@ def _how_to_resume(run_id: str) -> str:
         f"**Continue**: `aqtrack train --resume {run_id}` (after a stop, or with `--rounds N` "
         "to train longer)."
     )
+
+
+def cv_start_note(cfg: Config, plan: FoldPlan, run_id: str) -> str:
+    """A cross-validation parent's description while its folds train: the protocol, the model, the data."""
+    from aqtrack.data.splits import CV_METHODS
+
+    s = plan.pool.samples
+    subjects = f" of {len(np.unique(s.subjects))} subjects" if s.subjects is not None else " (no subjects)"
+    return "\n\n".join(
+        [
+            f"**Cross-validation**, {plan.k} folds: {CV_METHODS[plan.method]} (data seed {plan.seed}). "
+            "Each fold is a run nested under this one: the fold's samples are its test split, evaluated once "
+            "with the epoch its validation split chose; validation (val_fraction "
+            f"{plan.val_fraction:g}{', grouped by subject' if s.subjects is not None else ''}) is carved "
+            "from the other folds.",
+            f"**Each fold trains** a {_model_line(cfg)}",
+            f"**Data**: {plan.pool.source}: {len(s)} sequences{subjects}, {len(plan.pool.channel_names)} "
+            f"channels, {len(plan.pool.class_names)} classes ({', '.join(plan.pool.class_names)}).",
+            f"**Results**: {RESULTS_PENDING}",
+            f"**Continue**: `aqtrack cv --resume {run_id}` (after a stop: finished folds are kept).",
+        ]
+    )
+
+
+def cv_final_note(note: str, planned: int, rows: list[dict], scores: Mapping[str, float]) -> str:
+    """`note` with the aggregate filled in: how many folds finished, mean ± sample std of the test
+    scores over them, the pooled out-of-fold scores, and a table of the folds."""
+    from aqtrack.metrics import CV_MEAN, CV_OOF_ACC, CV_OOF_BALANCED_ACC, CV_OOF_F1_MACRO, CV_STD, TEST_KEYS
+
+    if not rows:
+        return note.replace(RESULTS_PENDING, f"no fold of {planned} finished yet.")
+    spread = {k: (f" ± {scores[CV_STD[k]]:.4f}" if CV_STD[k] in scores else "") for k in TEST_KEYS}
+    means = ", ".join(f"{k} **{scores[CV_MEAN[k]]:.4f}**{spread[k]}" for k in TEST_KEYS)
+    results = (
+        f"{len(rows)} of {planned} folds finished (only those are aggregated). {means} (mean ± sample "
+        f"standard deviation over the folds); all out-of-fold predictions pooled: accuracy "
+        f"{scores[CV_OOF_ACC]:.4f}, balanced accuracy {scores[CV_OOF_BALANCED_ACC]:.4f}, macro F1 "
+        f"{scores[CV_OOF_F1_MACRO]:.4f}.\n\n"
+        "| fold | subjects | n | test_acc | test_balanced_acc | test_f1_macro | best epoch |\n"
+        "|---|---|---|---|---|---|---|\n"
+    )
+    for row in rows:
+        results += (
+            f"| {row['fold']} | {row['n_subjects']} | {row['n']} | {row[TEST_KEYS[0]]:.4f} | "
+            f"{row[TEST_KEYS[1]]:.4f} | {row[TEST_KEYS[2]]:.4f} | {row['best_epoch']} |\n"
+        )
+    return note.replace(RESULTS_PENDING, results.rstrip("\n"))

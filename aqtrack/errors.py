@@ -26,6 +26,10 @@ class ResumeError(AqtrackError):
     """A run cannot be resumed (unknown id, no checkpoint, incompatible checkpoint)."""
 
 
+class NoCheckpoint(ResumeError):
+    """The run has no checkpoint that verifies, anywhere: there is nothing to continue it from."""
+
+
 class ModelError(AqtrackError):
     """A logged or registered model cannot be used: unknown, not made by aqtrack, or unreadable."""
 

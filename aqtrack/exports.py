@@ -42,7 +42,16 @@ CONFUSION_ARTIFACT = f"{PLOTS_DIR}/confusion_matrix.png"  # the validation split
 TEST_CONFUSION_ARTIFACT = f"{PLOTS_DIR}/test_confusion_matrix.png"
 TEST_DIR = "test"
 PER_CLASS_ARTIFACT = f"{TEST_DIR}/per_class_metrics.json"  # precision, recall, F1, support per class
+# A cross-validation fold's predictions on its test split (its fold), what the parent pools.
+TEST_PREDICTIONS_ARTIFACT = f"{TEST_DIR}/predictions.csv"
 TAG_BEST_EPOCH = "aqtrack.best_epoch"  # on a LoggedModel: the best checkpoint it was made from
+# A cross-validation's parent run.
+CV_DIR = "cv"
+CV_ASSIGNMENT = f"{CV_DIR}/fold_assignment.csv"  # sample_id, subject, label, fold: every sample
+CV_FOLDS_TABLE = f"{CV_DIR}/folds.json"  # one row per finished fold (an MLflow table)
+CV_PREDICTIONS = f"{CV_DIR}/oof_predictions.csv"  # out-of-fold: sample_id, subject, fold, label, ...
+CV_CONFUSION = f"{CV_DIR}/confusion_matrix.png"  # of the pooled out-of-fold predictions
+CV_FOLDS_FIGURE = f"{CV_DIR}/folds.png"  # the folds' test scores side by side
 # pt2 (torch.export) rather than pickle: the archive holds the weights as raw bytes, so aqtrack reads them
 # without unpickling anything (`read_pt2_weights`); other readers need no aqtrack installed.
 NETWORK_FORMAT = "pt2"
@@ -470,7 +479,8 @@ def _stem(path: str) -> str:
 
 
 def log_table(client: MlflowClient, run_id: str, table: dict[str, list], artifact_file: str) -> None:
-    """A table (columns of equal length) as an MLflow table artifact, shown in the run's Artifacts tab."""
+    """A table (columns of equal length) as an MLflow table artifact, shown in the run's Artifacts tab.
+    MLflow appends the rows to the table when the run has it already."""
     client.log_table(run_id, data=table, artifact_file=artifact_file)
 
 
@@ -480,3 +490,13 @@ def log_png(client: MlflowClient, run_id: str, path: Path, artifact_file: str) -
     if name != path.name:
         raise ValueError(f"{path} must be named {name} to be logged as {artifact_file}")
     client.log_artifact(run_id, str(path), directory or None)
+
+
+def read_table(client: MlflowClient, run_id: str, artifact_file: str, tmp: Path) -> dict[str, list] | None:
+    """A table `log_table` logged, as {column: values}; None when the run does not have it."""
+    directory, _, name = artifact_file.rpartition("/")
+    if name not in {f.path.rpartition("/")[2] for f in client.list_artifacts(run_id, directory or None)}:
+        return None
+    path = client.download_artifacts(run_id, artifact_file, str(tmp))
+    table = json.loads(Path(path).read_text())  # pandas' "split" layout: columns, data (rows)
+    return {c: [row[i] for row in table["data"]] for i, c in enumerate(table["columns"])}

@@ -7,7 +7,8 @@ NAME`), the held-out test split evaluated once (`test_acc`, `test_balanced_acc`,
 step = the final epoch, a per-class table), confusion matrices on the validation and test splits, the
 training curves, then the SVM stage (`svm_val_acc`, `svm_val_f1`, `svm_test_acc`, `svm_test_f1`, and
 the fitted pipeline as the `svm` model). Each step first looks at what the run already has, so a run
-killed while finishing and resumed ends with one of each.
+killed while finishing and resumed ends with one of each. A fold of a cross-validation also keeps its
+test split's predictions (`test/predictions.csv`), which its parent pools.
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ def finish_run(job: Finishing) -> dict[str, float]:
     Returns the test scores (empty without a test split)."""
     with tempfile.TemporaryDirectory(prefix="aqtrack-finish-") as tmp:
         best = find_best(job.client, job.run_id, job.local_dir, Path(tmp), label="finishing run")
-    network = _network(best.state)
+    network = network_of(best.state)
     outputs = Outputs.of(network, job.data)
     tags = {exports.TAG_BEST_EPOCH: str(best.state.epoch)}
     _log_network(job, network, tags)
@@ -110,7 +111,7 @@ def finish_run(job: Finishing) -> dict[str, float]:
     return test
 
 
-def _network(state: TrainState) -> ActionQualityNet:
+def network_of(state: TrainState) -> ActionQualityNet:
     network = build_model(ModelSpec(**state.model_spec))
     network.load_state_dict(state.model)
     return network.eval()
@@ -153,12 +154,39 @@ def _log_test(job: Finishing, outputs: Outputs, best_epoch: int) -> dict[str, fl
     if exports.PER_CLASS_ARTIFACT.rpartition("/")[2] not in logged:
         table = per_class_table(test.y, predicted, job.data.class_names)
         exports.log_table(job.client, job.run_id, table, exports.PER_CLASS_ARTIFACT)
+    if job.config.data.folds and exports.TEST_PREDICTIONS_ARTIFACT.rpartition("/")[2] not in logged:
+        _log_test_predictions(job, outputs.logits["test"])
     log.info(
         "run %s: test split (%d sequences, best checkpoint of epoch %d, evaluated once): test_acc %.4f, "
         "test_balanced_acc %.4f, test_f1_macro %.4f",
         job.run_id, len(test), best_epoch, *values.values(),
     )  # fmt: skip
     return values
+
+
+def _log_test_predictions(job: Finishing, logits: np.ndarray) -> None:
+    """A fold's test split as its best network scored it: sample_id, subject ("" without subjects),
+    label, predicted and p_<class> per class, one row per sample in the split's order."""
+    import pandas as pd
+
+    from aqtrack.predictions import PROBABILITY_PREFIX, softmax
+
+    test, names = job.data.test, np.asarray(job.data.class_names)
+    probabilities = softmax(logits)
+    table = pd.DataFrame(
+        {
+            "sample_id": test.sample_ids,
+            "subject": test.subjects if test.subjects is not None else "",
+            "label": names[test.y],
+            "predicted": names[logits.argmax(axis=1)],
+        }
+    )
+    for k, name in enumerate(names):
+        table[PROBABILITY_PREFIX + name] = probabilities[:, k]
+    with tempfile.TemporaryDirectory(prefix="aqtrack-finish-") as tmp:
+        path = Path(tmp) / exports.TEST_PREDICTIONS_ARTIFACT.rpartition("/")[2]
+        table.to_csv(path, index=False)
+        job.client.log_artifact(job.run_id, str(path), exports.TEST_DIR)
 
 
 def per_class_table(y_true: np.ndarray, y_pred: np.ndarray, class_names: tuple[str, ...]) -> dict:
@@ -270,7 +298,7 @@ def fit_svm(run_id: str, *, c: float | None = None, kernel: str | None = None) -
         svm_kernel=config.svm.svm_kernel if kernel is None else kernel,
     )
     data = load_configured(config.data)
-    features = Outputs.of(_network(best.state), data).features
+    features = Outputs.of(network_of(best.state), data).features
     step = int(run.data.tags.get(CHECKPOINT_EPOCH_TAG, best.state.epoch))
     tags = {exports.TAG_BEST_EPOCH: str(best.state.epoch)}
     refit = tracking.create_child_run(

@@ -89,11 +89,11 @@ LAUNCHER_POLL_S = 1.0
 
 
 @contextlib.contextmanager
-def stop_when_gone(launcher) -> Iterator[None]:
+def stop_when_gone(launcher, what: str = "the `mlflow run` process") -> Iterator[None]:
     """For the block: once `launcher` (a psutil.Process: the `mlflow run` process that started this
-    one; None watches nothing) is gone, this process gets SIGTERM, so training stops as on any SIGTERM
-    (the last complete epoch published, the run marked KILLED, its lock released) instead of training on
-    as an orphan nobody waits for."""
+    one, or the `aqtrack cv` process a fold worker serves; None watches nothing) is gone, this process
+    gets SIGTERM, so training stops as on any SIGTERM (the last complete epoch published, the run marked
+    KILLED, its lock released) instead of training on as an orphan nobody waits for."""
     if launcher is None:
         yield
         return
@@ -102,7 +102,7 @@ def stop_when_gone(launcher) -> Iterator[None]:
     def watch_it() -> None:
         while not done.wait(LAUNCHER_POLL_S):
             if not launcher.is_running():  # also False for a new process that reused its pid
-                log.warning("the `mlflow run` process (pid %d) is gone: stopping", launcher.pid)
+                log.warning("%s (pid %d) is gone: stopping", what, launcher.pid)
                 os.kill(os.getpid(), signal.SIGTERM)
                 return
 

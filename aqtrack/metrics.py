@@ -37,6 +37,16 @@ TEST_BALANCED_ACC = "test_balanced_acc"
 TEST_F1_MACRO = "test_f1_macro"
 TEST_KEYS = (TEST_ACC, TEST_BALANCED_ACC, TEST_F1_MACRO)
 
+# A cross-validation's parent run, at step = the number of folds aggregated (all K once all finished):
+# over the finished folds, the mean and the sample standard deviation (ddof=1) of each fold's test score,
+# and the scores of all their out-of-fold predictions pooled.
+CV_FOLDS_FINISHED = "cv_folds_finished"
+CV_MEAN = {key: f"cv_{key}_mean" for key in TEST_KEYS}  # cv_test_acc_mean, ...
+CV_STD = {key: f"cv_{key}_std" for key in TEST_KEYS}  # cv_test_acc_std, ... (from 2 folds on)
+CV_OOF_ACC = "cv_oof_acc"
+CV_OOF_BALANCED_ACC = "cv_oof_balanced_acc"
+CV_OOF_F1_MACRO = "cv_oof_f1_macro"
+
 # The SVM stage, logged once at step = the final epoch.
 SVM_VAL_ACC = "svm_val_acc"
 SVM_VAL_F1 = "svm_val_f1"  # macro F1

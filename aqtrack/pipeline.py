@@ -13,7 +13,8 @@ users to re-attach):
 | `--resume ID`      | run ID itself       | that run, with ID's past | run ID itself                     |
 | `--fork ID`        | a new run           | that run                 | a new run                         |
 
-A training never writes a second history into a run that holds one.
+A training never writes a second history into a run that holds one. A fold of a cross-validation
+(`train_fold`) is a run nested under its CV parent, and never takes MLFLOW_RUN_ID's run.
 """
 
 from __future__ import annotations
@@ -91,6 +92,15 @@ class TrainResult:
 
 
 @dataclass(frozen=True)
+class Nest:
+    """Where a fold of a cross-validation trains: a new run nested under the CV parent, with tags that
+    let a resume find it (see `aqtrack.crossval`)."""
+
+    parent_id: str
+    tags: dict[str, str]
+
+
+@dataclass(frozen=True)
 class Request:
     """What the caller asked for. `settings` holds exactly the settings given explicitly (a flag,
     `-P name=value`, a keyword), whatever their values: a setting not given is never inferred from
@@ -100,6 +110,7 @@ class Request:
     fork: str | None = None  # a run id
     fork_epoch: int | None = None
     settings: dict[str, Any] = field(default_factory=dict)
+    nest: Nest | None = None  # a fold of a cross-validation: a new run goes under its parent
 
     def __post_init__(self) -> None:
         if self.resume and self.fork:
@@ -134,7 +145,19 @@ def train(
 
     Under torchrun, rank 0 does all of this (callbacks included) and the other ranks follow it.
     """
-    request = Request(resume or None, fork or None, fork_epoch, settings)
+    return _train(Request(resume or None, fork or None, fork_epoch, settings), callbacks)
+
+
+def train_fold(nest: Nest, resume: str | None = None, **settings: Any) -> TrainResult:
+    """A fold of a cross-validation: a new run nested under `nest.parent_id` (resume: the fold's run
+    itself), trained exactly as `train` trains any run. MLFLOW_RUN_ID names the parent under `mlflow
+    run`, so a fold never takes that run."""
+    if resume == AUTO:
+        raise ResumeError("a fold resumes by its run id, not auto")
+    return _train(Request(resume, settings=settings, nest=nest), ())
+
+
+def _train(request: Request, callbacks: Iterable[EpochHook]) -> TrainResult:
     with distributed.joined() as world:
         if not world.is_main:
             return _follow(world)
@@ -227,11 +250,11 @@ def _lead(world: World, request: Request, callbacks: Iterable[EpochHook]) -> Tra
     request = replace(request, settings=_absolute_data(request.settings))
     early = _absolute_early(early)
     client = tracking.connect()
-    env = tracking.env_run(client)
+    env = None if request.nest else tracking.env_run(client)
     with tempfile.TemporaryDirectory(prefix="aqtrack-start-") as tmp, contextlib.ExitStack() as held:
         origin = _origin(client, request, early, env, held, Path(tmp))
         start = _prepare(origin, request.settings, early, world)
-        opened = _open_run(client, start, env, held)
+        opened = _open_run(client, start, env, held, request.nest)
         _record_experiment(client, opened.run_id, start)
         # The other ranks restore what this trainer holds now (for a fork: its own hyperparameters).
         shared = start.state if start.origin.kind == "new" else start.trainer.snapshot(start.state)
@@ -252,11 +275,11 @@ def _check_early(request: Request) -> _Early:
     settings = request.settings
     if request.fork is None and request.resume in (None, AUTO):
         config = Config.from_dict(settings)
-        _check_writable(Path(config.run.output_dir))
+        check_writable(Path(config.run.output_dir))
         return _Early(config, load_configured(config.data), config.data)
     check_values(settings)
     if "output_dir" in settings:
-        _check_writable(Path(settings["output_dir"]))
+        check_writable(Path(settings["output_dir"]))
     data_given = {k: v for k, v in settings.items() if k in DataConfig.__dataclass_fields__}
     if not data_given:
         return _Early()
@@ -275,6 +298,7 @@ def _origin(client, request: Request, early: _Early, env, held: contextlib.ExitS
         return _newest_unfinished(client, early.config, env, held, tmp)
     if request.resume:
         run = tracking.get_run(client, request.resume)
+        _check_not_cv(run)
         # Before its checkpoint is read: a second resumer must not even download it.
         held.enter_context(run_lock(client.tracking_uri, run.info.run_id))
         _check_not_continued(run)
@@ -354,7 +378,7 @@ def _prepare(origin: _Origin, given: dict[str, Any], early: _Early, world: World
             )
     else:
         cfg = early.config
-    _check_writable(Path(cfg.run.output_dir))
+    check_writable(Path(cfg.run.output_dir))
     if data is None:
         data = early.data if early.data_config == cfg.data else load_configured(cfg.data)
     trainer = build_trainer(cfg, data, distributed.resolve_device(cfg.train.device, world), world)
@@ -511,6 +535,16 @@ def _check_not_continued(run) -> None:
         )
 
 
+def _check_not_cv(run) -> None:
+    """A cross-validation's parent run trains nothing itself: its folds do."""
+    if tracking.TAG_CV in run.data.tags:
+        run_id = run.info.run_id
+        raise ResumeError(
+            f"--resume {run_id}: the run is a cross-validation (its folds are nested runs); continue it "
+            f"with `aqtrack cv --resume {run_id}`"
+        )
+
+
 def _check_not_running_elsewhere(run) -> None:
     """The lock covers this machine (we hold it); across machines, the heartbeat decides."""
     busy = tracking.running_on_another_machine(run)
@@ -535,13 +569,13 @@ def _say_what_is_rerun(run, epoch: int) -> None:
         )
 
 
-def _open_run(client, start: _Start, env, held: contextlib.ExitStack) -> _Opened:
+def _open_run(client, start: _Start, env, held: contextlib.ExitStack, nest: Nest | None) -> _Opened:
     """The run to train in, held (locked) by this process: see the module docstring's table."""
     cfg, origin, source = start.config, start.origin, start.source
     name = cfg.run.run_name
     resuming = origin.kind == "resume"
     if env is not None and not (resuming and env.info.run_id == source):
-        if _adopt(client, env, held):
+        if adopt(client, env, held):
             return _Opened(env.info.run_id, name or _readable(cfg, env.info.run_name))
         env_id = env.info.run_id
         goes = f"continuing run {source} itself" if resuming else "training in a new run"
@@ -556,6 +590,10 @@ def _open_run(client, start: _Start, env, held: contextlib.ExitStack) -> _Opened
     if resuming:
         client.update_run(source, status="RUNNING", name=name or None)
         return _Opened(source, "")
+    if nest is not None:  # a fold: in its parent's experiment, nested under it
+        run_id = tracking.create_child_run(client, client.get_run(nest.parent_id), name, nest.tags)
+        held.enter_context(run_lock(client.tracking_uri, run_id))
+        return _Opened(run_id, "")
     experiment_id = env.info.experiment_id if env else tracking.experiment_id(client, cfg.run.experiment)
     run = tracking.create_run(client, experiment_id, name or None)
     held.enter_context(run_lock(client.tracking_uri, run.info.run_id))
@@ -571,7 +609,7 @@ def _record_experiment(client, run_id: str, start: _Start) -> None:
         start.state.config = start.config.to_dict()
 
 
-def _adopt(client, env, held: contextlib.ExitStack) -> bool:
+def adopt(client, env, held: contextlib.ExitStack) -> bool:
     """Take the MLFLOW_RUN_ID run if it holds no training and no other process is taking it."""
     run_id = env.info.run_id
     candidate = contextlib.ExitStack()
@@ -699,7 +737,7 @@ def _tags(client, run_id: str, start: _Start, epoch_tag: int) -> dict[str, str]:
         tracking.TAG_DATA_SOURCE: start.data.source,
         tracking.TAG_FILLED_VALUES: str(start.data.filled_values),
         tracking.TAG_ROUNDS: str(cfg.train.rounds),
-        "aqtrack.version": _version(),
+        "aqtrack.version": aqtrack_version(),
         tracking.TAG_OWNER: f"{socket.gethostname()}:{os.getpid()}",
     }
     if epoch_tag:
@@ -782,7 +820,7 @@ def rebuild_report(run_id: str, output_dir: Path) -> Path:
     return write_report(report, output_dir)
 
 
-def _check_writable(directory: Path) -> None:
+def check_writable(directory: Path) -> None:
     """Refuse an --output-dir that cannot be written, without creating it (nothing is made for a
     refused start): a write test in it, or in its nearest existing parent."""
     existing = next(p for p in (directory, *directory.parents) if p.exists() or p == p.parent)
@@ -805,7 +843,7 @@ def _number(value: str) -> Any:
         return value
 
 
-def _version() -> str:
+def aqtrack_version() -> str:
     try:
         return version("aqtrack")
     except PackageNotFoundError:

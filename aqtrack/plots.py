@@ -151,6 +151,29 @@ def confusion_matrix_figure(counts: np.ndarray, class_names: Sequence[str], titl
     return fig
 
 
+def cv_folds_figure(folds: Sequence[int], scores: Mapping[str, Sequence[float]], title: str = "") -> Figure:
+    """A cross-validation's folds side by side: one group of bars per fold (each key of `scores`, one
+    value per fold), with each key's mean over the folds as a dashed line."""
+    keys = list(scores)
+    fig = Figure(figsize=(max(6.0, 0.9 * len(folds) + 3), 4.5), layout="constrained")
+    ax = fig.subplots()
+    width = 0.8 / max(1, len(keys))
+    x = np.arange(len(folds), dtype=float)
+    for i, key in enumerate(keys):
+        values = np.asarray(scores[key], dtype=float)
+        bars = ax.bar(x + (i - (len(keys) - 1) / 2) * width, values, width, label=key)
+        if len(values):
+            ax.axhline(float(np.mean(values)), color=bars.patches[0].get_facecolor(), ls="--", lw=1)
+    ax.set_xticks(x, labels=[str(f) for f in folds])
+    ax.set_xlabel("fold")
+    ax.set_ylabel("score on the fold's test split")
+    ax.set_ylim(0, 1.05)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="lower right", fontsize="small", title="dashed: mean over folds", title_fontsize="small")
+    ax.set_title(title or "cross-validation folds")
+    return fig
+
+
 def save_png(fig: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI)

@@ -28,7 +28,7 @@ from aqtrack.checkpoint import (
     manifest_path,
     verify_checkpoint,
 )
-from aqtrack.errors import ResumeError
+from aqtrack.errors import NoCheckpoint, ResumeError
 
 log = logging.getLogger(__name__)
 
@@ -100,11 +100,11 @@ def find_checkpoint(client, run_id: str, local_dirs: list[Path], tmp: Path, labe
         if found is not None:
             return found
     if not refused:
-        raise ResumeError(
+        raise NoCheckpoint(
             f"{label} {run_id}: the run has no checkpoint (it stopped before its first epoch ended, or "
             "was not made by aqtrack); start a new run instead"
         )
-    raise ResumeError(f"{label} {run_id}: no valid checkpoint ({'; '.join(refused)}); start a new run")
+    raise NoCheckpoint(f"{label} {run_id}: no valid checkpoint ({'; '.join(refused)}); start a new run")
 
 
 def _first_verified(candidates: list[tuple[_Source, str, Manifest]], refused: list[str]) -> Found | None:

@@ -55,6 +55,12 @@ TAG_FORKED_FROM = "aqtrack.forked_from"  # on a fork: "<source run id>@<epoch>"
 TAG_FORKS = "aqtrack.forks"  # on a fork's source: "<fork run id>@<epoch>,..." (newest last)
 TAG_REFIT_OF = "aqtrack.refit_of"  # on an `aqtrack svm` refit run: the training run it refits
 PARENT_RUN_TAG = "mlflow.parentRunId"  # what the MLflow UI nests runs by
+# Cross-validation: the parent run holds the plan and the aggregate, one nested run per fold.
+TAG_CV = "aqtrack.cv"  # on a CV parent: its --folds ("5", "loso")
+TAG_CV_PLANNED = "aqtrack.cv_folds_planned"  # on a CV parent: K
+TAG_CV_FINISHED = "aqtrack.cv_folds_finished"  # on a CV parent: how many fold runs are FINISHED
+TAG_CV_PARENT = "aqtrack.cv_parent"  # on a fold run: its CV parent's run id (resume finds folds by it)
+TAG_CV_FOLD = "aqtrack.cv_fold"  # on a fold run: its fold, 1..K
 MLFLOW_RUN_ENV = "MLFLOW_RUN_ID"  # set by `mlflow run` for the run it created; users set it to re-attach
 # A RUNNING run whose owner published nothing for this long is taken to be dead.
 STALE_AFTER_S = 900
@@ -362,10 +368,15 @@ def env_run(client: MlflowClient):
 
 
 def holds_training(run) -> bool:
-    """Whether the run holds (or held) an aqtrack training: metrics, a checkpoint or an owner. A run
-    `mlflow run` just made holds none, and is ours to train in."""
+    """Whether the run holds (or held) an aqtrack training or cross-validation: metrics, a checkpoint,
+    an owner or folds. A run `mlflow run` just made holds none, and is ours to train in."""
     tags = run.data.tags
-    return bool(CHECKPOINT_EPOCH_TAG in tags or TAG_OWNER in tags or set(METRIC_KEYS) & set(run.data.metrics))
+    return bool(
+        CHECKPOINT_EPOCH_TAG in tags
+        or TAG_OWNER in tags
+        or TAG_CV in tags
+        or set(METRIC_KEYS) & set(run.data.metrics)
+    )
 
 
 def held_elsewhere(run, tracking_uri: str) -> str | None:
@@ -404,11 +415,38 @@ def create_run(client: MlflowClient, experiment_id: str, name: str | None) -> An
 
 
 def create_child_run(client: MlflowClient, parent, name: str, tags: Mapping[str, str]) -> str:
-    """A new run nested under `parent` in the MLflow UI (same experiment, `mlflow.parentRunId`)."""
-    run = client.create_run(
-        parent.info.experiment_id, run_name=name, tags={PARENT_RUN_TAG: parent.info.run_id, **tags}
-    )
+    """A new run nested under `parent` in the MLflow UI (same experiment, `mlflow.parentRunId`). Like
+    `create_run`, it leaves the global `random` as it found it (a fold's training is seeded before)."""
+    state = random.getstate()
+    try:
+        run = client.create_run(
+            parent.info.experiment_id, run_name=name, tags={PARENT_RUN_TAG: parent.info.run_id, **tags}
+        )
+    finally:
+        random.setstate(state)
     return run.info.run_id
+
+
+def cv_folds(client: MlflowClient, parent) -> dict[int, Any]:
+    """The fold runs of a CV parent by fold, found by their tags (never by name); deleted runs are not
+    searched. Should a fold have two runs, the FINISHED one (else the newest) is the fold's."""
+    runs = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.`{TAG_CV_PARENT}` = '{parent.info.run_id}'",
+        order_by=["attributes.start_time ASC"],
+        max_results=10000,
+    )
+    folds: dict[int, Any] = {}
+    for run in runs:
+        fold = int(run.data.tags.get(TAG_CV_FOLD, "0"))
+        if fold not in folds or folds[fold].info.status != "FINISHED":
+            folds[fold] = run
+    return folds
+
+
+def delete_run(client: MlflowClient, run_id: str) -> None:
+    """MLflow's soft delete: the run leaves searches and the UI, and `mlflow runs restore` brings it back."""
+    client.delete_run(run_id)
 
 
 def search_runs(client: MlflowClient, experiment_ids: list[str], max_results: int = 1000) -> list:
@@ -509,9 +547,10 @@ def log_points(
 
 
 @contextlib.contextmanager
-def terminating(client: MlflowClient, run_id: str) -> Iterator[None]:
+def terminating(client: MlflowClient, run_id: str, resume: str = "aqtrack train --resume") -> Iterator[None]:
     """Mark the run FINISHED, KILLED (Ctrl-C, SIGTERM) or FAILED (with the error as a tag) however the
     block ends. A run whose server was lost stays RUNNING: there is no one to tell, and resume accepts it.
+    `resume`: the command that continues the run, for the message a stop prints.
     """
     try:
         yield
@@ -519,7 +558,7 @@ def terminating(client: MlflowClient, run_id: str) -> Iterator[None]:
         raise
     except KeyboardInterrupt:
         _mark(client, run_id, "KILLED")
-        log.warning("run %s stopped; continue it with `aqtrack train --resume %s`", run_id, run_id)
+        log.warning("run %s stopped; continue it with `%s %s`", run_id, resume, run_id)
         raise
     except BaseException as e:
         _mark(client, run_id, "FAILED", {TAG_ERROR: f"{type(e).__name__}: {_first_line(e)}"[:5000]})

@@ -1,6 +1,7 @@
 """Run `aqtrack` and SIGKILL this process at one chosen point, to prove that a resume recovers from it.
 
     python scripts/kill_at.py POINT:N [--] train --rounds 2 ...
+    python scripts/kill_at.py POINT:N [--] cv --folds 3 ...
 
 The process dies at the N-th time (counted from 1) it reaches POINT. SIGKILL gives the process no
 chance to clean up, exactly like the OOM killer or a preempted machine. The points, in the order an
@@ -22,6 +23,12 @@ epoch reaches them:
   model-uploaded    after the files of the N-th MLflow model (the network, then the SVM) were uploaded,
                     before it was marked READY (the run is finishing)
 
+and, in `aqtrack cv` (the points above count across the folds a process trains):
+
+  fold-done         between folds: the N-th fold's run is FINISHED, its parent not yet told
+  cv-aggregated     the N-th aggregate's metrics and per-fold table are logged, its predictions,
+                    figures and description not yet (the parent is not FINISHED)
+
 Used by tests/test_kill_anywhere.py and scripts/soak.py. Exits like the process it wraps otherwise.
 """
 
@@ -35,7 +42,7 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-POINTS = (
+TRAIN_POINTS = (
     "batch",
     "evaluate",
     "checkpoint-write",
@@ -51,6 +58,8 @@ POINTS = (
     "reopened",
     "model-uploaded",
 )
+CV_POINTS = ("fold-done", "cv-aggregated")  # reached by `aqtrack cv` only
+POINTS = TRAIN_POINTS + CV_POINTS
 
 _reached: Counter[str] = Counter()
 
@@ -79,12 +88,25 @@ def _die_before(owner, name: str, point: str, target: tuple[str, int]) -> None:
     setattr(owner, name, wrapper)
 
 
+def _die_after(owner, name: str, point: str, target: tuple[str, int]) -> None:
+    """`owner.name` replaced by a wrapper that calls the original, then dies at `point`."""
+    original = getattr(owner, name)
+
+    def wrapper(*args, **kwargs):
+        result = original(*args, **kwargs)
+        if _at(point, target):
+            _die()
+        return result
+
+    setattr(owner, name, wrapper)
+
+
 def install(target: tuple[str, int]) -> None:
     """Wrap the functions where the points are; each wrapper dies on the target visit."""
     import torch
     from mlflow import MlflowClient
 
-    from aqtrack import checkpoint, loop, report
+    from aqtrack import checkpoint, crossval, cv_aggregate, loop, report
     from aqtrack.checkpoint import BEST, CHECKPOINT_EPOCH_TAG, LAST, MANIFEST_SUFFIX
 
     clip = torch.nn.utils.clip_grad_norm_
@@ -178,6 +200,9 @@ def install(target: tuple[str, int]) -> None:
         return result
 
     MlflowClient.log_model_artifacts = log_model_artifacts_
+
+    _die_before(crossval, "_fold_done", "fold-done", target)
+    _die_after(cv_aggregate, "log_scores", "cv-aggregated", target)
 
 
 def parse(spec: str) -> tuple[str, int]:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from kill_at import POINTS  # noqa: E402
+from kill_at import TRAIN_POINTS  # noqa: E402
 
 SETTINGS = {
     "n_train": 256,
@@ -88,7 +88,7 @@ def soak(tmp: Path, settings: dict, kills: int, rng: random.Random) -> int:
         if survived >= kills:
             how, done = "to the end", run(tmp, args)
         elif rng.random() < 0.7:
-            point = rng.choice(POINTS)
+            point = rng.choice(TRAIN_POINTS)
             count = rng.randint(1, VISITS.get(point, epochs))
             how, done = f"kill_at {point}:{count}", run(tmp, args, kill_at=f"{point}:{count}")
         else:

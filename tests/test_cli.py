@@ -177,3 +177,26 @@ def test_an_error_line_is_written_in_one_call(monkeypatch: pytest.MonkeyPatch) -
     assert main(["show", "not-a-run"]) == 2
     errors = [call for call in stderr.calls if call.startswith("aqtrack: error:")]
     assert len(errors) == 1 and errors[0].endswith("\n") and errors[0].count("\n") == 1, stderr.calls
+
+
+@pytest.mark.parametrize(
+    ("argv", "error"),
+    [
+        (
+            ["cv"],
+            "aqtrack: error: cv needs --folds K (grouped, stratified K-fold by subject) or --folds loso",
+        ),
+        (["cv", "--folds", "3", "--fold", "2"], "aqtrack: error: cv trains every fold; --fold is for"),
+        (["cv", "--folds", "1"], "aqtrack: error: --folds must be '', a whole number >= 2 or loso (got '1')"),
+        (["cv", "--resume", "abc"], "aqtrack: error: cv --resume 'abc': not a run id"),
+        (["cv", "--folds", "3", "--jobs", "0"], "aqtrack: error: --jobs must be a whole number >= 1 (got 0)"),
+        (
+            ["cv", "--from-mlproject", "--folds", "3", "--fork_epoch", "2"],
+            "aqtrack: error: -P fork_epoch: not a parameter of this entry point",
+        ),
+    ],
+)
+def test_a_cross_validation_that_cannot_start_is_one_error_line_and_no_run(capsys, argv, error) -> None:
+    assert main(argv) == 2
+    assert one_error_line(capsys).startswith(error)
+    assert MlflowClient().get_experiment_by_name("action-quality") is None

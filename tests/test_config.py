@@ -11,6 +11,7 @@ from aqtrack.config import (
     Config,
     check_values,
     config_fields,
+    cv_resumed,
     flag,
     forked,
     parse_int,
@@ -178,3 +179,13 @@ def test_parse_int_refuses_what_is_not_a_whole_number(text: str) -> None:
 def test_resumed_refuses_unknown_names_with_config_error() -> None:
     with pytest.raises(ConfigError, match="epochs"):
         resumed(Config(), {"epochs": 5})
+
+
+def test_cv_resumed_changes_only_what_no_fold_measures() -> None:
+    saved = Config.from_dict({**SAVED, "folds": "5"})
+    assert cv_resumed(saved, {"output_dir": "elsewhere", "lr": 0.01}).run.output_dir == "elsewhere"
+    for name, value in (("rounds", 3), ("svm_c", 2.0), ("folds", "loso")):
+        with pytest.raises(
+            ConfigError, match=f"cannot change {flag(name)}=.* when resuming a cross-validation"
+        ):
+            cv_resumed(saved, {name: value})

@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 
 import aqtrack
 from aqtrack.checkpoint import BEST, LAST
-from aqtrack.cli import MLPROJECT_PARAMETERS
+from aqtrack.cli import CV_MLPROJECT_PARAMETERS, MLPROJECT_PARAMETERS
 from aqtrack.config import Config
 from aqtrack.lock import run_lock
 from aqtrack.metrics import METRIC_KEYS
@@ -38,6 +38,13 @@ def test_mlproject_declares_no_parameter_so_only_the_given_ones_reach_aqtrack():
     assert main["command"] == "python -m aqtrack train --from-mlproject"
 
 
+def test_the_cv_entry_point_cross_validates_and_declares_no_parameter_either():
+    cv = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]["cv"]
+    assert cv == {"command": "python -m aqtrack cv --from-mlproject"}
+    names = set(Config().to_dict()) | {"resume_run_id", "jobs"}
+    assert set(CV_MLPROJECT_PARAMETERS) == names
+
+
 def test_every_setting_is_an_mlproject_parameter_of_the_same_name():
     names = set(Config().to_dict()) | {"resume_run_id", "fork_run_id", "fork_epoch"}
     assert set(MLPROJECT_PARAMETERS) == names
@@ -52,7 +59,9 @@ def test_conda_env_lists_the_same_dependencies_as_pyproject():
     assert sorted(pip_deps) == sorted(project["dependencies"])
 
 
-def mlflow_run(tmp_path: Path, mlflow_store: str, params: dict) -> subprocess.CompletedProcess:
+def mlflow_run(
+    tmp_path: Path, mlflow_store: str, params: dict, entry_point: str = "main"
+) -> subprocess.CompletedProcess:
     env = {
         **os.environ,
         "MLFLOW_TRACKING_URI": mlflow_store,
@@ -60,7 +69,7 @@ def mlflow_run(tmp_path: Path, mlflow_store: str, params: dict) -> subprocess.Co
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
     }
     p_args = [arg for k, v in params.items() for arg in ("-P", f"{k}={v}")]
-    command = [sys.executable, "-m", "mlflow", "run", str(REPO), "--env-manager", "local"]
+    command = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", entry_point, "--env-manager", "local"]
     command += ["--experiment-name", "action-quality", *p_args]
     return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
 
@@ -121,6 +130,29 @@ def test_mlflow_run_resume_without_rounds_continues_to_the_runs_own_total(tmp_pa
     b = next(r for r in runs_of() if r.info.run_id != a.info.run_id)
     assert [s for s, _ in points(b.info.run_id)["val_acc"]] == [1, 2, 3, 4]
     assert b.data.tags["aqtrack.rounds"] == "2"
+
+
+def test_mlflow_run_cv_makes_its_run_the_parent_with_the_folds_nested_under_it(tmp_path, mlflow_store, tiny):
+    params = {**tiny, "folds": 2, "rounds": 1, "svm": "false", "jobs": 1}
+    done = mlflow_run(tmp_path, mlflow_store, params, entry_point="cv")
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = runs_of()
+    (parent,) = [r for r in runs if "aqtrack.cv" in r.data.tags]  # the run `mlflow run` made
+    assert parent.info.status == "FINISHED" and parent.data.tags["mlflow.project.entryPoint"] == "cv"
+    assert re.fullmatch(r"cv2-synthetic-h8-1x2-[a-z]+-[a-z]+-\d+", parent.info.run_name), parent.info.run_name
+    folds = [r for r in runs if r is not parent]
+    assert sorted(r.data.tags["aqtrack.cv_fold"] for r in folds) == ["1", "2"]
+    assert {r.data.tags["mlflow.parentRunId"] for r in folds} == {parent.info.run_id}
+    assert all(r.info.status == "FINISHED" for r in folds)
+    assert parent.data.metrics["cv_folds_finished"] == 2
+
+
+def test_mlflow_run_cv_with_a_train_only_parameter_is_one_error_line(tmp_path, mlflow_store):
+    done = mlflow_run(tmp_path, mlflow_store, {"folds": 2, "fork_run_id": "x"}, entry_point="cv")
+    errors = [line for line in done.stderr.splitlines() if line.startswith("aqtrack: error:")]
+    assert len(errors) == 1 and "-P fork_run_id: not a parameter of this entry point" in errors[0]
+    assert "resume_run_id (a cross-validation) and jobs" in errors[0]
 
 
 def test_mlflow_run_with_a_fractional_integer_parameter_is_one_error_line_and_a_failed_run(

@@ -134,3 +134,17 @@ def test_aqtrack_plot_to_an_unwritable_file_says_so(tmp_path, capsys):
     assert main(["plot", str(path), "-o", str(tmp_path / "blocker" / "curves.png")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "curves.png: not writable" in err[0], err
+
+
+def test_cv_folds_figure_draws_each_score_per_fold_with_its_mean():
+    from aqtrack.plots import cv_folds_figure
+
+    scores = {"test_acc": [0.8, 0.6, 0.7], "test_f1_macro": [0.75, 0.55, 0.65]}
+    fig = cv_folds_figure([1, 2, 3], scores, title="folds")
+
+    (ax,) = fig.axes
+    heights = [round(p.get_height(), 6) for p in ax.patches]
+    assert heights == [0.8, 0.6, 0.7, 0.75, 0.55, 0.65]  # one bar per fold and score, as measured
+    means = sorted(round(ln.get_ydata()[0], 6) for ln in ax.get_lines())
+    assert means == [0.65, 0.7]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "2", "3"] and ax.get_title() == "folds"

@@ -89,3 +89,51 @@ def test_run_page_shows_grad_norm_lr_and_checkpoint_artifacts(tiny, mlflow_store
         server.stop()
     print(f"UI screenshots in {screenshots} ({time.monotonic() - started:.1f} s)")
     assert {p.name for p in screenshots.iterdir()} >= {"overview.png", "model-metrics.png", "artifacts.png"}
+
+
+def test_experiment_page_nests_the_folds_of_a_cross_validation_under_its_parent(
+    tiny, mlflow_store, tmp_path, screenshots
+):
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=TIMEOUT_MS)
+    result = aqtrack.cross_validate(**{**tiny, "folds": "2", "rounds": 1, "svm": False})
+    parent = MlflowClient().get_run(result.run_id)
+    server = MlflowServer(tmp_path, backend_store_uri=mlflow_store).start()
+    experiment = f"{server.url}/#/experiments/{parent.info.experiment_id}"
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 1000})
+                page.set_default_timeout(TIMEOUT_MS)
+                page.goto(f"{experiment}/runs")
+
+                # Training runs: one row, the parent; its two folds are nested (3 runs match).
+                name_cell = page.get_by_role("gridcell").filter(has_text=parent.info.run_name).first
+                expect(name_cell).to_be_visible()
+                expect(page.get_by_text("3 matching runs")).to_be_visible()
+                expect(page.get_by_text("fold-1-of-2", exact=True)).to_have_count(0)
+                page.screenshot(path=screenshots / "cv-collapsed.png", full_page=True)
+                name_cell.get_by_role("button").first.click()  # the parent's expander
+                for fold in ("fold-1-of-2", "fold-2-of-2"):
+                    expect(page.get_by_text(fold, exact=True)).to_be_visible()
+                page.screenshot(path=screenshots / "cv-expanded.png", full_page=True)
+
+                # The parent's page: the aggregate in its description, the cv/ artifacts.
+                page.goto(f"{experiment}/runs/{result.run_id}")
+                expect(page.get_by_text(re.compile(r"2 of 2 folds finished"))).to_be_visible()
+                page.get_by_role("tab", name="Artifacts").click()
+                page.get_by_text("cv", exact=True).click()
+                for name in ("oof_predictions.csv", "folds.json", "folds.png", "confusion_matrix.png"):
+                    expect(page.get_by_text(name, exact=True)).to_be_visible()
+                page.screenshot(path=screenshots / "cv-artifacts.png", full_page=True)
+            finally:
+                browser.close()
+    finally:
+        server.stop()
+    assert {p.name for p in screenshots.iterdir()} >= {
+        "cv-collapsed.png",
+        "cv-expanded.png",
+        "cv-artifacts.png",
+    }

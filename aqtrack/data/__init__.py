@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from aqtrack.config import DataConfig
-from aqtrack.errors import DataError
+from aqtrack.errors import ConfigError, DataError
 
 SYNTHETIC = "synthetic"
 MIN_FRAMES = 2  # a sample needs at least this many real frames
@@ -183,8 +183,130 @@ def lengths_of(x: np.ndarray) -> np.ndarray:
     return np.where(real.any(axis=1), t - last_from_end, 0).astype(np.int64)
 
 
+@dataclass(frozen=True)
+class Pooled:
+    """Every sample of a dataset before any split: what cross-validation divides into folds."""
+
+    samples: Split
+    class_names: tuple[str, ...]
+    channel_names: tuple[str, ...]
+    source: str
+    filled_values: int = 0
+    notes: tuple[str, ...] = ()
+    missing_policy: str = "interpolate"
+    info: dict = field(default_factory=dict)  # how the samples came about (synthetic: its sizes), or {}
+
+    def split(self, partition) -> ActionQualityData:
+        """The splits a `splits.Partition` of these samples describes."""
+        return ActionQualityData(
+            train=self.samples.select(partition.train),
+            val=self.samples.select(partition.val),
+            test=None if partition.test is None else self.samples.select(partition.test),
+            class_names=self.class_names,
+            channel_names=self.channel_names,
+            source=self.source,
+            filled_values=self.filled_values,
+            notes=(*self.notes, *partition.notes),
+            missing_policy=self.missing_policy,
+            split_info={**partition.info, **({"pooled": self.info} if self.info else {})},
+        )
+
+
+@dataclass(frozen=True)
+class FoldPlan:
+    """The folds of a cross-validation: every sample of `pool` is in the test split of one fold."""
+
+    pool: Pooled
+    tests: tuple[np.ndarray, ...]  # sorted sample indices of folds 1..K
+    method: str  # a key of splits.CV_METHODS: grouped, loso or stratified
+    val_fraction: float
+    seed: int
+
+    @property
+    def k(self) -> int:
+        return len(self.tests)
+
+    def fold_of(self) -> np.ndarray:
+        """int64 [N]: the fold (1..K) whose test split holds each sample."""
+        out = np.zeros(len(self.pool.samples), dtype=np.int64)
+        for i, test in enumerate(self.tests, 1):
+            out[test] = i
+        return out
+
+    def data(self, fold: int, announce: bool = True) -> ActionQualityData:
+        """Fold `fold`'s train / validation / test splits (what `load_configured` gives its run)."""
+        from aqtrack.data.splits import fold_partition
+
+        s = self.pool.samples
+        try:
+            partition = fold_partition(
+                s.y, s.subjects, self.pool.class_names, (list(self.tests), self.method),
+                fold=fold, val_fraction=self.val_fraction, seed=self.seed, announce=announce,
+            )  # fmt: skip
+        except DataError as e:
+            raise DataError(f"{self.pool.source}: {e}") from e
+        return self.pool.split(partition)
+
+
+def load_pool(cfg: DataConfig) -> Pooled:
+    """All the samples `cfg` describes, unsplit: the synthetic data's n_train + n_val + n_test sequences
+    (with their simulated subjects), or every sample of a file (its own `split` is not used)."""
+    if cfg.data == SYNTHETIC:
+        from aqtrack.data.synthetic import generate
+
+        made = generate(n_train=cfg.n_train, n_val=cfg.n_val, n_test=cfg.n_test, seed=cfg.data_seed)
+        return Pooled(
+            samples=concat(list(made.splits.values())),
+            class_names=made.class_names,
+            channel_names=made.channel_names,
+            source=made.source,
+            missing_policy=cfg.missing,
+            info={k: v for k, v in made.split_info.items() if k != "method"},
+        )
+    from aqtrack.data.files import read_pool
+
+    return read_pool(_existing(cfg.data), missing=cfg.missing)
+
+
+def fold_plan(cfg: DataConfig) -> FoldPlan:
+    """The cross-validation `cfg.folds` asks for, over all of `cfg`'s samples, seeded by `data_seed`."""
+    from aqtrack.data.splits import fold_tests
+
+    pool = load_pool(cfg)
+    try:
+        tests, method = fold_tests(pool.samples.y, pool.samples.subjects, cfg.folds, cfg.data_seed)
+    except DataError as e:
+        raise DataError(f"{pool.source}: {e}") from e
+    return FoldPlan(pool, tuple(tests), method, cfg.val_fraction, cfg.data_seed)
+
+
+def concat(splits: list[Split]) -> Split:
+    """Samples of several splits as one, in order; x padded with NaN to the longest T. Metadata columns
+    that not every split has are dropped."""
+    t = max(int(s.x.shape[1]) for s in splits)
+    padded = [np.pad(s.x, ((0, 0), (0, t - s.x.shape[1]), (0, 0)), constant_values=np.nan) for s in splits]
+    keys = set.intersection(*(set(s.metadata) for s in splits))
+    with_subjects = all(s.subjects is not None for s in splits)
+    return Split(
+        x=np.concatenate(padded).astype(np.float32, copy=False),
+        y=np.concatenate([s.y for s in splits]),
+        lengths=np.concatenate([s.lengths for s in splits]),
+        sample_ids=np.concatenate([s.sample_ids for s in splits]),
+        subjects=np.concatenate([s.subjects for s in splits]) if with_subjects else None,
+        metadata={k: np.concatenate([s.metadata[k] for s in splits]) for k in sorted(keys)},
+    )
+
+
 def load_configured(cfg: DataConfig) -> ActionQualityData:
-    """The dataset a run's `DataConfig` describes."""
+    """The dataset a run's `DataConfig` describes: with `folds`, the splits of its `fold`."""
+    if cfg.folds:
+        if not cfg.fold:
+            raise ConfigError(
+                f"--folds {cfg.folds} needs --fold N, the fold to train (1..K); `aqtrack cv` trains "
+                "every fold",
+                setting="fold",
+            )
+        return fold_plan(cfg).data(cfg.fold)
     return load_data(
         cfg.data,
         n_train=cfg.n_train,
@@ -226,9 +348,14 @@ def load_data(
 
     from aqtrack.data.files import load_file
 
+    path = _existing(source)
+    return load_file(path, val_fraction=val_fraction, test_fraction=test_fraction, missing=missing, seed=seed)
+
+
+def _existing(source: str) -> Path:
     path = Path(source)
     if not path.is_file():
         raise DataError(
             f"{source}: data file not found; pass --data synthetic or a .npz/.csv/.parquet/.ts file"
         )
-    return load_file(path, val_fraction=val_fraction, test_fraction=test_fraction, missing=missing, seed=seed)
+    return path

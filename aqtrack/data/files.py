@@ -60,7 +60,8 @@ Splits: a `split` column/array is used as given ('test' optional: without it the
     class; 0 = none), then validation (val_fraction of the rest), seeded by data_seed. With subjects both
     are grouped (scikit-learn's StratifiedGroupKFold: one of round(1/fraction) folds of subjects), so no
     subject is in two splits. A class with fewer than 3 samples (or data with fewer than 3 subjects) gets
-    no test samples; this is noted. Every class needs a training sample.
+    no test samples; this is noted. Every class needs a training sample. Cross-validation (`read_pool`,
+    `--folds`) splits all samples into folds itself: a `split` is then not used (noted).
 
 Recordings to score (`read_recordings`, what `aqtrack predict` reads): the same formats and checks, any
     length, no splits. Labels are optional (a table without `label`, an .npz without `y`, a .ts with
@@ -89,7 +90,7 @@ from typing import NoReturn
 import numpy as np
 
 from aqtrack.config import MISSING_POLICIES, DataConfig
-from aqtrack.data import MIN_FRAMES, ActionQualityData, Split, lengths_of, pad_sequences
+from aqtrack.data import MIN_FRAMES, ActionQualityData, Pooled, Split, lengths_of, pad_sequences
 from aqtrack.data.missing import fill_missing
 from aqtrack.errors import DataError
 
@@ -330,6 +331,32 @@ def load_file(
     sizes = ", ".join(f"{len(split)} {name}" for name, split in data.splits.items())
     log.info("loaded %s: %s samples", path, sizes)
     return data
+
+
+def read_pool(path: Path, *, missing: str = DataConfig.missing) -> Pooled:
+    """Every sample of the file, validated and unsplit (for cross-validation). A `split` column is not
+    used: cross-validation splits all samples itself (noted). Raises DataError as `load_file` does."""
+    path = Path(path)
+    if missing not in MISSING_POLICIES:
+        _fail(path, [f"missing must be one of {', '.join(MISSING_POLICIES)}, got {_short(missing)!r}"])
+    raw = _read(path)
+    clean = _validate(path, raw, missing)
+    if raw.split is not None:
+        _note(
+            clean.notes,
+            f"{path}: its 'split' is not used: cross-validation splits all {len(clean.samples)} samples "
+            "into folds itself",
+            warning=True,
+        )
+    return Pooled(
+        samples=clean.samples,
+        class_names=clean.class_names,
+        channel_names=clean.channel_names,
+        source=str(path),
+        filled_values=clean.filled,
+        notes=tuple(clean.notes),
+        missing_policy=missing,
+    )
 
 
 def _check_settings(path: Path, val_fraction: float, test_fraction: float, missing: str) -> None:

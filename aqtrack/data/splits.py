@@ -6,6 +6,11 @@ A file without its own `split` is split test first (`test_fraction`), then valid
 in two splits. A file's own `split` is used as given; when it has no 'val', validation is taken from its
 'train' the same way. Every decision is logged here once and returned as a note for `dataset_stats`.
 Errors raise DataError without a file name; the loader adds it.
+
+Cross-validation (`--folds`) splits all samples into K folds instead (`fold_tests`): `StratifiedGroupKFold`
+with subjects, `LeaveOneGroupOut` for `loso`, `StratifiedKFold` without subjects (shuffled with the seed
+where the splitter allows; LOSO has no randomness). Fold i's samples are its test split, and its
+validation split is carved from the other folds as above (`fold_partition`).
 """
 
 from __future__ import annotations
@@ -125,6 +130,95 @@ def split_from_file(
     return Partition(train, val, test if len(test) else None, info, tuple(notes))
 
 
+# --- cross-validation ----------------------------------------------------------------------------------
+
+CV_METHODS = {
+    "grouped": "grouped stratified k-fold by subject, StratifiedGroupKFold",
+    "loso": "leave one subject out, LeaveOneGroupOut",
+    "stratified": "stratified k-fold not grouped by subject (the data has none), StratifiedKFold",
+}
+
+
+def fold_tests(
+    y: np.ndarray, subjects: np.ndarray | None, folds: str, seed: int
+) -> tuple[list[np.ndarray], str]:
+    """The test indices (sorted) of folds 1..K over all samples, and the method (a key of CV_METHODS).
+
+    `folds` is "K" or "loso". Every sample is in exactly one fold; with subjects, every subject too. The
+    folds follow from the data and `seed` alone. Raises DataError when the data cannot make them.
+    """
+    from sklearn.model_selection import LeaveOneGroupOut, StratifiedGroupKFold, StratifiedKFold
+
+    index = np.arange(len(y))
+    if folds == "loso":
+        if subjects is None:
+            raise DataError(
+                "--folds loso leaves one subject out, and the data has no subjects; add a 'subject' "
+                "column (array) or use --folds K"
+            )
+        method, splitter, groups = "loso", LeaveOneGroupOut(), subjects
+    else:
+        k = int(folds)
+        units = len(y) if subjects is None else len(np.unique(subjects))
+        if k > units:
+            raise DataError(
+                f"--folds {k}: the data has only {units} {_unit(subjects)}; use --folds {units} or fewer"
+                + ("" if subjects is None else " (or --folds loso)")
+            )
+        if subjects is None:
+            method, splitter, groups = "stratified", StratifiedKFold(k, shuffle=True, random_state=seed), None
+        else:
+            splitter = StratifiedGroupKFold(k, shuffle=True, random_state=seed)
+            method, groups = "grouped", subjects
+    with warnings.catch_warnings():
+        # "The least populated class has only m members": a class in fewer folds than K is fine here.
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        tests = [np.sort(test) for _, test in splitter.split(index, y, groups)]
+    empty = [i + 1 for i, test in enumerate(tests) if not len(test)]
+    if empty:
+        raise DataError(f"--folds {folds}: fold(s) {_listed(empty)} would hold no sample; use fewer folds")
+    return tests, method
+
+
+def fold_partition(
+    y: np.ndarray,
+    subjects: np.ndarray | None,
+    class_names: tuple[str, ...],
+    plan: tuple[list[np.ndarray], str],
+    *,
+    fold: int,
+    val_fraction: float,
+    seed: int,
+    announce: bool = True,
+) -> Partition:
+    """Fold `fold` (1..K) of `plan` (`fold_tests`' result): its samples are the test split, validation
+    is held out from the other folds (grouped and stratified as `make_splits` does), the rest trains.
+    `announce`: log the summary note (a caller checking every fold first passes False)."""
+    tests, method = plan
+    if not 1 <= fold <= len(tests):
+        raise DataError(f"--fold {fold}: the data makes {len(tests)} folds; pick one of 1..{len(tests)}")
+    test = tests[fold - 1]
+    notes: list[str] = []
+    rest = np.setdiff1d(np.arange(len(y)), test)
+    train, val = _hold_out(rest, y, subjects, class_names, val_fraction, seed, "val", notes)
+    if not len(val):
+        raise DataError(
+            f"fold {fold}: too few {_unit(subjects)} outside the fold to make a validation split; give each "
+            f"class at least 2 {_unit(subjects)} or use fewer folds"
+        )
+    _check_training_classes(y, train, class_names, f"fold {fold}: use fewer folds, or more {_unit(subjects)}")
+    parts = {"train": train, "val": val, "test": test}
+    summary = (
+        f"cross-validation fold {fold} of {len(tests)} ({CV_METHODS[method]}; seed {seed}): the fold is "
+        f"the test split, validation (val_fraction {val_fraction:g}) from the other folds: "
+        f"{_sizes(parts, subjects)}"
+    )
+    notes.insert(0, _note(summary) if announce else summary)
+    info = {"method": f"cv-{method}", "folds": len(tests), "fold": fold}
+    info |= {"val_fraction": val_fraction, "seed": seed}
+    return Partition(train, val, test, info, tuple(notes))
+
+
 # --- one hold-out stage --------------------------------------------------------------------------------
 
 
@@ -239,6 +333,10 @@ def _sizes(parts: dict[str, np.ndarray], subjects: np.ndarray | None) -> str:
         return sizes + " samples"
     groups = "/".join(str(len(np.unique(subjects[idx]))) for idx in parts.values())
     return f"{sizes} samples from {groups} subjects"
+
+
+def _listed(numbers: list[int]) -> str:
+    return ", ".join(str(n) for n in numbers[:_SHOW]) + (", ..." if len(numbers) > _SHOW else "")
 
 
 def _show(values, limit: int = 24) -> str:
