@@ -12,6 +12,15 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# One torch thread per process, set before torch is imported (and inherited by every aqtrack process a
+# test starts). The suite runs a worker per core and many tests start training processes besides, so
+# torch's default of a thread per core oversubscribes the cores, and OpenMP threads waiting for each
+# other stall whenever another process runs: on this 2-core machine, two tiny trainings took 1.7x the
+# wall time and 1.6x the CPU time with 2 threads. Networks of hidden size 8 gain nothing from a second
+# thread. Tests comparing a subprocess's training with this process's bit for bit still compare like
+# with like; the cross-validation tests set their thread counts themselves.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 @pytest.fixture(scope="session")
 def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
