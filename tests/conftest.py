@@ -62,7 +62,10 @@ def restore_aqtrack_logger() -> Iterator[None]:
 @pytest.fixture
 def tiny(tmp_path: Path) -> dict:
     """Settings for a run of a few seconds: 2 rounds x 2 epochs on 64 + 32 (+ 32 test) synthetic
-    sequences."""
+    sequences. The SVM stage is off: most tests check epochs, metrics and checkpoints, and fitting and
+    exporting an SVM at the end of each run was a large part of the suite's time. A test of the SVM
+    stage (svm_* metrics, the `svm` model, what a refit or the run's description says about it) takes
+    `tiny_svm`."""
     return {
         "n_train": 64,
         "n_val": 32,
@@ -72,5 +75,12 @@ def tiny(tmp_path: Path) -> dict:
         "epochs_per_round": 2,
         "batch_size": 16,
         "checkpoint_interval": 2,
+        "svm": False,
         "output_dir": str(tmp_path / "outputs"),
     }
+
+
+@pytest.fixture
+def tiny_svm(tiny: dict) -> dict:
+    """`tiny` with the SVM stage on, as a run is by default: for tests of what it logs."""
+    return {**tiny, "svm": True}

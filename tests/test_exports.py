@@ -255,7 +255,7 @@ def test_a_data_files_splits_are_dataset_inputs_named_after_it(tiny, tmp_path, r
         split=split,
     )
 
-    result = aqtrack.train(**tiny, data=str(path), svm=False)
+    result = aqtrack.train(**{**tiny, "svm": False}, data=str(path))
 
     inputs = MlflowClient().get_run(result.run_id).inputs.dataset_inputs
     assert sorted(d.dataset.name for d in inputs) == ["squats-train", "squats-val"]
@@ -288,8 +288,8 @@ def aqtrack_process(cwd: Path, *args: str, kill_at: str | None = None) -> subpro
     )
 
 
-def test_killed_twice_while_finishing_then_resumed_has_one_of_each_model_and_svm_point(tiny, tmp_path):
-    flags = [f"--{k.replace('_', '-')}={v}" for k, v in tiny.items()]
+def test_killed_twice_while_finishing_then_resumed_has_one_of_each_model_and_svm_point(tiny_svm, tmp_path):
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in tiny_svm.items()]
     # The network model is READY, the SVM's files are uploaded but it is still PENDING.
     killed = aqtrack_process(tmp_path, "train", *flags, kill_at="model-uploaded:2")
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
@@ -311,5 +311,5 @@ def test_killed_twice_while_finishing_then_resumed_has_one_of_each_model_and_svm
         assert str(model.status).endswith("READY"), name
     for key in (SVM_VAL_ACC, SVM_VAL_F1):
         assert [m.step for m in client.get_metric_history(run_id, key)] == [4], key
-    logits = mlflow.pyfunc.load_model(f"runs:/{run_id}/{NETWORK_MODEL}").predict(validation_batch(tiny))
+    logits = mlflow.pyfunc.load_model(f"runs:/{run_id}/{NETWORK_MODEL}").predict(validation_batch(tiny_svm))
     assert logits.shape == (5, 4)

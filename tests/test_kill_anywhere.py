@@ -37,6 +37,7 @@ SETTINGS = {
     "epochs_per_round": 3,
     "batch_size": 16,
     "checkpoint_interval": 2,
+    "svm": False,  # the kills are in the epochs; tests/test_exports.py kills the finishing stage
 }
 EPOCHS = SETTINGS["rounds"] * SETTINGS["epochs_per_round"]
 BATCHES_PER_EPOCH = SETTINGS["n_train"] // SETTINGS["batch_size"]

@@ -121,7 +121,7 @@ def test_mlflow_run_resume_without_rounds_continues_to_the_runs_own_total(tmp_pa
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        aqtrack.train(**tiny, svm=False, callbacks=[stop_after_epoch_2])
+        aqtrack.train(**{**tiny, "svm": False}, callbacks=[stop_after_epoch_2])
     (a,) = runs_of()
 
     done = mlflow_run(tmp_path, mlflow_store, {"resume_run_id": a.info.run_id})

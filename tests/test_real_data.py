@@ -45,8 +45,8 @@ def network_of(run_id: str, name: str, tmp: Path):
     return network.eval(), state
 
 
-def test_the_default_data_is_split_by_subject_and_the_test_split_is_evaluated_once(tiny, tmp_path):
-    result = aqtrack.train(**tiny)
+def test_the_default_data_is_split_by_subject_and_the_test_split_is_evaluated_once(tiny_svm, tmp_path):
+    result = aqtrack.train(**tiny_svm)  # the SVM stage on: it scores the test split once too
     run_id, client = result.run_id, MlflowClient()
 
     stats = artifact_json(run_id, tracking.DATASET_STATS_ARTIFACT, tmp_path)
@@ -63,7 +63,7 @@ def test_the_default_data_is_split_by_subject_and_the_test_split_is_evaluated_on
     for key in TEST_KEYS:
         assert list(history(run_id, key)) == [4], key
     network, best = network_of(run_id, BEST, tmp_path)
-    data = load_configured(Config.from_dict(tiny).data)
+    data = load_configured(Config.from_dict(tiny_svm).data)
     predicted = embed(network, data.test.x, data.test.lengths)[1].argmax(axis=1)
     assert history(run_id, "test_acc")[4] == pytest.approx(float((predicted == data.test.y).mean()))
     assert history(run_id, "test_balanced_acc")[4] == pytest.approx(

@@ -62,7 +62,7 @@ def test_tags_say_version_data_source_and_resume_history(tiny):
 
 
 def test_description_summarises_config_data_and_final_results(tiny):
-    result = aqtrack.train(**tiny, svm=False)
+    result = aqtrack.train(**{**tiny, "svm": False})
     note = MlflowClient().get_run(result.run_id).data.tags[NOTE_TAG]
     assert "2 rounds x 2 epochs" in note and "hidden 8" in note and "adamw lr 0.001" in note
     assert "**Data**: synthetic: 64 train / 32 val / 32 test sequences, " in note

@@ -47,7 +47,7 @@ def test_every_metric_has_one_point_per_epoch_with_continuous_steps(tiny):
     run = MlflowClient().get_run(result.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["rounds"] == "2" and run.data.params["lr"] == "0.001"
-    assert run.data.params["svm"] == "true" and run.data.params["system_metrics"] == "false"  # as typed
+    assert run.data.params["svm"] == "false" and run.data.params["system_metrics"] == "false"  # as typed
     assert set(Config().to_dict()) <= set(run.data.params)
     assert run.data.tags["aqtrack.checkpoint_epoch"] == "4"
 
