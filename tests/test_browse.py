@@ -7,6 +7,7 @@ import re
 import time
 
 import pytest
+from crashes import stop_at
 from mlflow import MlflowClient
 
 import aqtrack
@@ -20,22 +21,14 @@ class Boom(Exception):
     pass
 
 
-def _stop_at(epoch: int, error: BaseException):
-    def hook(state):
-        if state.epoch == epoch:  # before the epoch is sent: the run has epoch - 1 published
-            raise error
-
-    return hook
-
-
 @pytest.fixture
 def runs(tiny) -> dict[str, str]:
     """A finished run (4 epochs), a killed one and a failed one (2 of 4 published), newest last."""
     finished = aqtrack.train(**{**tiny, "svm": True}, run_name="done").run_id  # `show` lists its svm model
     with pytest.raises(KeyboardInterrupt):
-        aqtrack.train(**tiny, run_name="stopped", callbacks=[_stop_at(3, KeyboardInterrupt())])
+        aqtrack.train(**tiny, run_name="stopped", callbacks=[stop_at(3, KeyboardInterrupt())])
     with pytest.raises(Boom):
-        aqtrack.train(**tiny, run_name="broken", callbacks=[_stop_at(3, Boom("disk on fire"))])
+        aqtrack.train(**tiny, run_name="broken", callbacks=[stop_at(3, Boom("disk on fire"))])
     by_name = {r.info.run_name: r.info.run_id for r in MlflowClient().search_runs(["1"])}
     return {"finished": finished, "killed": by_name["stopped"], "failed": by_name["broken"]}
 

@@ -6,27 +6,17 @@ parent's aggregate metrics, per-fold table and out-of-fold predictions."""
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from crashes import run_aqtrack
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 from test_crossval import SETTINGS, assert_same, outcome
 
 from aqtrack import tracking
 
-REPO = Path(__file__).resolve().parents[1]
-KILL_AT = REPO / "scripts" / "kill_at.py"
 FLAGS = [f"--{k.replace('_', '-')}={v}" for k, v in SETTINGS.items() if k != "svm"] + ["--no-svm", "-q"]
-
-
-def aqtrack(cwd: Path, *args: str, kill_at: str | None = None) -> subprocess.CompletedProcess:
-    prefix = [str(KILL_AT), kill_at, "--"] if kill_at else ["-m", "aqtrack"]
-    return subprocess.run(
-        [sys.executable, *prefix, *args], cwd=cwd, capture_output=True, text=True, timeout=600
-    )
 
 
 def parent_id() -> str:
@@ -43,7 +33,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory, empty_store: Path) -> di
     (root / "mlflow.db").write_bytes(empty_store.read_bytes())
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-        done = aqtrack(root, "cv", *FLAGS, "--output-dir", str(root / "out"))
+        done = run_aqtrack(root, "cv", *FLAGS, "--output-dir", str(root / "out"), timeout=600)
         assert done.returncode == 0, done.stderr[-3000:]
         return outcome(parent_id(), root / "read")
 
@@ -62,12 +52,12 @@ def reference(tmp_path_factory: pytest.TempPathFactory, empty_store: Path) -> di
 )
 def test_killed_cross_validation_resumed_ends_as_if_never_killed(tmp_path, reference, kills):
     out = ["--output-dir", str(tmp_path / "out")]
-    done = aqtrack(tmp_path, "cv", *FLAGS, *out, kill_at=kills[0])
+    done = run_aqtrack(tmp_path, "cv", *FLAGS, *out, kill_at=kills[0], timeout=600)
     assert done.returncode == -signal.SIGKILL, f"not killed at {kills[0]}: {done.stderr[-3000:]}"
     parent = parent_id()
     assert MlflowClient().get_run(parent).info.status == "RUNNING"
     for i, kill in enumerate([*kills[1:], None], 1):
-        done = aqtrack(tmp_path, "cv", "--resume", parent, "-q", kill_at=kill)
+        done = run_aqtrack(tmp_path, "cv", "--resume", parent, "-q", kill_at=kill, timeout=600)
         expected = -signal.SIGKILL if kill else 0
         assert done.returncode == expected, f"resume {i} ({kill or 'to the end'}): {done.stderr[-3000:]}"
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from crashes import flags
 from mlflow import MlflowClient
 from padding import variable_length
 
@@ -55,10 +56,6 @@ SETTINGS = {
     "svm": False,
 }
 EPOCHS = SETTINGS["rounds"] * SETTINGS["epochs_per_round"]
-
-
-def flags(settings: dict) -> list[str]:
-    return [part for key, value in settings.items() for part in (f"--{key.replace('_', '-')}", str(value))]
 
 
 def torchrun(cwd: Path, *args: str) -> subprocess.Popen:

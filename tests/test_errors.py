@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from crashes import flags
 from mlflow import MlflowClient
 
 import aqtrack
@@ -26,10 +27,6 @@ def run_cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str]:
     errors = [line for line in lines if "error" in line.lower()]
     assert len(errors) <= 1, errors
     return code, lines[-1] if lines else ""
-
-
-def flags(settings: dict) -> list[str]:
-    return [part for key, value in settings.items() for part in (f"--{key.replace('_', '-')}", str(value))]
 
 
 def all_runs() -> list:

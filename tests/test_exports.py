@@ -4,11 +4,8 @@ its datasets, its figures, and all of it exactly once when the run is killed whi
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
-import subprocess
-import sys
 import tempfile
 import zipfile
 from pathlib import Path
@@ -20,6 +17,7 @@ import mlflow.pytorch
 import numpy as np
 import pytest
 import torch
+from crashes import flags, run_aqtrack
 from mlflow import MlflowClient
 from mlflow.pyfunc.scoring_server import infer_and_parse_data
 from padding import pad_with_nan
@@ -42,7 +40,6 @@ from aqtrack.exports import (
 from aqtrack.metrics import SVM_VAL_ACC, SVM_VAL_F1
 from aqtrack.model import ModelSpec, NanPaddedNet, build_model
 
-REPO = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -281,27 +278,19 @@ def test_figures_are_logged_and_the_curves_drawn_at_the_first_periodic_checkpoin
         assert kept.read_bytes() == path.read_bytes(), artifact
 
 
-def aqtrack_process(cwd: Path, *args: str, kill_at: str | None = None) -> subprocess.CompletedProcess:
-    prefix = [str(REPO / "scripts" / "kill_at.py"), kill_at, "--"] if kill_at else ["-m", "aqtrack"]
-    return subprocess.run(
-        [sys.executable, *prefix, *args], cwd=cwd, capture_output=True, text=True, timeout=300, env=os.environ
-    )
-
-
 def test_killed_twice_while_finishing_then_resumed_has_one_of_each_model_and_svm_point(tiny_svm, tmp_path):
-    flags = [f"--{k.replace('_', '-')}={v}" for k, v in tiny_svm.items()]
     # The network model is READY, the SVM's files are uploaded but it is still PENDING.
-    killed = aqtrack_process(tmp_path, "train", *flags, kill_at="model-uploaded:2")
+    killed = run_aqtrack(tmp_path, "train", *flags(tiny_svm), kill_at="model-uploaded:2")
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     client = MlflowClient()
     (run,) = client.search_runs([client.get_experiment_by_name("action-quality").experiment_id])
     run_id = run.info.run_id
     # The resume finishes again, and dies right after logging the SVM's metrics (its first metric batch).
-    again = aqtrack_process(tmp_path, "train", "--resume", run_id, kill_at="logged:1")
+    again = run_aqtrack(tmp_path, "train", "--resume", run_id, kill_at="logged:1")
     assert again.returncode == -signal.SIGKILL, again.stderr[-3000:]
     assert re.search(r"deleting model m-\w+ \(svm\): never finished", again.stderr), again.stderr[-3000:]
 
-    done = aqtrack_process(tmp_path, "train", "--resume", run_id)
+    done = run_aqtrack(tmp_path, "train", "--resume", run_id)
 
     assert done.returncode == 0, done.stderr[-3000:]
     assert "all 4 epochs were already trained" in done.stderr

@@ -11,23 +11,19 @@ checkpoint. One case resumes in the same directory, where the local copy is newe
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from crashes import flags, run_aqtrack
 from mlflow import MlflowClient
 
 from aqtrack.checkpoint import LAST
 from aqtrack.metrics import METRIC_KEYS
 from aqtrack.report import REPORT_FILE
 
-REPO = Path(__file__).resolve().parents[1]
-KILL_AT = REPO / "scripts" / "kill_at.py"
 # 2 rounds x 3 epochs; periodic checkpoints after epochs 2, 4 and 6; best when val_acc improves.
 SETTINGS = {
     "n_train": 64,
@@ -41,17 +37,6 @@ SETTINGS = {
 }
 EPOCHS = SETTINGS["rounds"] * SETTINGS["epochs_per_round"]
 BATCHES_PER_EPOCH = SETTINGS["n_train"] // SETTINGS["batch_size"]
-
-
-def flags(settings: dict) -> list[str]:
-    return [part for key, value in settings.items() for part in (f"--{key.replace('_', '-')}", str(value))]
-
-
-def aqtrack(cwd: Path, *args: str, kill_at: str | None = None) -> subprocess.CompletedProcess:
-    prefix = [str(KILL_AT), kill_at, "--"] if kill_at else ["-m", "aqtrack"]
-    return subprocess.run(
-        [sys.executable, *prefix, *args], cwd=cwd, capture_output=True, text=True, timeout=300, env=os.environ
-    )
 
 
 def outcome(run_id: str, output_dir: Path, tmp: Path) -> tuple[dict, dict, dict]:
@@ -72,7 +57,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory, empty_store: Path) -> tu
     (root / "mlflow.db").write_bytes(empty_store.read_bytes())
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-        done = aqtrack(root, "train", *flags({**SETTINGS, "output_dir": root / "out"}))
+        done = run_aqtrack(root, "train", *flags({**SETTINGS, "output_dir": root / "out"}))
         assert done.returncode == 0, done.stderr[-3000:]
         (run,) = MlflowClient().search_runs(
             [MlflowClient().get_experiment_by_name("action-quality").experiment_id]
@@ -84,14 +69,14 @@ def kill_then_resume(tmp_path: Path, kills: list[str], same_dir: bool = False) -
     """Start a run, kill it at each point in turn (each resume may be killed again), then finish it.
     Returns the run id, the last output dir and what the resumes printed."""
     out = tmp_path / "out0"
-    done = aqtrack(tmp_path, "train", *flags({**SETTINGS, "output_dir": out}), kill_at=kills[0])
+    done = run_aqtrack(tmp_path, "train", *flags({**SETTINGS, "output_dir": out}), kill_at=kills[0])
     assert done.returncode == -signal.SIGKILL, f"not killed at {kills[0]}: {done.stderr[-3000:]}"
     client = MlflowClient()
     (run,) = client.search_runs([client.get_experiment_by_name("action-quality").experiment_id])
     run_id, said = run.info.run_id, ""
     for i, kill in enumerate([*kills[1:], None], 1):
         out = out if same_dir else tmp_path / f"out{i}"
-        done = aqtrack(tmp_path, "train", "--resume", run_id, "--output-dir", str(out), kill_at=kill)
+        done = run_aqtrack(tmp_path, "train", "--resume", run_id, "--output-dir", str(out), kill_at=kill)
         expected = -signal.SIGKILL if kill else 0
         assert done.returncode == expected, f"resume {i} ({kill or 'to the end'}): {done.stderr[-3000:]}"
         said += done.stderr
@@ -153,12 +138,12 @@ def test_killed_again_while_resuming_still_ends_as_if_never_killed(tmp_path, ref
 
 def test_resume_of_a_run_with_no_valid_checkpoint_anywhere_fails_naming_each_refusal(tmp_path):
     out = tmp_path / "out0"
-    done = aqtrack(tmp_path, "train", *flags({**SETTINGS, "output_dir": out}), kill_at="upload-best:1")
+    done = run_aqtrack(tmp_path, "train", *flags({**SETTINGS, "output_dir": out}), kill_at="upload-best:1")
     assert done.returncode == -signal.SIGKILL
     client = MlflowClient()
     (run,) = client.search_runs([client.get_experiment_by_name("action-quality").experiment_id])
 
-    done = aqtrack(
+    done = run_aqtrack(
         tmp_path, "train", "--resume", run.info.run_id, "--output-dir", str(tmp_path / "elsewhere")
     )
 

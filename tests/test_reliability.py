@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from crashes import flags
 from mlflow import MlflowClient
 
 import aqtrack
@@ -23,10 +24,6 @@ from aqtrack.checkpoint import CHECKPOINT_EPOCH_TAG, LAST, Manifest, manifest_pa
 from aqtrack.errors import ResumeError, TrackingError, TrainingDiverged
 from aqtrack.lock import run_lock
 from aqtrack.pipeline import checkpoint_dir
-
-
-def flags(settings: dict) -> list[str]:
-    return [part for key, value in settings.items() for part in (f"--{key.replace('_', '-')}", str(value))]
 
 
 def start_training(tmp_path: Path, *args: str) -> subprocess.Popen:

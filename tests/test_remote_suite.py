@@ -21,10 +21,11 @@ from pathlib import Path
 import mlflow_server
 import pytest
 import torch
+from crashes import flags, run_aqtrack
 from mlflow import MlflowClient
 from mlflow.server import get_app_client
 from mlflow_server import BACKENDS, MlflowServer, PostgresCluster, PostgresMissing, serve
-from test_kill_anywhere import EPOCHS, SETTINGS, aqtrack, flags, outcome
+from test_kill_anywhere import EPOCHS, SETTINGS, outcome
 
 import aqtrack as aq
 from aqtrack import cli
@@ -125,7 +126,7 @@ def test_killed_mid_upload_then_resumed_by_id_ends_as_on_the_embedded_store(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
     # SIGKILLed halfway through uploading epoch 3's last.pt: the server holds a truncated file
     settings = {**SETTINGS, "output_dir": tmp_path / "out0", "experiment": "kill-resume"}
-    done = aqtrack(tmp_path, "train", *flags(settings), kill_at="upload-last:3")
+    done = run_aqtrack(tmp_path, "train", *flags(settings), kill_at="upload-last:3")
     assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
     client = MlflowClient()
     run_id = run_of(client, "kill-resume")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from crashes import flags, run_aqtrack, stop_at
 from mlflow import MlflowClient
 
 import aqtrack
@@ -24,9 +25,6 @@ from aqtrack.exports import NETWORK_MODEL, TAG_BEST_EPOCH, ready_models
 from aqtrack.lock import run_lock
 from aqtrack.metrics import METRIC_KEYS
 from aqtrack.report import REPORT_FILE
-
-REPO = Path(__file__).resolve().parents[1]
-KILL_AT = REPO / "scripts" / "kill_at.py"
 
 
 def steps(run_id: str, key: str = "val_acc") -> list[int]:
@@ -41,18 +39,6 @@ def points(run_id: str) -> dict[str, list[tuple[int, float]]]:
 def artifact_manifest(run_id: str, name: str, tmp: Path) -> dict:
     path = MlflowClient().download_artifacts(run_id, f"checkpoints/{name}{MANIFEST_SUFFIX}", str(tmp))
     return json.loads(Path(path).read_text())
-
-
-def flags(settings: dict) -> list[str]:
-    return [part for key, value in settings.items() for part in (f"--{key.replace('_', '-')}", str(value))]
-
-
-def stop_at(epoch: int, error: BaseException):
-    def hook(state):
-        if state.epoch == epoch:  # before the epoch is sent: the run has epoch - 1 published
-            raise error
-
-    return hook
 
 
 @pytest.fixture
@@ -131,11 +117,6 @@ def test_two_processes_given_the_same_empty_mlflow_run_id_make_two_runs(tiny_no_
 # --- a resume that only has to finish ------------------------------------------------------------------
 
 
-def kill_at(tmp_path: Path, point: str, *args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, str(KILL_AT), point, "--", *args]
-    return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-
-
 def only_run_id() -> str:
     client = MlflowClient()
     (run,) = client.search_runs([client.get_experiment_by_name("action-quality").experiment_id])
@@ -168,7 +149,7 @@ def test_killed_in_the_last_epoch_after_writing_its_checkpoints_a_resume_publish
     tiny, tmp_path
 ):
     out = tmp_path / "out"
-    killed = kill_at(tmp_path, "checkpoint-local:4", "train", *flags({**tiny, "output_dir": out}))
+    killed = run_aqtrack(tmp_path, "train", *flags({**tiny, "output_dir": out}), kill_at="checkpoint-local:4")
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     run_id = only_run_id()
     assert MlflowClient().get_run(run_id).data.tags[CHECKPOINT_EPOCH_TAG] == "3"
@@ -183,7 +164,7 @@ def test_killed_in_the_last_epoch_after_writing_its_checkpoints_a_resume_publish
 
 def test_a_periodic_checkpoint_written_but_never_uploaded_is_published_by_the_resume(tiny, tmp_path):
     out = tmp_path / "out"
-    killed = kill_at(tmp_path, "checkpoint-local:2", "train", *flags({**tiny, "output_dir": out}))
+    killed = run_aqtrack(tmp_path, "train", *flags({**tiny, "output_dir": out}), kill_at="checkpoint-local:2")
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     run_id = only_run_id()
 
