@@ -8,6 +8,7 @@ import logging
 import numpy as np
 import pytest
 import torch
+from fakes import RecordingTracker
 from mlflow import MlflowClient
 
 import aqtrack
@@ -79,16 +80,6 @@ HEALTHY = {
         2.04,
     ],
 }
-
-
-class RecordingTracker:
-    """Records the tags the hook queues (a NullTracker that remembers)."""
-
-    def __init__(self) -> None:
-        self.tags: dict[str, str] = {}
-
-    def set_tags(self, tags) -> None:
-        self.tags.update(tags)
 
 
 def replay(norms: list[float], tracker: RecordingTracker, start: int = 0, losses=None) -> None:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from fakes import RecordingTracker
 from mlflow import MlflowClient
 
 import aqtrack
@@ -35,6 +38,21 @@ def last_weights(run_id: str, tmp_path: Path) -> dict[str, torch.Tensor]:
 
 class SimulatedCrash(Exception):
     """Stands for the process dying (power cut, OOM kill) at a chosen point."""
+
+
+@contextlib.contextmanager
+def checkpointing_raises(epoch: int, error: BaseException) -> Iterator[None]:
+    """Within the block, writing the checkpoints of `epoch` raises `error` (before any file is written)."""
+    real_write = loop.write_checkpoints
+
+    def write(state, directory, names):
+        if state.epoch == epoch:
+            raise error
+        return real_write(state, directory, names)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(loop, "write_checkpoints", write)
+        yield
 
 
 def test_every_metric_has_one_point_per_epoch_with_continuous_steps(tiny):
@@ -84,19 +102,10 @@ def test_resume_to_more_rounds_equals_an_uninterrupted_run(tiny, tmp_path):
     assert MlflowClient().get_run(first.run_id).data.tags["aqtrack.resume_count"] == "1"
 
 
-def test_crash_before_checkpoint_sends_nothing_of_the_epoch_and_resume_keeps_one_point_per_epoch(
-    tiny, monkeypatch
-):
+def test_crash_before_checkpoint_sends_nothing_of_the_epoch_and_resume_keeps_one_point_per_epoch(tiny):
     straight = aqtrack.train(**tiny)
-    real_write = loop.write_checkpoints
-
-    def crash_at_epoch_3(state, directory, names):
-        if state.epoch == 3:
-            raise SimulatedCrash("crashed while checkpointing epoch 3")
-        return real_write(state, directory, names)
-
-    monkeypatch.setattr(loop, "write_checkpoints", crash_at_epoch_3)
-    with pytest.raises(SimulatedCrash):
+    crash = SimulatedCrash("crashed while checkpointing epoch 3")
+    with checkpointing_raises(3, crash), pytest.raises(SimulatedCrash):
         aqtrack.train(**tiny)
     client = MlflowClient()
     crashed = client.search_runs(
@@ -110,28 +119,18 @@ def test_crash_before_checkpoint_sends_nothing_of_the_epoch_and_resume_keeps_one
     for key, points in metric_points(straight.run_id).items():
         client.log_metric(crashed.info.run_id, key, dict(points)[3], step=3)
 
-    monkeypatch.setattr(loop, "write_checkpoints", real_write)
     resumed = aqtrack.train(resume=crashed.info.run_id)
 
     assert metric_points(resumed.run_id) == metric_points(straight.run_id)
     assert client.get_run(resumed.run_id).info.status == "FINISHED"
 
 
-def test_ctrl_c_marks_the_run_killed_and_it_resumes(tiny, monkeypatch):
-    real_write = loop.write_checkpoints
-
-    def interrupt_at_epoch_3(state, directory, names):
-        if state.epoch == 3:
-            raise KeyboardInterrupt
-        return real_write(state, directory, names)
-
-    monkeypatch.setattr(loop, "write_checkpoints", interrupt_at_epoch_3)
-    with pytest.raises(KeyboardInterrupt):
+def test_ctrl_c_marks_the_run_killed_and_it_resumes(tiny):
+    with checkpointing_raises(3, KeyboardInterrupt()), pytest.raises(KeyboardInterrupt):
         aqtrack.train(**tiny)
     client = MlflowClient()
     (run,) = client.search_runs([client.get_experiment_by_name("action-quality").experiment_id])
     assert run.info.status == "KILLED"
-    monkeypatch.setattr(loop, "write_checkpoints", real_write)
 
     resumed = aqtrack.train(resume=run.info.run_id)
 
@@ -139,17 +138,9 @@ def test_ctrl_c_marks_the_run_killed_and_it_resumes(tiny, monkeypatch):
     assert [s for s, _ in metric_points(run.info.run_id)["lr"]] == [1, 2, 3, 4]
 
 
-def test_resume_auto_continues_the_newest_unfinished_run(tiny, monkeypatch):
-    def crash_at_epoch_2(state, directory, names):
-        if state.epoch == 2:
-            raise SimulatedCrash("stop")
-        return real_write(state, directory, names)
-
-    real_write = loop.write_checkpoints
-    monkeypatch.setattr(loop, "write_checkpoints", crash_at_epoch_2)
-    with pytest.raises(SimulatedCrash):
+def test_resume_auto_continues_the_newest_unfinished_run(tiny):
+    with checkpointing_raises(2, SimulatedCrash("stop")), pytest.raises(SimulatedCrash):
         aqtrack.train(**tiny)
-    monkeypatch.setattr(loop, "write_checkpoints", real_write)
 
     resumed = aqtrack.train(resume="auto", **tiny)
     again = aqtrack.train(resume="auto", **tiny)  # nothing unfinished left: a new run
@@ -233,26 +224,3 @@ def test_report_command_writes_the_report_of_a_run(capsys, tiny, tmp_path):
     assert cli.main(["report", result.run_id, "-o", str(tmp_path / "rebuilt")]) == 0
     written = Path(capsys.readouterr().out.strip())
     assert written == tmp_path / "rebuilt" / "experiment_report.json" and written.is_file()
-
-
-class RecordingTracker:
-    """A hand-written fake: records what the loop logs, in memory."""
-
-    def __init__(self) -> None:
-        self.metrics: dict[str, dict[int, float]] = {}
-        self.artifacts: list[tuple[str, str | None]] = []
-        self.tags: dict[str, str] = {}
-
-    def log_metrics(self, metrics, step):
-        for key, value in metrics.items():
-            assert step not in self.metrics.setdefault(key, {}), (key, step)
-            self.metrics[key][step] = value
-
-    def log_artifact(self, path, artifact_path=None):
-        self.artifacts.append((Path(path).name, artifact_path))
-
-    def set_tags(self, tags):
-        self.tags.update(tags)
-
-    def flush(self):
-        pass
