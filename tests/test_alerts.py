@@ -20,6 +20,7 @@ from aqtrack.alerts import (
     alert_tags,
     compact_ranges,
     gradient_alerts,
+    thresholds,
 )
 from aqtrack.checkpoint import History, TrainState
 from aqtrack.metrics import GRAD_NORM, TRAIN_LOSS
@@ -103,6 +104,13 @@ NORMS = [4.0, 3.0, 2.0, 3.5, 40.0, 3.0, 0.01, 2.5, 35.0, 3.0]
 def test_healthy_trainings_measured_on_the_test_data_raise_no_alert(name):
     norms = HEALTHY[name]
     assert alert_epochs(norms, [2.0 - 0.05 * e for e in range(len(norms))]) == ([], [])
+
+
+def test_thresholds_are_10x_the_median_before_and_the_early_median_over_100():
+    norms = [6.0, 3.0, 2.0, 2.5, 40.0, 0.005]  # what tests/test_plots.py draws the bands of
+    limits = thresholds(norms)  # from epoch 4 on: 10x the median before, the early median / 100
+    assert [h for h, _ in limits] == [None, None, None, 30.0, 27.5, 30.0]
+    assert [v for _, v in limits][3:] == pytest.approx([0.03, 0.0275, 0.03])
 
 
 def test_the_first_epochs_are_never_judged_however_large_their_norms():

@@ -12,7 +12,6 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 
 import aqtrack
-from aqtrack.alerts import thresholds
 from aqtrack.cli import main
 from aqtrack.metrics import GRAD_NORM, LR, TRAIN_LOSS, VAL_ACC, VAL_LOSS
 from aqtrack.plots import NOT_MEASURED, Curves, confusion_matrix_figure, training_curves
@@ -66,10 +65,8 @@ def test_gradient_norm_and_lr_are_on_log_axes_with_the_runs_own_threshold_bands(
         (path,) = patch.get_paths()
         ys = path.vertices[:, 1]
         bands[patch.get_label()] = (ys.min(), ys.max())
-    limits = thresholds(norms)  # from epoch 4 on: 10x the median before, the early median / 100
-    assert [h for h, _ in limits] == [None, None, None, 30.0, 27.5, 30.0]
+    # The bands span the run's own thresholds (tests/test_alerts.py checks them for these norms).
     assert bands["exploding (> 10x recent median)"] == pytest.approx((27.5, high))
-    assert [v for _, v in limits][3:] == pytest.approx([0.03, 0.0275, 0.03])
     assert bands["vanishing (< early median / 100)"] == pytest.approx((low, 0.03))
     assert low < 0.005 and high > 40.0  # every measured value in view
     assert line(fig, GRAD_NORM).get_ydata().tolist() == norms
