@@ -59,13 +59,13 @@ def restore_aqtrack_logger() -> Iterator[None]:
     logger.handlers[:], logger.level, logger.propagate = saved
 
 
-@pytest.fixture
-def tiny(tmp_path: Path) -> dict:
+@pytest.fixture(scope="session")
+def tiny_settings() -> dict:
     """Settings for a run of a few seconds: 2 rounds x 2 epochs on 64 + 32 (+ 32 test) synthetic
     sequences. The SVM stage is off: most tests check epochs, metrics and checkpoints, and fitting and
     exporting an SVM at the end of each run was a large part of the suite's time. A test of the SVM
     stage (svm_* metrics, the `svm` model, what a refit or the run's description says about it) takes
-    `tiny_svm`."""
+    `tiny_svm`. A module-scoped fixture takes these and an output dir of its own; a test takes `tiny`."""
     return {
         "n_train": 64,
         "n_val": 32,
@@ -76,8 +76,13 @@ def tiny(tmp_path: Path) -> dict:
         "batch_size": 16,
         "checkpoint_interval": 2,
         "svm": False,
-        "output_dir": str(tmp_path / "outputs"),
     }
+
+
+@pytest.fixture
+def tiny(tiny_settings: dict, tmp_path: Path) -> dict:
+    """`tiny_settings`, writing to the test's tmp_path."""
+    return {**tiny_settings, "output_dir": str(tmp_path / "outputs")}
 
 
 @pytest.fixture

@@ -4,7 +4,9 @@ failed runs."""
 from __future__ import annotations
 
 import re
+import shutil
 import time
+from pathlib import Path
 
 import pytest
 from crashes import stop_at
@@ -21,8 +23,7 @@ class Boom(Exception):
     pass
 
 
-@pytest.fixture
-def runs(tiny) -> dict[str, str]:
+def three_runs(tiny: dict) -> dict[str, str]:
     """A finished run (4 epochs), a killed one and a failed one (2 of 4 published), newest last."""
     finished = aqtrack.train(**{**tiny, "svm": True}, run_name="done").run_id  # `show` lists its svm model
     with pytest.raises(KeyboardInterrupt):
@@ -31,6 +32,35 @@ def runs(tiny) -> dict[str, str]:
         aqtrack.train(**tiny, run_name="broken", callbacks=[stop_at(3, Boom("disk on fire"))])
     by_name = {r.info.run_name: r.info.run_id for r in MlflowClient().search_runs(["1"])}
     return {"finished": finished, "killed": by_name["stopped"], "failed": by_name["broken"]}
+
+
+@pytest.fixture(scope="module")
+def shared_runs(
+    tiny_settings: dict, empty_store: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[str, dict[str, str]]:
+    """The three runs, trained once for the module in a store of its own: (store, run ids)."""
+    root = tmp_path_factory.mktemp("runs")
+    shutil.copyfile(empty_store, root / "mlflow.db")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+            mp.delenv(name, raising=False)
+        mp.chdir(root)
+        return uri, three_runs({**tiny_settings, "output_dir": str(root / "outputs")})
+
+
+@pytest.fixture
+def runs(shared_runs: tuple[str, dict[str, str]], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The module's three runs, for a test that only reads them; their store is the test's."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", shared_runs[0])
+    return shared_runs[1]
+
+
+@pytest.fixture
+def own_runs(tiny: dict) -> dict[str, str]:
+    """The three runs, trained in the test's own store: for a test that changes them."""
+    return three_runs(tiny)
 
 
 def test_runs_table_has_status_progress_best_and_resumability_per_run(runs):
@@ -76,23 +106,23 @@ def test_runs_command_prints_one_line_per_run(runs, capsys):
     assert re.search(r" broken +FAILED +2/4 .* yes, from epoch 2 ", rows[runs["failed"]])
 
 
-def test_a_run_a_live_process_holds_is_not_offered_for_resume(runs, mlflow_store):
+def test_a_run_a_live_process_holds_is_not_offered_for_resume(own_runs, mlflow_store):
     client = MlflowClient()
-    client.update_run(runs["failed"], status="RUNNING")  # as if a process trained it now
+    client.update_run(own_runs["failed"], status="RUNNING")  # as if a process trained it now
     table = aqtrack.runs_table().set_index("run_id")
-    assert table.loc[runs["failed"], "resumable"] == "yes, from epoch 2"  # this machine: no lock, dead
+    assert table.loc[own_runs["failed"], "resumable"] == "yes, from epoch 2"  # this machine: no lock, dead
 
-    with run_lock(mlflow_store, runs["failed"]):  # what a live training on this machine holds
+    with run_lock(mlflow_store, own_runs["failed"]):  # what a live training on this machine holds
         table = aqtrack.runs_table().set_index("run_id")
-    assert table.loc[runs["failed"], "resumable"] == "not now: trained by a process on this machine"
+    assert table.loc[own_runs["failed"], "resumable"] == "not now: trained by a process on this machine"
 
-    client.set_tag(runs["killed"], tracking.TAG_OWNER, "another-machine:4242")
-    client.set_tag(runs["killed"], tracking.TAG_HEARTBEAT, str(int(time.time()) - 60))
-    client.update_run(runs["killed"], status="RUNNING")
+    client.set_tag(own_runs["killed"], tracking.TAG_OWNER, "another-machine:4242")
+    client.set_tag(own_runs["killed"], tracking.TAG_HEARTBEAT, str(int(time.time()) - 60))
+    client.update_run(own_runs["killed"], status="RUNNING")
     table = aqtrack.runs_table().set_index("run_id")
     assert re.fullmatch(
         r"not now: RUNNING on another-machine \(last epoch published 6\d s ago\)",
-        table.loc[runs["killed"], "resumable"],
+        table.loc[own_runs["killed"], "resumable"],
     )
 
 
