@@ -21,6 +21,41 @@ REPO = Path(__file__).resolve().parents[1]
 # with like; the cross-validation tests set their thread counts themselves.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+# Modules whose tests share a module-scoped fixture (a reference run, runs trained once, a notebook run
+# once, a server): each goes whole to one worker, so that fixture is made once, not once per worker.
+WHOLE_MODULES = frozenset(
+    {
+        "test_browse.py",
+        "test_crossval.py",
+        "test_cv_kill.py",
+        "test_kill_anywhere.py",
+        "test_notebook.py",
+        "test_predict.py",
+        "test_remote_suite.py",
+        "test_ui.py",
+    }
+)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """xdist's scheduling, except that each of WHOLE_MODULES is one unit of work. Its default (`load`)
+    hands each worker runs of consecutive tests, so a module could be split and its reference run
+    trained twice; `--dist loadgroup` with `xdist_group` marks would keep a module together, but it
+    stopped grouping with pytest 9.2 (pytest-xdist#1386). Here the whole modules are handed out first,
+    largest first, then every other test one by one as workers free up. An explicit `--dist` other
+    than load is left as it is."""
+    if config.getoption("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class WholeModules(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.partition("::")[0]
+            return path if Path(path).name in WHOLE_MODULES else nodeid
+
+    return WholeModules(config, log)
+
 
 @pytest.fixture(scope="session")
 def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
