@@ -13,10 +13,11 @@ from crashes import stop_at
 from mlflow import MlflowClient
 
 import aqtrack
-from aqtrack import tracking
+from aqtrack.tracking import store
+from aqtrack import names
 from aqtrack.cli import main
-from aqtrack.lock import run_lock
-from aqtrack.metrics import METRIC_KEYS
+from aqtrack.tracking.lock import run_lock
+from aqtrack.names import METRIC_KEYS
 
 
 class Boom(Exception):
@@ -116,8 +117,8 @@ def test_a_run_a_live_process_holds_is_not_offered_for_resume(own_runs, mlflow_s
         table = aqtrack.runs_table().set_index("run_id")
     assert table.loc[own_runs["failed"], "resumable"] == "not now: trained by a process on this machine"
 
-    client.set_tag(own_runs["killed"], tracking.TAG_OWNER, "another-machine:4242")
-    client.set_tag(own_runs["killed"], tracking.TAG_HEARTBEAT, str(int(time.time()) - 60))
+    client.set_tag(own_runs["killed"], names.TAG_OWNER, "another-machine:4242")
+    client.set_tag(own_runs["killed"], names.TAG_HEARTBEAT, str(int(time.time()) - 60))
     client.update_run(own_runs["killed"], status="RUNNING")
     table = aqtrack.runs_table().set_index("run_id")
     assert re.fullmatch(

@@ -14,7 +14,8 @@ from mlflow import MlflowClient
 from mlflow.entities import ViewType
 from test_crossval import SETTINGS, assert_same, outcome
 
-from aqtrack import tracking
+from aqtrack.tracking import store
+from aqtrack import names
 
 FLAGS = [f"--{k.replace('_', '-')}={v}" for k, v in SETTINGS.items() if k != "svm"] + ["--no-svm", "-q"]
 
@@ -22,7 +23,7 @@ FLAGS = [f"--{k.replace('_', '-')}={v}" for k, v in SETTINGS.items() if k != "sv
 def parent_id() -> str:
     client = MlflowClient()
     experiment = client.get_experiment_by_name("action-quality").experiment_id
-    (parent,) = [r for r in client.search_runs([experiment]) if tracking.TAG_CV in r.data.tags]
+    (parent,) = [r for r in client.search_runs([experiment]) if names.TAG_CV in r.data.tags]
     return parent.info.run_id
 
 

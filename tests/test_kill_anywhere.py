@@ -20,9 +20,9 @@ import torch
 from crashes import flags, run_aqtrack
 from mlflow import MlflowClient
 
-from aqtrack.checkpoint import LAST
-from aqtrack.metrics import METRIC_KEYS
-from aqtrack.report import REPORT_FILE
+from aqtrack.names import LAST
+from aqtrack.names import METRIC_KEYS
+from aqtrack.names import REPORT_FILE
 
 # 2 rounds x 3 epochs; periodic checkpoints after epochs 2, 4 and 6; best when val_acc improves.
 SETTINGS = {

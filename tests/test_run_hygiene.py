@@ -11,8 +11,9 @@ from crashes import stop_at
 from mlflow import MlflowClient
 
 import aqtrack
-from aqtrack.describe import NOTE_TAG, RESULTS_PENDING
-from aqtrack.metrics import SVM_VAL_ACC
+from aqtrack.names import NOTE_TAG
+from aqtrack.tracking.describe import RESULTS_PENDING
+from aqtrack.names import SVM_VAL_ACC
 
 GENERATED = r"[a-z]+-[a-z]+-\d+"
 

@@ -15,13 +15,15 @@ from fakes import RecordingTracker
 from mlflow import MlflowClient
 
 import aqtrack
-from aqtrack import cli, loop
-from aqtrack.checkpoint import BEST, LAST, TrainState
+from aqtrack import cli
+from aqtrack.training import loop
+from aqtrack.names import BEST, LAST
+from aqtrack.training.checkpoint import TrainState
 from aqtrack.config import Config
-from aqtrack.data import load_data
-from aqtrack.loop import build_trainer, fit, train_one_epoch
-from aqtrack.metrics import GRAD_NORM, GRAD_NORM_MAX, LR, METRIC_KEYS
-from aqtrack.report import LEGACY_KEYS, REPORT_FILE
+from aqtrack.data.dataset import load_data
+from aqtrack.training.loop import build_trainer, fit, train_one_epoch
+from aqtrack.names import GRAD_NORM, GRAD_NORM_MAX, LR, METRIC_KEYS
+from aqtrack.names import LEGACY_KEYS, REPORT_FILE
 
 
 def metric_points(run_id: str) -> dict[str, list[tuple[int, float]]]:
