@@ -22,7 +22,7 @@ MISSING_POLICIES = ("interpolate", "refuse")
 LOSO = "loso"  # --folds loso: leave one subject out, one fold per subject
 SVM_KERNELS = ("rbf", "linear", "poly", "sigmoid")
 CLASS_WEIGHTS = ("none", "balanced")
-SELECT_BY = ("val_acc", "val_balanced_acc", "val_f1_macro")  # aqtrack.metrics.SELECTABLE
+SELECT_BY = ("val_acc", "val_balanced_acc", "val_f1_macro")  # aqtrack.training.scores.SELECTABLE
 TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
 

@@ -51,7 +51,7 @@ def main() -> None:
 
 def measure(settings: dict, k: int, pairs: int, jobs: int) -> None:
     import aqtrack
-    from aqtrack import crossval, pipeline
+    from aqtrack.jobs import crossval, pipeline
 
     spent = h.Spent()
     pipeline.fit = spent.wrap("fit", pipeline.fit)  # each fold's epoch loop

@@ -49,17 +49,19 @@ def main() -> None:
 
 
 def measure(settings: dict, pairs: int, tmp: Path) -> None:
-    from aqtrack import loop, tracking
-    from aqtrack.checkpoint import LAST, TrainState
     from aqtrack.config import Config
-    from aqtrack.data import load_configured
-    from aqtrack.loop import build_trainer, evaluate, fit, train_one_epoch
-    from aqtrack.report import report_writer
+    from aqtrack.data.dataset import load_configured
+    from aqtrack.names import LAST
+    from aqtrack.outputs.report import report_writer
+    from aqtrack.tracking import store
+    from aqtrack.training import loop
+    from aqtrack.training.checkpoint import TrainState
+    from aqtrack.training.loop import build_trainer, evaluate, fit, train_one_epoch
 
     cfg = Config.from_dict(settings)
     data = load_configured(cfg.data)
-    client = tracking.connect()
-    experiment = tracking.experiment_id(client, "bench")
+    client = store.connect()
+    experiment = store.experiment_id(client, "bench")
 
     def compute() -> float:
         trainer = build_trainer(cfg, data, torch.device("cpu"))
@@ -88,10 +90,10 @@ def measure(settings: dict, pairs: int, tmp: Path) -> None:
         trainer = build_trainer(cfg, data, torch.device("cpu"))
         state = TrainState(config=cfg.to_dict(), model_spec={})
         out = Path(tempfile.mkdtemp(dir=tmp))
-        hooks, tracker = [], tracking.NullTracker()
+        hooks, tracker = [], loop.NullTracker()
         if tracked:
             run_id = client.create_run(experiment).info.run_id
-            tracker = tracking.MlflowTracker(client, run_id)
+            tracker = store.MlflowTracker(client, run_id)
             for method in ("log_metrics", "log_artifact", "set_tags", "flush"):
                 setattr(tracker, method, timed("mlflow", getattr(tracker, method)))
             hooks = [report_writer(tracker, out, data.stats(), run_id)]

@@ -61,15 +61,17 @@ def main() -> None:
 def per_epoch_growth(client, store: str, settings: dict, args, tmp: Path) -> None:
     from mlflow.entities import Metric
 
-    from aqtrack import loop, report, tracking
-    from aqtrack.checkpoint import LAST, History, TrainState
     from aqtrack.config import Config
-    from aqtrack.data import load_configured
-    from aqtrack.report import REPORT_FILE
+    from aqtrack.data.dataset import load_configured
+    from aqtrack.names import LAST, REPORT_FILE
+    from aqtrack.outputs import report
+    from aqtrack.tracking import store
+    from aqtrack.training import loop
+    from aqtrack.training.checkpoint import History, TrainState
 
     data = load_configured(Config.from_dict(settings).data)
     stats = data.stats()
-    experiment = tracking.experiment_id(client, "growth")
+    experiment = store.experiment_id(client, "growth")
     probe = loop.build_trainer(Config.from_dict(settings), data, torch.device("cpu"))
     metrics, batch_losses = loop.train_one_epoch(probe)  # the one real epoch that is repeated
     metrics.update(loop.evaluate(probe.model, probe.val_loader, probe.device).metrics("val"))
@@ -101,11 +103,11 @@ def per_epoch_growth(client, store: str, settings: dict, args, tmp: Path) -> Non
         state.best_score, state.best_epoch = metrics["val_acc"], before
         run_id = client.create_run(experiment).info.run_id
         points = [Metric(k, v, 0, step) for k, vs in history.metrics.items() for step, v in enumerate(vs, 1)]
-        for i in range(0, len(points), tracking.MAX_METRICS_PER_BATCH):
-            client.log_batch(run_id, metrics=points[i : i + tracking.MAX_METRICS_PER_BATCH])
+        for i in range(0, len(points), store.MAX_METRICS_PER_BATCH):
+            client.log_batch(run_id, metrics=points[i : i + store.MAX_METRICS_PER_BATCH])
         out = tmp / run_id
         current[0] = spent[name]
-        tracker = tracking.MlflowTracker(h.TimedClient(client, spent[name]), run_id)
+        tracker = store.MlflowTracker(h.TimedClient(client, spent[name]), run_id)
         hook = report.report_writer(tracker, out, stats, run_id)
         before_tracking = _tracking(spent[name])
         start = time.perf_counter()

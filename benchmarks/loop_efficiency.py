@@ -39,8 +39,8 @@ def main() -> None:
 
 def measure(settings: dict, epochs: int, pairs: int) -> None:
     from aqtrack.config import Config
-    from aqtrack.data import load_configured
-    from aqtrack.loop import build_trainer, evaluate, train_one_epoch
+    from aqtrack.data.dataset import load_configured
+    from aqtrack.training.loop import build_trainer, evaluate, train_one_epoch
 
     cfg = Config.from_dict(settings)
     data = load_configured(cfg.data)

@@ -75,10 +75,11 @@ class Probe:
         self._patch()
 
     def _patch(self) -> None:
-        from aqtrack import pipeline, tracking
+        from aqtrack.jobs import pipeline
+        from aqtrack.tracking import store
 
-        connect = tracking.connect
-        tracking.connect = lambda: h.TimedClient(self.wrap("mlflow.connect()", connect)(), self)
+        connect = store.connect
+        store.connect = lambda: h.TimedClient(self.wrap("mlflow.connect()", connect)(), self)
         for name in ("find_checkpoint", "load_configured", "build_trainer", "restore"):
             setattr(pipeline, name, self.wrap(f"local: {name}", getattr(pipeline, name)))
 
@@ -122,8 +123,8 @@ def one_epoch_seconds(settings: dict, repeats: int) -> float:
     import statistics
 
     from aqtrack.config import Config
-    from aqtrack.data import load_configured
-    from aqtrack.loop import build_trainer, evaluate, train_one_epoch
+    from aqtrack.data.dataset import load_configured
+    from aqtrack.training.loop import build_trainer, evaluate, train_one_epoch
 
     cfg = Config.from_dict({k: v for k, v in settings.items() if k != "experiment"})
     trainer = build_trainer(cfg, load_configured(cfg.data), torch.device("cpu"))
@@ -199,7 +200,7 @@ CLI_STARTUP = {
     "python -c pass": "pass",
     "import aqtrack.pipeline (torch)": "import aqtrack.pipeline",
     "+ import mlflow": "import aqtrack.pipeline, mlflow",
-    "+ tracking.connect()": "import aqtrack.pipeline; from aqtrack import tracking; tracking.connect()",
+    "+ store.connect()": "import aqtrack.pipeline; from aqtrack import tracking; store.connect()",
 }
 
 

@@ -42,17 +42,20 @@ def main() -> None:
 def measure(settings: dict, pairs: int, tmp: Path, url: str) -> None:
     from mlflow import MlflowClient
 
-    from aqtrack import loop, report, tracking
-    from aqtrack.checkpoint import TrainState
+    from aqtrack import names
     from aqtrack.config import Config
-    from aqtrack.data import load_configured
+    from aqtrack.data.dataset import load_configured
+    from aqtrack.outputs import report
+    from aqtrack.tracking import store
+    from aqtrack.training import loop
+    from aqtrack.training.checkpoint import TrainState
 
     cfg = Config.from_dict(settings)
     data = load_configured(cfg.data)
     stats = data.stats()
     spent = {name: h.Spent() for name in ("null", "sqlite", "http")}
     clients = {"sqlite": MlflowClient(h.sqlite_uri(tmp)), "http": MlflowClient(url)}
-    experiments = {name: tracking.experiment_id(c, "bench") for name, c in clients.items()}
+    experiments = {name: store.experiment_id(c, "bench") for name, c in clients.items()}
     current: list[h.Spent] = [spent["null"]]  # where the aqtrack-side timers below add up
 
     # Local work done by the loop whatever the tracker: checkpoint files, and the report file.
@@ -71,16 +74,14 @@ def measure(settings: dict, pairs: int, tmp: Path, url: str) -> None:
         current[0] = spent[name]
         start = time.perf_counter()
         if name == "null":
-            loop.fit(trainer, state, tracking.NullTracker(), out / "checkpoints")
+            loop.fit(trainer, state, loop.NullTracker(), out / "checkpoints")
         else:
             client = h.TimedClient(clients[name], spent[name])
             run_id = client.create_run(experiments[name]).info.run_id
-            tracker = tracking.MlflowTracker(client, run_id)
+            tracker = store.MlflowTracker(client, run_id)
             tracker.log_params(cfg.to_dict())
-            tracker.set_tags(
-                {tracking.TAG_DATA_SOURCE: data.source, tracking.TAG_ROUNDS: str(cfg.train.rounds)}
-            )
-            tracker.log_json(stats, tracking.DATASET_STATS_ARTIFACT)
+            tracker.set_tags({names.TAG_DATA_SOURCE: data.source, names.TAG_ROUNDS: str(cfg.train.rounds)})
+            tracker.log_json(stats, names.DATASET_STATS_ARTIFACT)
             hook = report.report_writer(tracker, out, stats, run_id)
             loop.fit(trainer, state, tracker, out / "checkpoints", on_epoch_end=[hook])
             tracker.drain()

@@ -72,8 +72,8 @@ def padded_fraction(loaders) -> float:
 
 def measure(settings: dict, pairs: int) -> None:
     from aqtrack.config import Config
-    from aqtrack.data import load_configured
-    from aqtrack.loop import build_trainer, evaluate, train_one_epoch
+    from aqtrack.data.dataset import load_configured
+    from aqtrack.training.loop import build_trainer, evaluate, train_one_epoch
 
     cfg = Config.from_dict(settings)
     variable, fixed = both_splits(load_configured(cfg.data))

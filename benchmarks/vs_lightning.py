@@ -1,6 +1,6 @@
 """aqtrack against PyTorch Lightning on the same job: wall-time ratio and what each one logged.
 
-Both train aqtrack's `ActionQualityNet` (built by `aqtrack.model.build_model`, normalised from the
+Both train aqtrack's `ActionQualityNet` (built by `aqtrack.training.model.build_model`, normalised from the
 training split) on the default synthetic data, seeded alike, for 3 rounds x 10 epochs: AdamW, a cosine
 schedule restarting every 10 epochs (CosineAnnealingWarmRestarts, stepped per epoch), gradient clipping
 at norm 1.0, batches of 32 from aqtrack's own loaders. Both track into a sqlite store in a temp dir and
@@ -56,9 +56,9 @@ def lightning_fit(settings: dict, uri: str, out: Path) -> str:
     from lightning.pytorch.utilities import grad_norm
 
     from aqtrack.config import Config
-    from aqtrack.data import load_configured
-    from aqtrack.loop import make_loader, seed_everything
-    from aqtrack.model import ModelSpec, build_model
+    from aqtrack.data.dataset import load_configured
+    from aqtrack.training.loop import make_loader, seed_everything
+    from aqtrack.training.model import ModelSpec, build_model
 
     cfg = Config.from_dict(settings)
     t = cfg.train

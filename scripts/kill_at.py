@@ -106,8 +106,10 @@ def install(target: tuple[str, int]) -> None:
     import torch
     from mlflow import MlflowClient
 
-    from aqtrack import checkpoint, crossval, cv_aggregate, loop, report
-    from aqtrack.checkpoint import BEST, CHECKPOINT_EPOCH_TAG, LAST, MANIFEST_SUFFIX
+    from aqtrack.jobs import crossval, cv_aggregate
+    from aqtrack.names import BEST, CHECKPOINT_EPOCH_TAG, LAST, MANIFEST_SUFFIX
+    from aqtrack.outputs import report
+    from aqtrack.training import checkpoint, loop
 
     clip = torch.nn.utils.clip_grad_norm_
 

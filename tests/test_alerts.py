@@ -11,17 +11,10 @@ import torch
 from mlflow import MlflowClient
 
 import aqtrack
-from aqtrack import pipeline
-from aqtrack.alerts import (
-    TAG_GRAD_EXPLOSION_EPOCHS,
-    TAG_GRAD_VANISHING_EPOCHS,
-    alert_epochs,
-    alert_tags,
-    compact_ranges,
-    gradient_alerts,
-)
-from aqtrack.checkpoint import History, TrainState
-from aqtrack.metrics import GRAD_NORM, TRAIN_LOSS
+from aqtrack.jobs import pipeline
+from aqtrack.names import GRAD_NORM, TAG_GRAD_EXPLOSION_EPOCHS, TAG_GRAD_VANISHING_EPOCHS, TRAIN_LOSS
+from aqtrack.outputs.alerts import alert_epochs, alert_tags, compact_ranges, gradient_alerts
+from aqtrack.training.checkpoint import History, TrainState
 
 # Measured on this project's test data (15 epochs each, default model unless said; see the README's
 # "Gradient alerts"): the old fixed threshold of 10 fired at epoch 1 of the imbalanced run.

@@ -10,10 +10,10 @@ import pytest
 from mlflow import MlflowClient
 
 import aqtrack
-from aqtrack import tracking
+from aqtrack import names
 from aqtrack.cli import main
-from aqtrack.lock import run_lock
-from aqtrack.metrics import METRIC_KEYS
+from aqtrack.names import METRIC_KEYS
+from aqtrack.tracking.lock import run_lock
 
 
 class Boom(Exception):
@@ -93,8 +93,8 @@ def test_a_run_a_live_process_holds_is_not_offered_for_resume(runs, mlflow_store
         table = aqtrack.runs_table().set_index("run_id")
     assert table.loc[runs["failed"], "resumable"] == "not now: trained by a process on this machine"
 
-    client.set_tag(runs["killed"], tracking.TAG_OWNER, "another-machine:4242")
-    client.set_tag(runs["killed"], tracking.TAG_HEARTBEAT, str(int(time.time()) - 60))
+    client.set_tag(runs["killed"], names.TAG_OWNER, "another-machine:4242")
+    client.set_tag(runs["killed"], names.TAG_HEARTBEAT, str(int(time.time()) - 60))
     client.update_run(runs["killed"], status="RUNNING")
     table = aqtrack.runs_table().set_index("run_id")
     assert re.fullmatch(

@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 from mlflow.entities import ViewType
 from test_crossval import SETTINGS, assert_same, outcome
 
-from aqtrack import tracking
+from aqtrack import names
 
 REPO = Path(__file__).resolve().parents[1]
 KILL_AT = REPO / "scripts" / "kill_at.py"
@@ -32,7 +32,7 @@ def aqtrack(cwd: Path, *args: str, kill_at: str | None = None) -> subprocess.Com
 def parent_id() -> str:
     client = MlflowClient()
     experiment = client.get_experiment_by_name("action-quality").experiment_id
-    (parent,) = [r for r in client.search_runs([experiment]) if tracking.TAG_CV in r.data.tags]
+    (parent,) = [r for r in client.search_runs([experiment]) if names.TAG_CV in r.data.tags]
     return parent.info.run_id
 
 

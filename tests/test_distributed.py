@@ -31,15 +31,16 @@ from mlflow import MlflowClient
 from padding import variable_length
 
 import aqtrack
-from aqtrack import cli, loop
-from aqtrack.checkpoint import LAST, TrainState, load_checkpoint, save_checkpoint
+from aqtrack import cli
 from aqtrack.config import Config
-from aqtrack.data import lengths_of, load_data
-from aqtrack.distributed import SINGLE, Shards, World, resolve_device, world_from_env
+from aqtrack.data.dataset import lengths_of, load_data
 from aqtrack.errors import ConfigError
-from aqtrack.metrics import GRAD_NORM, GRAD_NORM_MAX, LR, METRIC_KEYS, TRAIN_ACC, TRAIN_LOSS, VAL_ACC
-from aqtrack.precision import mixed, precision_for
-from aqtrack.tracking import NullTracker
+from aqtrack.names import GRAD_NORM, GRAD_NORM_MAX, LAST, LR, METRIC_KEYS, TRAIN_ACC, TRAIN_LOSS, VAL_ACC
+from aqtrack.training import loop
+from aqtrack.training.checkpoint import TrainState, load_checkpoint, save_checkpoint
+from aqtrack.training.distributed import SINGLE, Shards, World, resolve_device, world_from_env
+from aqtrack.training.loop import NullTracker
+from aqtrack.training.precision import mixed, precision_for
 
 TRAIN_RTOL, VAL_RTOL = 1e-5, 5e-3
 # 67 training samples in batches of 16: a last batch of 3, shared 2 + 1; 33 validation samples, 17 + 16.
@@ -145,7 +146,7 @@ def _rank_epoch(rank: int, tiny: dict, port: int, out: Path, low: int | None = N
     `low`: on variable-length data, lengths uniform in low..100 (see `_trainer`)."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2")
     os.environ["LOCAL_RANK"] = str(rank)
-    from aqtrack import distributed
+    from aqtrack.training import distributed
 
     with distributed.joined() as world:
         trainer = _trainer(tiny, world, low)

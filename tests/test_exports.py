@@ -25,22 +25,20 @@ from mlflow.pyfunc.scoring_server import infer_and_parse_data
 from padding import pad_with_nan
 
 import aqtrack
-from aqtrack.checkpoint import BEST
-from aqtrack.data import lengths_of, load_data
+from aqtrack.data.dataset import lengths_of, load_data
 from aqtrack.data.missing import fill_missing
-from aqtrack.exports import (
+from aqtrack.names import (
+    BEST,
     CONFUSION_ARTIFACT,
     CURVES_ARTIFACT,
     NETWORK_MODEL,
     SVM_MODEL,
+    SVM_VAL_ACC,
+    SVM_VAL_F1,
     TAG_BEST_EPOCH,
-    NetworkInfo,
-    load_logged_network,
-    log_network,
-    read_pt2_weights,
 )
-from aqtrack.metrics import SVM_VAL_ACC, SVM_VAL_F1
-from aqtrack.model import ModelSpec, NanPaddedNet, build_model
+from aqtrack.tracking.exports import NetworkInfo, load_logged_network, log_network, read_pt2_weights
+from aqtrack.training.model import ModelSpec, NanPaddedNet, build_model
 
 REPO = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"

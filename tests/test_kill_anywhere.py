@@ -22,9 +22,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from aqtrack.checkpoint import LAST
-from aqtrack.metrics import METRIC_KEYS
-from aqtrack.report import REPORT_FILE
+from aqtrack.names import LAST, METRIC_KEYS, REPORT_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 KILL_AT = REPO / "scripts" / "kill_at.py"

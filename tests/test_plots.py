@@ -12,10 +12,10 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 
 import aqtrack
-from aqtrack.alerts import thresholds
 from aqtrack.cli import main
-from aqtrack.metrics import GRAD_NORM, LR, TRAIN_LOSS, VAL_ACC, VAL_LOSS
-from aqtrack.plots import NOT_MEASURED, Curves, confusion_matrix_figure, training_curves
+from aqtrack.names import GRAD_NORM, LR, TRAIN_LOSS, VAL_ACC, VAL_LOSS
+from aqtrack.outputs.alerts import thresholds
+from aqtrack.outputs.plots import NOT_MEASURED, Curves, confusion_matrix_figure, training_curves
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -137,7 +137,7 @@ def test_aqtrack_plot_to_an_unwritable_file_says_so(tmp_path, capsys):
 
 
 def test_cv_folds_figure_draws_each_score_per_fold_with_its_mean():
-    from aqtrack.plots import cv_folds_figure
+    from aqtrack.outputs.plots import cv_folds_figure
 
     scores = {"test_acc": [0.8, 0.6, 0.7], "test_f1_macro": [0.75, 0.55, 0.65]}
     fig = cv_folds_figure([1, 2, 3], scores, title="folds")

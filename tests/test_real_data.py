@@ -17,15 +17,25 @@ from sklearn.metrics import balanced_accuracy_score, f1_score
 from sklearn.utils.class_weight import compute_class_weight
 
 import aqtrack
-from aqtrack import tracking
-from aqtrack.checkpoint import BEST, LAST
+from aqtrack import names
 from aqtrack.config import Config
-from aqtrack.data import load_configured
+from aqtrack.data.dataset import load_configured
 from aqtrack.errors import ResumeError
-from aqtrack.exports import NETWORK_MODEL, PER_CLASS_ARTIFACT, TAG_BEST_EPOCH, TEST_CONFUSION_ARTIFACT
-from aqtrack.loop import class_weights
-from aqtrack.metrics import METRIC_KEYS, SVM_TEST_ACC, TEST_KEYS, VAL_BALANCED_ACC, VAL_F1_MACRO
-from aqtrack.model import ModelSpec, build_model, embed
+from aqtrack.names import (
+    BEST,
+    LAST,
+    METRIC_KEYS,
+    NETWORK_MODEL,
+    PER_CLASS_ARTIFACT,
+    SVM_TEST_ACC,
+    TAG_BEST_EPOCH,
+    TEST_CONFUSION_ARTIFACT,
+    TEST_KEYS,
+    VAL_BALANCED_ACC,
+    VAL_F1_MACRO,
+)
+from aqtrack.training.loop import class_weights
+from aqtrack.training.model import ModelSpec, build_model, embed
 
 
 def history(run_id: str, key: str) -> dict[int, float]:
@@ -49,7 +59,7 @@ def test_the_default_data_is_split_by_subject_and_the_test_split_is_evaluated_on
     result = aqtrack.train(**tiny)
     run_id, client = result.run_id, MlflowClient()
 
-    stats = artifact_json(run_id, tracking.DATASET_STATS_ARTIFACT, tmp_path)
+    stats = artifact_json(run_id, names.DATASET_STATS_ARTIFACT, tmp_path)
     subjects = {split: set(stats[split]["subjects"]) for split in ("train", "val", "test")}
     assert all(subjects.values())
     assert not (subjects["train"] & subjects["val"] or subjects["train"] & subjects["test"])
@@ -76,8 +86,8 @@ def test_the_default_data_is_split_by_subject_and_the_test_split_is_evaluated_on
     assert table["columns"] == ["class", "precision", "recall", "f1", "support"]
     assert [row[0] for row in table["data"]] == list(data.class_names)
     assert sum(row[4] for row in table["data"]) == 32
-    names = {f.path for f in client.list_artifacts(run_id, "plots")}
-    assert TEST_CONFUSION_ARTIFACT in names
+    plots = {f.path for f in client.list_artifacts(run_id, "plots")}
+    assert TEST_CONFUSION_ARTIFACT in plots
     assert list(history(run_id, SVM_TEST_ACC)) == [4]
     contexts = {
         (d.dataset.name, {t.key: t.value for t in d.tags}["mlflow.data.context"])
@@ -181,12 +191,12 @@ def test_a_file_of_real_looking_recordings_trains_end_to_end(tiny, tmp_path):
     result = aqtrack.train(**{**tiny, "data": str(path), "svm": False, "batch_size": 4})
     run = MlflowClient().get_run(result.run_id)
 
-    stats = artifact_json(result.run_id, tracking.DATASET_STATS_ARTIFACT, tmp_path)
+    stats = artifact_json(result.run_id, names.DATASET_STATS_ARTIFACT, tmp_path)
     assert stats["class_names"] == ["good_form", "knee_valgus"] and stats["channel_names"] == ["knee", "hip"]
     lengths = [stats[s]["length"] for s in ("train", "val", "test") if s in stats]
     assert min(x["min"] for x in lengths) >= 11 and max(x["max"] for x in lengths) <= 40
     assert stats["missing"] == {"policy": "interpolate", "filled_values": 3}  # a lost frame (2 values), a NaN
-    assert run.data.tags[tracking.TAG_FILLED_VALUES] == "3"
+    assert run.data.tags[names.TAG_FILLED_VALUES] == "3"
     subjects = [set(stats[s]["subjects"]) for s in ("train", "val", "test") if s in stats]
     assert sum(len(s) for s in subjects) == len(set().union(*subjects)) == 8  # no subject on two sides
     # The logged model takes any length and says which class each logit is.

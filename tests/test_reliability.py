@@ -18,11 +18,13 @@ from mlflow import MlflowClient
 
 import aqtrack
 import aqtrack.cli
-from aqtrack import interrupts, tracking
-from aqtrack.checkpoint import CHECKPOINT_EPOCH_TAG, LAST, Manifest, manifest_path, verify_checkpoint
+from aqtrack import names
 from aqtrack.errors import ResumeError, TrackingError, TrainingDiverged
-from aqtrack.lock import run_lock
-from aqtrack.pipeline import checkpoint_dir
+from aqtrack.jobs.pipeline import checkpoint_dir
+from aqtrack.names import CHECKPOINT_EPOCH_TAG, LAST
+from aqtrack.tracking.lock import run_lock
+from aqtrack.training import interrupts
+from aqtrack.training.checkpoint import Manifest, manifest_path, verify_checkpoint
 
 
 def flags(settings: dict) -> list[str]:
@@ -106,14 +108,14 @@ def test_a_second_stop_signal_while_publishing_stops_at_once():
 def test_an_uncaught_exception_in_a_script_marks_the_run_failed_not_finished(tiny, tmp_path):
     script = textwrap.dedent(f"""
         import aqtrack, aqtrack.loop
-        real = aqtrack.loop.evaluate
+        real = aqtrack.training.loop.evaluate
         calls = []
         def evaluate(*args):
             calls.append(1)
             if len(calls) == 3:
                 raise RuntimeError("boom in epoch 3")
             return real(*args)
-        aqtrack.loop.evaluate = evaluate
+        aqtrack.training.loop.evaluate = evaluate
         aqtrack.train(**{tiny!r})
     """)
     done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True)
@@ -131,9 +133,9 @@ def test_divergence_names_epoch_and_batch_fails_the_run_and_keeps_the_good_check
             for p in model.parameters():
                 p.data.fill_(float("nan"))
 
-    import aqtrack.loop
+    import aqtrack.training.loop
 
-    real_build = aqtrack.loop.build_trainer
+    real_build = aqtrack.training.loop.build_trainer
 
     def build(*args):
         nonlocal model
@@ -143,7 +145,7 @@ def test_divergence_names_epoch_and_batch_fails_the_run_and_keeps_the_good_check
 
     model = None
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("aqtrack.pipeline.build_trainer", build)
+        mp.setattr("aqtrack.jobs.pipeline.build_trainer", build)
         with pytest.raises(TrainingDiverged) as diverged:
             aqtrack.train(callbacks=[poison_after_epoch_2], **tiny)
 
@@ -195,8 +197,8 @@ def test_a_second_process_resuming_the_same_run_is_refused(tiny, tmp_path):
 def _held_elsewhere(run_id: str, seconds_ago: float) -> None:
     client = MlflowClient()
     client.update_run(run_id, status="RUNNING")
-    client.set_tag(run_id, tracking.TAG_OWNER, "another-machine:4242")
-    client.set_tag(run_id, tracking.TAG_HEARTBEAT, str(int(time.time() - seconds_ago)))
+    client.set_tag(run_id, names.TAG_OWNER, "another-machine:4242")
+    client.set_tag(run_id, names.TAG_HEARTBEAT, str(int(time.time() - seconds_ago)))
 
 
 def test_a_run_running_on_another_machine_that_published_recently_is_refused(tiny):
@@ -218,7 +220,7 @@ def test_a_run_running_on_another_machine_that_went_quiet_is_taken_over(tiny):
 
     assert resumed.epochs == 4 and MlflowClient().get_run(first.run_id).info.status == "FINISHED"
     assert (
-        MlflowClient().get_run(first.run_id).data.tags[tracking.TAG_OWNER]
+        MlflowClient().get_run(first.run_id).data.tags[names.TAG_OWNER]
         == f"{socket.gethostname()}:{os.getpid()}"
     )
 

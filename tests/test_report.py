@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from aqtrack.report import AppendOnlyEncoder
+from aqtrack.outputs.report import AppendOnlyEncoder
 
 
 def reports(epochs: int):

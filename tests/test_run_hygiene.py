@@ -10,8 +10,8 @@ import pytest
 from mlflow import MlflowClient
 
 import aqtrack
-from aqtrack.describe import NOTE_TAG, RESULTS_PENDING
-from aqtrack.metrics import SVM_VAL_ACC
+from aqtrack.names import NOTE_TAG, SVM_VAL_ACC
+from aqtrack.tracking.describe import RESULTS_PENDING
 
 GENERATED = r"[a-z]+-[a-z]+-\d+"
 

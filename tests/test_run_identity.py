@@ -16,14 +16,22 @@ import torch
 from mlflow import MlflowClient
 
 import aqtrack
-from aqtrack import tracking
-from aqtrack.checkpoint import BEST, CHECKPOINT_EPOCH_TAG, LAST, MANIFEST_SUFFIX, periodic_name
+from aqtrack import names
 from aqtrack.cli import main
 from aqtrack.errors import ConfigError, TrackingLost
-from aqtrack.exports import NETWORK_MODEL, TAG_BEST_EPOCH, ready_models
-from aqtrack.lock import run_lock
-from aqtrack.metrics import METRIC_KEYS
-from aqtrack.report import REPORT_FILE
+from aqtrack.names import (
+    BEST,
+    CHECKPOINT_EPOCH_TAG,
+    LAST,
+    MANIFEST_SUFFIX,
+    METRIC_KEYS,
+    NETWORK_MODEL,
+    REPORT_FILE,
+    TAG_BEST_EPOCH,
+)
+from aqtrack.tracking.exports import ready_models
+from aqtrack.tracking.lock import run_lock
+from aqtrack.training.checkpoint import periodic_name
 
 REPO = Path(__file__).resolve().parents[1]
 KILL_AT = REPO / "scripts" / "kill_at.py"
@@ -348,7 +356,7 @@ def test_tags_link_a_resume_under_mlflow_run_to_its_source(tiny_no_svm, monkeypa
 
     assert result.run_id == made and result.resumed_from == source
     assert steps(made) == [1, 2, 3, 4] and steps(source) == [1, 2]
-    assert client.get_run(made).data.tags[tracking.TAG_RESUMED_FROM] == source
-    assert client.get_run(source).data.tags[tracking.TAG_CONTINUED_IN] == made
-    names = {Path(f.path).name for f in client.list_artifacts(made, "checkpoints")}
-    assert {LAST, BEST} <= names
+    assert client.get_run(made).data.tags[names.TAG_RESUMED_FROM] == source
+    assert client.get_run(source).data.tags[names.TAG_CONTINUED_IN] == made
+    files = {Path(f.path).name for f in client.list_artifacts(made, "checkpoints")}
+    assert {LAST, BEST} <= files

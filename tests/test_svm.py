@@ -11,14 +11,11 @@ import torch
 from mlflow import MlflowClient
 
 import aqtrack
-from aqtrack.checkpoint import BEST
 from aqtrack.cli import main
-from aqtrack.data import load_data
-from aqtrack.exports import SVM_MODEL
-from aqtrack.finish import TAG_SVM
-from aqtrack.metrics import SVM_VAL_ACC, SVM_VAL_F1
-from aqtrack.model import ModelSpec, build_model, embed
-from aqtrack.svm import fit_svm
+from aqtrack.data.dataset import load_data
+from aqtrack.names import BEST, SVM_MODEL, SVM_VAL_ACC, SVM_VAL_F1, TAG_SVM
+from aqtrack.outputs.svm import fit_svm
+from aqtrack.training.model import ModelSpec, build_model, embed
 
 
 def best_features(run_id: str, tiny: dict, tmp_path: Path) -> dict[str, np.ndarray]:

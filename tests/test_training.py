@@ -12,13 +12,13 @@ import torch.nn.functional as F
 from mlflow import MlflowClient
 
 import aqtrack
-from aqtrack import cli, loop
-from aqtrack.checkpoint import BEST, LAST, TrainState
+from aqtrack import cli
 from aqtrack.config import Config
-from aqtrack.data import load_data
-from aqtrack.loop import build_trainer, fit, train_one_epoch
-from aqtrack.metrics import GRAD_NORM, GRAD_NORM_MAX, LR, METRIC_KEYS
-from aqtrack.report import LEGACY_KEYS, REPORT_FILE
+from aqtrack.data.dataset import load_data
+from aqtrack.names import BEST, GRAD_NORM, GRAD_NORM_MAX, LAST, LEGACY_KEYS, LR, METRIC_KEYS, REPORT_FILE
+from aqtrack.training import loop
+from aqtrack.training.checkpoint import TrainState
+from aqtrack.training.loop import build_trainer, fit, train_one_epoch
 
 
 def metric_points(run_id: str) -> dict[str, list[tuple[int, float]]]:

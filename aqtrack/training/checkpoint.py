@@ -32,17 +32,13 @@ import numpy as np
 import torch
 
 from aqtrack.errors import ResumeError
+from aqtrack.names import BEST, LAST, MANIFEST_SUFFIX
 
 log = logging.getLogger(__name__)
 
 FORMAT = "aqtrack.checkpoint"
 FORMAT_VERSION = 2  # 2: history as tensors
-LAST = "last.pt"
-BEST = "best_action_quality_model.pt"
 MAX_BATCH_LOSSES_PER_EPOCH = 100
-ARTIFACT_DIR = "checkpoints"  # in the MLflow run
-CHECKPOINT_EPOCH_TAG = "aqtrack.checkpoint_epoch"  # run tag: newest epoch whose last.pt is uploaded
-MANIFEST_SUFFIX = ".manifest.json"
 MANIFEST_FORMAT = "aqtrack.checkpoint.manifest"
 
 

@@ -24,45 +24,38 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from aqtrack import exports, tracking
-from aqtrack.checkpoint import CHECKPOINT_EPOCH_TAG, History, TrainState
+from aqtrack import names
 from aqtrack.config import Config, SvmConfig
-from aqtrack.data import ActionQualityData, load_configured
+from aqtrack.data.dataset import ActionQualityData, load_configured
 from aqtrack.errors import DataError, ResumeError
-from aqtrack.metrics import (
-    GRAD_NORM,
-    GRAD_NORM_MAX,
-    LR,
+from aqtrack.names import (
+    CHECKPOINT_EPOCH_TAG,
     METRIC_KEYS,
+    REPORT_SERIES,
     SVM_TEST_ACC,
     SVM_TEST_F1,
     SVM_VAL_ACC,
     SVM_VAL_F1,
+    TAG_SVM,
     TEST_ACC,
     TEST_BALANCED_ACC,
     TEST_F1_MACRO,
     TEST_KEYS,
-    TRAIN_ACC,
-    TRAIN_LOSS,
-    VAL_ACC,
-    VAL_BALANCED_ACC,
-    VAL_F1_MACRO,
-    VAL_LOSS,
-    confusion_counts,
-    scores,
 )
-from aqtrack.model import ActionQualityNet, ModelSpec, build_model, embed
-from aqtrack.resume import find_best
+from aqtrack.tracking import exports, store
+from aqtrack.tracking.resume import find_best
+from aqtrack.training.checkpoint import History, TrainState
+from aqtrack.training.model import ActionQualityNet, ModelSpec, build_model, embed
+from aqtrack.training.scores import confusion_counts, scores
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from aqtrack.plots import Curves
-    from aqtrack.svm import SvmResult
+    from aqtrack.outputs.plots import Curves
+    from aqtrack.outputs.svm import SvmResult
 
 log = logging.getLogger(__name__)
 
-TAG_SVM = "aqtrack.svm"  # run tag: the settings of the SVM the run's svm_* metrics come from
 CURVES_REFRESH_S = 60.0  # the least time between two redraws of the curves during training
 EXAMPLE_ROWS = 2  # > 1, or torch.export fixes the batch size of the exported network at 1
 
@@ -101,7 +94,7 @@ def finish_run(job: Finishing) -> dict[str, float]:
         best = find_best(job.client, job.run_id, job.local_dir, Path(tmp), label="finishing run")
     network = network_of(best.state)
     outputs = Outputs.of(network, job.data)
-    tags = {exports.TAG_BEST_EPOCH: str(best.state.epoch)}
+    tags = {names.TAG_BEST_EPOCH: str(best.state.epoch)}
     _log_network(job, network, tags)
     test = _log_test(job, outputs, best.state.epoch)
     _log_figures(job, job.state.history, outputs)
@@ -122,7 +115,7 @@ def _example(x: np.ndarray) -> np.ndarray:
 
 
 def _log_network(job: Finishing, network: ActionQualityNet, tags: dict[str, str]) -> None:
-    done = [m for m in exports.ready_models(job.client, job.run_id, exports.NETWORK_MODEL) if _same(m, tags)]
+    done = [m for m in exports.ready_models(job.client, job.run_id, names.NETWORK_MODEL) if _same(m, tags)]
     model_id = done[0].model_id if done else None
     if model_id is None:
         d = job.data
@@ -148,13 +141,13 @@ def _log_test(job: Finishing, outputs: Outputs, best_epoch: int) -> dict[str, fl
     s = scores(counts)
     values = {TEST_ACC: s["acc"], TEST_BALANCED_ACC: s["balanced_acc"], TEST_F1_MACRO: s["f1_macro"]}
     step = job.state.epoch
-    have = {k for k in TEST_KEYS if step in tracking.metric_steps(job.client, job.run_id, k)}
-    tracking.log_points(job.client, job.run_id, {k: v for k, v in values.items() if k not in have}, step, {})
-    logged = tracking.artifact_names(job.client, job.run_id, exports.TEST_DIR)
-    if exports.PER_CLASS_ARTIFACT.rpartition("/")[2] not in logged:
+    have = {k for k in TEST_KEYS if step in store.metric_steps(job.client, job.run_id, k)}
+    store.log_points(job.client, job.run_id, {k: v for k, v in values.items() if k not in have}, step, {})
+    logged = store.artifact_names(job.client, job.run_id, names.TEST_DIR)
+    if names.PER_CLASS_ARTIFACT.rpartition("/")[2] not in logged:
         table = per_class_table(test.y, predicted, job.data.class_names)
-        exports.log_table(job.client, job.run_id, table, exports.PER_CLASS_ARTIFACT)
-    if job.config.data.folds and exports.TEST_PREDICTIONS_ARTIFACT.rpartition("/")[2] not in logged:
+        exports.log_table(job.client, job.run_id, table, names.PER_CLASS_ARTIFACT)
+    if job.config.data.folds and names.TEST_PREDICTIONS_ARTIFACT.rpartition("/")[2] not in logged:
         _log_test_predictions(job, outputs.logits["test"])
     log.info(
         "run %s: test split (%d sequences, best checkpoint of epoch %d, evaluated once): test_acc %.4f, "
@@ -169,7 +162,7 @@ def _log_test_predictions(job: Finishing, logits: np.ndarray) -> None:
     label, predicted and p_<class> per class, one row per sample in the split's order."""
     import pandas as pd
 
-    from aqtrack.predictions import PROBABILITY_PREFIX, softmax
+    from aqtrack.jobs.predictions import PROBABILITY_PREFIX, softmax
 
     test, names = job.data.test, np.asarray(job.data.class_names)
     probabilities = softmax(logits)
@@ -184,9 +177,9 @@ def _log_test_predictions(job: Finishing, logits: np.ndarray) -> None:
     for k, name in enumerate(names):
         table[PROBABILITY_PREFIX + name] = probabilities[:, k]
     with tempfile.TemporaryDirectory(prefix="aqtrack-finish-") as tmp:
-        path = Path(tmp) / exports.TEST_PREDICTIONS_ARTIFACT.rpartition("/")[2]
+        path = Path(tmp) / names.TEST_PREDICTIONS_ARTIFACT.rpartition("/")[2]
         table.to_csv(path, index=False)
-        job.client.log_artifact(job.run_id, str(path), exports.TEST_DIR)
+        job.client.log_artifact(job.run_id, str(path), names.TEST_DIR)
 
 
 def per_class_table(y_true: np.ndarray, y_pred: np.ndarray, class_names: tuple[str, ...]) -> dict:
@@ -207,10 +200,10 @@ def per_class_table(y_true: np.ndarray, y_pred: np.ndarray, class_names: tuple[s
 
 def _log_figures(job: Finishing, history: History, outputs: Outputs) -> None:
     """The curves and confusion matrices, logged to the run and kept in its local folder."""
-    from aqtrack.plots import confusion_matrix_figure, save_png, training_curves
+    from aqtrack.outputs.plots import confusion_matrix_figure, save_png, training_curves
 
-    figures = [(training_curves(history_curves(history), title=f"run {job.run_id}"), exports.CURVES_ARTIFACT)]
-    for split, artifact in (("val", exports.CONFUSION_ARTIFACT), ("test", exports.TEST_CONFUSION_ARTIFACT)):
+    figures = [(training_curves(history_curves(history), title=f"run {job.run_id}"), names.CURVES_ARTIFACT)]
+    for split, artifact in (("val", names.CONFUSION_ARTIFACT), ("test", names.TEST_CONFUSION_ARTIFACT)):
         if split not in outputs.logits:
             continue
         y = job.data.splits[split].y
@@ -226,7 +219,7 @@ _SPLIT_NAMES = {"val": "validation", "test": "test"}
 
 
 def history_curves(history: History) -> Curves:
-    from aqtrack.plots import Curves
+    from aqtrack.outputs.plots import Curves
 
     return Curves.from_lists(history.metrics, range(1, history.epochs + 1))
 
@@ -245,7 +238,7 @@ class _SvmStage:
     def fit_and_log(self, svm: SvmConfig, again: bool) -> SvmResult:
         """Fit on train, score on validation (and test); log the metrics and the fitted pipeline, each
         unless the run has it already (`again`: an explicit refit, which always logs)."""
-        from aqtrack.svm import fit_svm
+        from aqtrack.outputs.svm import fit_svm
 
         f, d = self.features, self.data
         test = (f["test"], d.test.y) if d.test is not None else None
@@ -255,16 +248,16 @@ class _SvmStage:
         result.run_id = run_id = self.run_id
         settings = f"kernel={svm.svm_kernel} C={svm.svm_c:g}"
         tags = {**self.tags, TAG_SVM: settings}
-        models = [] if again else exports.ready_models(self.client, run_id, exports.SVM_MODEL)
+        models = [] if again else exports.ready_models(self.client, run_id, names.SVM_MODEL)
         if not any(_same(m, tags) for m in models):
             exports.log_svm(self.client, run_id, result.pipeline, _example(f["val"]), tags)
         metrics = {SVM_VAL_ACC: result.val_acc, SVM_VAL_F1: result.val_f1}
         if result.test_acc is not None:
             metrics |= {SVM_TEST_ACC: result.test_acc, SVM_TEST_F1: result.test_f1}
         if not again:  # a resumed finish: the points it logged before it was killed stay the only ones
-            have = {k: tracking.metric_steps(self.client, run_id, k) for k in metrics}
+            have = {k: store.metric_steps(self.client, run_id, k) for k in metrics}
             metrics = {k: v for k, v in metrics.items() if self.step not in have[k]}
-        tracking.log_points(self.client, run_id, metrics, self.step, tags={TAG_SVM: settings})
+        store.log_points(self.client, run_id, metrics, self.step, tags={TAG_SVM: settings})
         log.log(
             logging.DEBUG if again else logging.INFO,  # a refit's caller reports it
             "run %s: SVM (%s) on the best network's features: svm_val_acc %.4f, svm_val_f1 %.4f%s",
@@ -282,8 +275,8 @@ def fit_svm(run_id: str, *, c: float | None = None, kernel: str | None = None) -
     keeps one point per step and every refit's score says which C and kernel made it.
     `c` and `kernel` default to the run's own settings. Returns the refit's result (`run_id`: the refit).
     """
-    client = tracking.connect()
-    run = tracking.get_run(client, run_id, label="svm")
+    client = store.connect()
+    run = store.get_run(client, run_id, label="svm")
     if run.info.status == "RUNNING":
         raise ResumeError(
             f"svm {run_id}: the run is RUNNING; its own SVM stage runs when it finishes "
@@ -300,52 +293,36 @@ def fit_svm(run_id: str, *, c: float | None = None, kernel: str | None = None) -
     data = load_configured(config.data)
     features = Outputs.of(network_of(best.state), data).features
     step = int(run.data.tags.get(CHECKPOINT_EPOCH_TAG, best.state.epoch))
-    tags = {exports.TAG_BEST_EPOCH: str(best.state.epoch)}
-    refit = tracking.create_child_run(
+    tags = {names.TAG_BEST_EPOCH: str(best.state.epoch)}
+    refit = store.create_child_run(
         client,
         run,
         name=f"svm-{svm.svm_kernel}-C{svm.svm_c:g}",
-        tags={tracking.TAG_REFIT_OF: run_id, **tags},
+        tags={names.TAG_REFIT_OF: run_id, **tags},
     )
-    with tracking.terminating(client, refit):
+    with store.terminating(client, refit):
         params = {"svm_c": svm.svm_c, "svm_kernel": svm.svm_kernel, "best_epoch": best.state.epoch}
-        client.log_batch(refit, params=_params(params))
+        store.log_params(client, refit, params)
         result = _SvmStage(client, refit, step, data, features, tags).fit_and_log(svm, again=True)
     result.refit_of = run_id
     return result
 
 
-def _params(values: dict[str, Any]) -> list:
-    from mlflow.entities import Param
-
-    return [Param(k, str(v)) for k, v in values.items()]
-
-
 def plot_curves(source: str | Path) -> Figure:
     """The training-curves figure of a run id, or of an `experiment_report.json` file."""
-    from aqtrack.plots import Curves, training_curves
+    from aqtrack.outputs.plots import Curves, training_curves
 
     text = str(source)
-    if tracking.RUN_ID_RE.match(text) and not Path(text).exists():
-        client = tracking.connect()
-        tracking.get_run(client, text, label="plot")
-        points = tracking.fetch_history(client, text, METRIC_KEYS)
+    if store.RUN_ID_RE.match(text) and not Path(text).exists():
+        client = store.connect()
+        store.get_run(client, text, label="plot")
+        points = store.fetch_history(client, text, METRIC_KEYS)
         return training_curves(Curves.from_points(points), title=f"run {text}")
     return training_curves(report_curves(Path(text)), title=str(text))
 
 
-# The legacy report's names of the per-epoch metrics (the extras use the metric names themselves).
-REPORT_SERIES = {
-    "control_losses": TRAIN_LOSS,
-    "grad_norms": GRAD_NORM,
-    "grad_norms_max": GRAD_NORM_MAX,
-    "learning_rates": LR,
-    **{k: k for k in (TRAIN_ACC, VAL_LOSS, VAL_ACC, VAL_BALANCED_ACC, VAL_F1_MACRO)},
-}
-
-
 def report_curves(path: Path) -> Curves:
-    from aqtrack.plots import Curves
+    from aqtrack.outputs.plots import Curves
 
     try:
         report = json.loads(path.read_text())
@@ -370,9 +347,9 @@ def curves_refresher(tracker, output_dir: Path, interval: int):
         if state.epoch % interval or time.monotonic() - drawn[0] < CURVES_REFRESH_S:
             return
         drawn[0] = time.monotonic()
-        from aqtrack.plots import save_png, training_curves
+        from aqtrack.outputs.plots import save_png, training_curves
 
         figure = training_curves(history_curves(state.history), title=f"run {state.run_id}")
-        tracker.log_artifact(save_png(figure, output_dir / exports.CURVES_ARTIFACT), exports.PLOTS_DIR)
+        tracker.log_artifact(save_png(figure, output_dir / names.CURVES_ARTIFACT), names.PLOTS_DIR)
 
     return refresh

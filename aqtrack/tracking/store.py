@@ -19,12 +19,23 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-from aqtrack.checkpoint import CHECKPOINT_EPOCH_TAG, History
 from aqtrack.errors import ConfigError, ResumeError, TrackingError, TrackingLost
-from aqtrack.lock import held_here, store_lock
-from aqtrack.metrics import METRIC_KEYS
+from aqtrack.names import (
+    CHECKPOINT_EPOCH_TAG,
+    METRIC_KEYS,
+    MLFLOW_RUN_ENV,
+    PARENT_RUN_TAG,
+    TAG_CV,
+    TAG_CV_FOLD,
+    TAG_CV_PARENT,
+    TAG_ERROR,
+    TAG_HEARTBEAT,
+    TAG_OWNER,
+)
+from aqtrack.tracking.lock import held_here, store_lock
+from aqtrack.training.checkpoint import History
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -41,62 +52,11 @@ MLFLOW_ENV_DEFAULTS = {
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
 }
 
-# Run tags.
-TAG_RESUMED_FROM = "aqtrack.resumed_from"
-TAG_CONTINUED_IN = "aqtrack.continued_in"
-TAG_RESUME_COUNT = "aqtrack.resume_count"
-TAG_ERROR = "aqtrack.error"
-TAG_DATA_SOURCE = "aqtrack.data_source"
-TAG_FILLED_VALUES = "aqtrack.data_filled_values"  # missing values the missing-frame policy filled
-TAG_HEARTBEAT = "aqtrack.heartbeat"  # unix time of the run's last epoch-end tag update
-TAG_OWNER = "aqtrack.owner"  # host:pid of the process training the run
-TAG_ROUNDS = "aqtrack.rounds"  # params are immutable; the current target when resumed with more rounds
-TAG_FORKED_FROM = "aqtrack.forked_from"  # on a fork: "<source run id>@<epoch>"
-TAG_FORKS = "aqtrack.forks"  # on a fork's source: "<fork run id>@<epoch>,..." (newest last)
-TAG_REFIT_OF = "aqtrack.refit_of"  # on an `aqtrack svm` refit run: the training run it refits
-PARENT_RUN_TAG = "mlflow.parentRunId"  # what the MLflow UI nests runs by
-# Cross-validation: the parent run holds the plan and the aggregate, one nested run per fold.
-TAG_CV = "aqtrack.cv"  # on a CV parent: its --folds ("5", "loso")
-TAG_CV_PLANNED = "aqtrack.cv_folds_planned"  # on a CV parent: K
-TAG_CV_FINISHED = "aqtrack.cv_folds_finished"  # on a CV parent: how many fold runs are FINISHED
-TAG_CV_PARENT = "aqtrack.cv_parent"  # on a fold run: its CV parent's run id (resume finds folds by it)
-TAG_CV_FOLD = "aqtrack.cv_fold"  # on a fold run: its fold, 1..K
-MLFLOW_RUN_ENV = "MLFLOW_RUN_ID"  # set by `mlflow run` for the run it created; users set it to re-attach
 # A RUNNING run whose owner published nothing for this long is taken to be dead.
 STALE_AFTER_S = 900
-DATASET_STATS_ARTIFACT = "dataset_stats.json"
 # While the server is unreachable: how often to look whether it is back, and how long one look waits.
 PROBE_INTERVAL_S = 10.0
 PROBE_TIMEOUT_S = 3.0
-
-
-class Tracker(Protocol):
-    """What the training loop reports to. Every metric carries its step. Calls may be queued until
-    `flush()`, which the loop calls once at the end of each epoch."""
-
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None: ...
-
-    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
-
-    def set_tags(self, tags: Mapping[str, str]) -> None: ...
-
-    def flush(self) -> None: ...
-
-
-class NullTracker:
-    """Tracking switched off: the loop stays the same, nothing is recorded."""
-
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        pass
-
-    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
-        pass
-
-    def set_tags(self, tags: Mapping[str, str]) -> None:
-        pass
-
-    def flush(self) -> None:
-        pass
 
 
 class MlflowTracker:
@@ -210,13 +170,7 @@ class MlflowTracker:
             )
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        """Log params the run does not have yet (`mlflow run` logs its own, as the user typed them)."""
-        from mlflow.entities import Param
-
-        existing = self.client.get_run(self.run_id).data.params
-        new = [Param(k, str(v)) for k, v in params.items() if k not in existing]
-        for i in range(0, len(new), 100):
-            self.client.log_batch(self.run_id, params=new[i : i + 100])
+        log_params(self.client, self.run_id, params)
 
     def log_json(self, obj: Any, artifact_file: str) -> None:
         """Queue `obj` as a JSON artifact; the file lives in the tracker's own directory until sent."""
@@ -530,6 +484,16 @@ def fetch_history(client: MlflowClient, run_id: str, keys: tuple[str, ...]) -> d
 
 def metric_steps(client: MlflowClient, run_id: str, key: str) -> set[int]:
     return {m.step for m in client.get_metric_history(run_id, key)}
+
+
+def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
+    """Log the params the run does not have yet (`mlflow run` logs its own, as the user typed them)."""
+    from mlflow.entities import Param
+
+    existing = client.get_run(run_id).data.params
+    new = [Param(k, str(v)) for k, v in params.items() if k not in existing]
+    for i in range(0, len(new), 100):  # MLflow's log_batch takes at most 100 params
+        client.log_batch(run_id, params=new[i : i + 100])
 
 
 def log_points(

@@ -14,31 +14,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from aqtrack.checkpoint import History, TrainState
-from aqtrack.metrics import (
-    GRAD_NORM,
-    GRAD_NORM_MAX,
-    LR,
-    METRIC_KEYS,
-    TRAIN_ACC,
-    TRAIN_LOSS,
-    VAL_ACC,
-    VAL_BALANCED_ACC,
-    VAL_F1_MACRO,
-    VAL_LOSS,
-)
+from aqtrack.training.checkpoint import History, TrainState
+from aqtrack.names import GRAD_NORM, GRAD_NORM_MAX, LR, METRIC_KEYS, TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_BALANCED_ACC, VAL_F1_MACRO, VAL_LOSS
+from aqtrack.names import REPORT_FILE
 
-REPORT_FILE = "experiment_report.json"
-LEGACY_KEYS = (
-    "control_losses",
-    "batch_losses",
-    "grad_norms",
-    "learning_rates",
-    "current_epoch",
-    "total_batches",
-    "dataset_stats",
-    "timestamp",
-)
 
 
 def build_report(

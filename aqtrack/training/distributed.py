@@ -27,7 +27,7 @@ from torch.utils.data import BatchSampler, DistributedSampler, Sampler
 
 from aqtrack.config import flag
 from aqtrack.errors import ConfigError, DistributedError
-from aqtrack.model import MaskedBatchNorm1d
+from aqtrack.training.model import MaskedBatchNorm1d
 
 log = logging.getLogger(__name__)
 

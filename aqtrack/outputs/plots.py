@@ -17,19 +17,9 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 
-from aqtrack.alerts import EXPLOSION_FACTOR, VANISHING_FACTOR, thresholds
-from aqtrack.metrics import (
-    GRAD_NORM,
-    GRAD_NORM_MAX,
-    LR,
-    TRAIN_ACC,
-    TRAIN_LOSS,
-    VAL_ACC,
-    VAL_BALANCED_ACC,
-    VAL_F1_MACRO,
-    VAL_LOSS,
-    scores,
-)
+from aqtrack.outputs.alerts import EXPLOSION_FACTOR, VANISHING_FACTOR, thresholds
+from aqtrack.names import GRAD_NORM, GRAD_NORM_MAX, LR, TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_BALANCED_ACC, VAL_F1_MACRO, VAL_LOSS
+from aqtrack.training.scores import scores
 
 DPI = 80
 NOT_MEASURED = "not measured"
