@@ -8,7 +8,7 @@ Times, as subprocesses alternating in one run (median over pairs):
 and prints each one's median wall time (target: `--help` < 0.3 s) and its ratio to `python -c pass`.
 
 Then a refused start: `aqtrack train --data bad.csv` (a file with no channel columns), against the
-imports it needs (`python -c "import aqtrack.pipeline, pandas"`): the difference is the time from the
+imports it needs (`python -c "import aqtrack.jobs.pipeline, pandas"`): the difference is the time from the
 end of the imports to the one-line refusal (target < 2 s), and no store may be created for it.
 
 Then it checks, with `python -X importtime`, that none of torch, mlflow, matplotlib, sklearn or pandas is
@@ -56,7 +56,7 @@ def refusal(script: str) -> float:
     """A bad data file is refused within 2 s after the imports, before any store exists."""
     Path("bad.csv").write_text("sample_id,frame,label\n0,0,0\n0,1,0\n")
     commands = {
-        "imports": [sys.executable, "-c", "import aqtrack.pipeline, pandas"],
+        "imports": [sys.executable, "-c", "import aqtrack.jobs.pipeline, pandas"],
         "refused": [script, "train", "--data", "bad.csv"],
     }
     expect = {"imports": 0, "refused": 2}

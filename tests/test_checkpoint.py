@@ -1,4 +1,4 @@
-"""aqtrack.checkpoint: round trip, atomic writes, safe loading, RNG capture, naming policy, History."""
+"""aqtrack.training.checkpoint: round trip, atomic writes, safe loading, RNG capture, naming, History."""
 
 from __future__ import annotations
 

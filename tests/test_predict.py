@@ -535,7 +535,7 @@ with contextlib.redirect_stdout(io.StringIO()) as out:
         assert e.code == 0, e.code
 assert "models:/NAME/VERSION" in out.getvalue() and "--output" in out.getvalue()
 heavy = ",".join(m for m in {HEAVY!r} if m in sys.modules)
-import aqtrack, aqtrack.predictions  # importing the module must not replace the function
+import aqtrack, aqtrack.jobs.predictions  # importing the module must not replace the function
 assert callable(aqtrack.predict) and "predict" in aqtrack.__all__
 print(heavy)
 """

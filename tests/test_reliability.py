@@ -107,7 +107,7 @@ def test_a_second_stop_signal_while_publishing_stops_at_once():
 
 def test_an_uncaught_exception_in_a_script_marks_the_run_failed_not_finished(tiny, tmp_path):
     script = textwrap.dedent(f"""
-        import aqtrack, aqtrack.loop
+        import aqtrack, aqtrack.training.loop
         real = aqtrack.training.loop.evaluate
         calls = []
         def evaluate(*args):

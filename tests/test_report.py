@@ -1,4 +1,4 @@
-"""aqtrack.report's append-only encoder writes exactly what json.dumps would, epoch after epoch."""
+"""aqtrack.outputs.report's append-only encoder writes exactly what json.dumps would, epoch after epoch."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from aqtrack.training.model import ModelSpec, build_model, embed
 
 
 def best_features(run_id: str, tiny: dict, tmp_path: Path) -> dict[str, np.ndarray]:
-    """The best checkpoint's features of each split, computed here independently of aqtrack.finish."""
+    """The best checkpoint's features of each split, computed here independently of aqtrack.jobs.finish."""
     path = MlflowClient().download_artifacts(run_id, f"checkpoints/{BEST}", str(tmp_path / "best"))
     best = torch.load(path, weights_only=True)
     network = build_model(ModelSpec(**best["model_spec"]))

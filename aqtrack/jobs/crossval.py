@@ -19,7 +19,7 @@ The aggregate, at step = the number of folds aggregated: the mean and sample sta
 (ddof=1, as papers report) of each fold's test_acc, test_balanced_acc and test_f1_macro, and the scores of
 the pooled out-of-fold predictions (what each fold's best checkpoint predicted for its own fold, logged by
 its finishing stage); the per-fold table, the predictions as CSV, the pooled confusion matrix and a
-per-fold figure as artifacts (`aqtrack.cv_aggregate`).
+per-fold figure as artifacts (`aqtrack.jobs.cv_aggregate`).
 
 `jobs` > 1 trains folds in that many worker processes (spawned; each trains whole folds with
 1/jobs of torch's threads); this process aggregates. A fold's numbers depend on its torch thread count

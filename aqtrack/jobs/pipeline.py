@@ -96,7 +96,7 @@ class TrainResult:
 @dataclass(frozen=True)
 class Nest:
     """Where a fold of a cross-validation trains: a new run nested under the CV parent, with tags that
-    let a resume find it (see `aqtrack.crossval`)."""
+    let a resume find it (see `aqtrack.jobs.crossval`)."""
 
     parent_id: str
     tags: dict[str, str]
