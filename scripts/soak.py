@@ -23,9 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from aqtrack.crash_points import TRAIN_POINTS
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from kill_at import TRAIN_POINTS  # noqa: E402
 
 SETTINGS = {
     "n_train": 256,

@@ -22,6 +22,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+from aqtrack.crash_points import POINTS
 from aqtrack.names import LAST, METRIC_KEYS, REPORT_FILE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -164,3 +165,22 @@ def test_resume_of_a_run_with_no_valid_checkpoint_anywhere_fails_naming_each_ref
     assert error.startswith(f"aqtrack: error: --resume {run.info.run_id}: no valid checkpoint (")
     assert "best_action_quality_model.pt: no manifest (its upload never finished)" in error
     assert client.get_run(run.info.run_id).info.status == "RUNNING"  # untouched
+
+
+@pytest.mark.parametrize("point", sorted(POINTS))
+def test_every_crash_point_hooks_an_attribute_the_code_has(point):
+    """scripts/kill_at.py replaces these attributes: a rename would make its point never fire."""
+    import importlib
+
+    hook = POINTS[point][0]
+    parts = hook.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        try:
+            owner = importlib.import_module(".".join(parts[:i]))
+        except ModuleNotFoundError:
+            continue
+        for name in parts[i:]:
+            owner = getattr(owner, name)
+        assert callable(owner), hook
+        return
+    pytest.fail(f"{hook}: no such module")

@@ -42,7 +42,15 @@ from typing import TYPE_CHECKING, Any
 from aqtrack import names
 from aqtrack.config import CV_RESUMABLE, Config, check_values, config_fields, cv_resumed, parse_param, show
 from aqtrack.data.dataset import FoldPlan, fold_plan
-from aqtrack.errors import AqtrackError, ConfigError, DataError, NoCheckpoint, ResumeError, TrackingLost
+from aqtrack.errors import (
+    AqtrackError,
+    ConfigError,
+    DataError,
+    NoCheckpoint,
+    ResumeError,
+    TrackingLost,
+    described,
+)
 from aqtrack.jobs.cv_aggregate import FoldResult, aggregate
 from aqtrack.jobs.pipeline import Nest, adopt, aqtrack_version, check_writable, train_fold
 from aqtrack.names import NOTE_TAG, RUN_NAME_TAG, TEST_ACC
@@ -376,8 +384,7 @@ def _run_fold(client, task: _FoldTask) -> _FoldOutcome:
     except Exception as e:  # the fold failed (its run says so); the others go on
         if not isinstance(e, AqtrackError):
             log.exception("cv %s: fold %d failed", task.parent_id, task.fold)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        return _FoldOutcome(task.fold, error=f"{type(e).__name__}: {first}"[:500])
+        return _FoldOutcome(task.fold, error=described(e)[:500])
 
 
 def _discard(client, run, why: NoCheckpoint) -> None:

@@ -46,7 +46,7 @@ from aqtrack.config import (
     show,
 )
 from aqtrack.data.dataset import SYNTHETIC, ActionQualityData, load_configured
-from aqtrack.errors import ConfigError, DistributedError, ResumeError, TrackingLost
+from aqtrack.errors import ConfigError, DistributedError, ResumeError, TrackingLost, first_line
 from aqtrack.jobs.finish import Finishing, curves_refresher, finish_run
 from aqtrack.names import (
     ARTIFACT_DIR,
@@ -795,8 +795,9 @@ def _finish(job: Finishing) -> dict[str, float]:
     except Exception as e:
         if not store.is_transient(e):
             raise
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise TrackingLost(f"tracking server {job.client.tracking_uri} lost while finishing ({first})") from e
+        raise TrackingLost(
+            f"tracking server {job.client.tracking_uri} lost while finishing ({first_line(e)})"
+        ) from e
 
 
 def rebuild_report(run_id: str, output_dir: Path) -> Path:

@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from aqtrack import names
+from aqtrack.atomic import write_atomically
 from aqtrack.config import Config
 from aqtrack.data.files import Recordings, check_file, read_recordings
 from aqtrack.errors import ConfigError, DataError, ModelError, ResumeError
@@ -357,11 +358,7 @@ def check_output(output: Path) -> None:
 def write_csv(table: pd.DataFrame, output: Path) -> None:
     """Write the table as CSV to a temporary file next to `output`, then rename it: a reader (or a crash)
     sees the old file or the whole new one, never half of it."""
-    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
     try:
-        table.to_csv(tmp, index=False)
-        os.replace(tmp, output)
+        write_atomically(output, lambda f: table.to_csv(f, index=False))
     except OSError as e:
         raise ConfigError(f"-o {output}: not writable ({e.strerror or e}); choose another file") from e
-    finally:
-        tmp.unlink(missing_ok=True)

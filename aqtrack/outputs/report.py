@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from aqtrack.atomic import write_text_atomically
 from aqtrack.training.checkpoint import History, TrainState
 from aqtrack.names import GRAD_NORM, GRAD_NORM_MAX, LR, METRIC_KEYS, TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_BALANCED_ACC, VAL_F1_MACRO, VAL_LOSS
 from aqtrack.names import REPORT_FILE
@@ -123,10 +124,4 @@ def write_report(report: dict[str, Any], directory: Path, encoder: AppendOnlyEnc
     """Write `report` to `directory/experiment_report.json` atomically."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / REPORT_FILE
-    tmp = directory / f".{REPORT_FILE}.{os.getpid()}.tmp"
-    try:
-        tmp.write_text(encoder.encode(report) if encoder else _dumps(report))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_text_atomically(path, encoder.encode(report) if encoder else _dumps(report))

@@ -26,7 +26,7 @@ import numpy as np
 
 from aqtrack.config import MISSING_POLICIES
 from aqtrack.data.dataset import SYNTHETIC, ActionQualityData
-from aqtrack.errors import ModelError
+from aqtrack.errors import ModelError, first_line
 from aqtrack.names import NETWORK_MODEL, SVM_MODEL, TAG_BEST_EPOCH
 
 if TYPE_CHECKING:
@@ -219,7 +219,7 @@ def load_logged_network(client: MlflowClient, uri: str, tmp: Path) -> LoggedNetw
         model = Model.load(str(local))  # the MLmodel file, read with yaml.safe_load
     except (MlflowException, OSError) as e:
         raise ModelError(
-            f"{uri}: not found in {client.tracking_uri} ({_first_line(e)[:90]}); check the model's name "
+            f"{uri}: not found in {client.tracking_uri} ({first_line(e)[:90]}); check the model's name "
             "and version (or alias), or pass a training run id"
         ) from e
     about = NetworkInfo.from_metadata(model.metadata)
@@ -235,7 +235,7 @@ def load_logged_network(client: MlflowClient, uri: str, tmp: Path) -> LoggedNetw
         network = network_from_state_dict(_unwrapped(read_pt2_weights(archive)))
     except ValueError as e:
         raise ModelError(
-            f"{uri}: its weights do not fit this aqtrack's network ({_first_line(e)[:120]}); score it with "
+            f"{uri}: its weights do not fit this aqtrack's network ({first_line(e)[:120]}); score it with "
             "the aqtrack version that logged it, or score its run id"
         ) from e
     spec = network.spec
@@ -268,11 +268,6 @@ def _best_epoch(client: MlflowClient, model: Any) -> int | None:
     except MlflowException:
         return None
     return int(tag) if tag.isdigit() else None
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 # Reading the pt2 archive ourselves. `mlflow.pytorch.load_model` loads a pt2 network with
@@ -317,7 +312,7 @@ def read_pt2_weights(path: Path) -> dict[str, Any]:
             folder = top + PT2_WEIGHTS_CONFIG.rpartition("/")[0] + "/"
             return {name: _raw_tensor(archive, folder, name, entry) for name, entry in entries.items()}
     except (OSError, zipfile.BadZipFile, KeyError, TypeError, AttributeError, json.JSONDecodeError) as e:
-        raise ValueError(f"not a readable pt2 archive ({type(e).__name__}: {_first_line(e)[:80]})") from e
+        raise ValueError(f"not a readable pt2 archive ({type(e).__name__}: {first_line(e)[:80]})") from e
 
 
 def _raw_tensor(archive: zipfile.ZipFile, folder: str, name: str, entry: dict[str, Any]) -> Any:

@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aqtrack.errors import ConfigError, ResumeError, TrackingError, TrackingLost
+from aqtrack.errors import ConfigError, ResumeError, TrackingError, TrackingLost, described, first_line
 from aqtrack.names import (
     CHECKPOINT_EPOCH_TAG,
     METRIC_KEYS,
@@ -112,7 +112,7 @@ class MlflowTracker:
                 log.warning(
                     "tracking server unreachable (%s); training goes on, metrics and checkpoints are kept "
                     "locally and sent when it answers again (for up to %.0f s)",
-                    _first_line(e),
+                    first_line(e),
                     self.patience,
                 )
             self._check_patience(self._last_try)
@@ -239,7 +239,7 @@ def connect() -> MlflowClient:
             client.search_experiments(max_results=1)
         except Exception as e:  # any failure here means the store is unusable; say which and why
             raise TrackingError(
-                f"cannot use tracking store {uri}: {_first_line(e)}; check MLFLOW_TRACKING_URI and the server"
+                f"cannot use tracking store {uri}: {first_line(e)}; check MLFLOW_TRACKING_URI and the server"
             ) from e
     return client
 
@@ -273,7 +273,7 @@ def get_run(client: MlflowClient, run_id: str, label: str = "--resume"):
         run = client.get_run(run_id)
     except MlflowException as e:
         raise ResumeError(
-            f"{label} {run_id}: no such run in {client.tracking_uri}: {_first_line(e)}; "
+            f"{label} {run_id}: no such run in {client.tracking_uri}: {first_line(e)}; "
             "check the run id (`aqtrack runs --all`) and MLFLOW_TRACKING_URI"
         ) from e
     if run.info.lifecycle_stage == "deleted":
@@ -314,7 +314,7 @@ def env_run(client: MlflowClient):
         run = client.get_run(run_id)
     except MlflowException as e:
         raise ConfigError(
-            f"{MLFLOW_RUN_ENV}={run_id}: no such run in {client.tracking_uri} ({_first_line(e)}); unset it"
+            f"{MLFLOW_RUN_ENV}={run_id}: no such run in {client.tracking_uri} ({first_line(e)}); unset it"
         ) from e
     if run.info.lifecycle_stage == "deleted":
         raise ConfigError(f"{MLFLOW_RUN_ENV}={run_id}: the run is deleted; unset {MLFLOW_RUN_ENV}")
@@ -432,7 +432,7 @@ def download(client: MlflowClient, run_id: str, artifact: str, dst: Path) -> Pat
     try:
         return Path(client.download_artifacts(run_id, artifact, str(dst)))
     except (MlflowException, OSError) as e:
-        raise ResumeError(f"run {run_id}: could not download {artifact}: {_first_line(e)}") from e
+        raise ResumeError(f"run {run_id}: could not download {artifact}: {first_line(e)}") from e
 
 
 def download_artifact(client: MlflowClient, run_id: str, artifact: str, dst: Path) -> Path | None:
@@ -525,7 +525,7 @@ def terminating(client: MlflowClient, run_id: str, resume: str = "aqtrack train 
         log.warning("run %s stopped; continue it with `%s %s`", run_id, resume, run_id)
         raise
     except BaseException as e:
-        _mark(client, run_id, "FAILED", {TAG_ERROR: f"{type(e).__name__}: {_first_line(e)}"[:5000]})
+        _mark(client, run_id, "FAILED", {TAG_ERROR: described(e)[:5000]})
         raise
     else:
         client.set_terminated(run_id, "FINISHED")
@@ -557,9 +557,4 @@ def _mark(client: MlflowClient, run_id: str, status: str, tags: Mapping[str, str
             client.set_tag(run_id, key, value)
         client.set_terminated(run_id, status)
     except Exception as e:
-        log.warning("run %s: could not mark it %s: %s", run_id, status, _first_line(e))
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+        log.warning("run %s: could not mark it %s: %s", run_id, status, first_line(e))

@@ -22,7 +22,7 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sequential
 
 from aqtrack.config import Config
 from aqtrack.data.dataset import ActionQualityData
-from aqtrack.errors import DataError, ResumeError, TrainingDiverged
+from aqtrack.errors import DataError, ResumeError, TrainingDiverged, first_line
 from aqtrack.names import (
     ARTIFACT_DIR,
     CHECKPOINT_EPOCH_TAG,
@@ -295,8 +295,7 @@ def _mismatch_is_resume_error() -> Iterator[None]:
     try:
         yield
     except (RuntimeError, ValueError, KeyError) as e:
-        first = str(e).strip().splitlines()[0]
-        raise ResumeError(f"checkpoint does not match the model this aqtrack builds: {first}") from e
+        raise ResumeError(f"checkpoint does not match the model this aqtrack builds: {first_line(e)}") from e
 
 
 def train_one_epoch(trainer: Trainer) -> tuple[dict[str, float], list[float]]:
