@@ -314,13 +314,13 @@ def _assignment_csv(plan: FoldPlan, tmp: Path) -> Path:
     """`fold_assignment.csv`: the fold whose test split holds each sample, every sample once."""
     import pandas as pd
 
-    s, names = plan.pool.samples, plan.pool.class_names
+    s, class_names = plan.pool.samples, plan.pool.class_names
     path = tmp / Path(names.CV_ASSIGNMENT).name
     pd.DataFrame(
         {
             "sample_id": s.sample_ids,
             "subject": s.subjects if s.subjects is not None else "",
-            "label": [names[k] for k in s.y],
+            "label": [class_names[k] for k in s.y],
             "fold": plan.fold_of(),
         }
     ).to_csv(path, index=False)

@@ -164,17 +164,17 @@ def _log_test_predictions(job: Finishing, logits: np.ndarray) -> None:
 
     from aqtrack.jobs.predictions import PROBABILITY_PREFIX, softmax
 
-    test, names = job.data.test, np.asarray(job.data.class_names)
+    test, class_names = job.data.test, np.asarray(job.data.class_names)
     probabilities = softmax(logits)
     table = pd.DataFrame(
         {
             "sample_id": test.sample_ids,
             "subject": test.subjects if test.subjects is not None else "",
-            "label": names[test.y],
-            "predicted": names[logits.argmax(axis=1)],
+            "label": class_names[test.y],
+            "predicted": class_names[logits.argmax(axis=1)],
         }
     )
-    for k, name in enumerate(names):
+    for k, name in enumerate(class_names):
         table[PROBABILITY_PREFIX + name] = probabilities[:, k]
     with tempfile.TemporaryDirectory(prefix="aqtrack-finish-") as tmp:
         path = Path(tmp) / names.TEST_PREDICTIONS_ARTIFACT.rpartition("/")[2]
