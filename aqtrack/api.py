@@ -51,15 +51,15 @@ def show_run(run_id: str, tail: int = 10) -> str:
 
 
 def fit_svm(run_id: str, *, c: float | None = None, kernel: str | None = None) -> SvmResult:
-    """See `aqtrack.jobs.finish.fit_svm`: refit a run's SVM stage from its best checkpoint (a nested run)."""
-    from aqtrack.jobs.finish import fit_svm as _fit_svm
+    """See `aqtrack.jobs.refit.fit_svm`: refit a run's SVM stage from its best checkpoint (a nested run)."""
+    from aqtrack.jobs.refit import fit_svm as _fit_svm
 
     return _fit_svm(run_id, c=c, kernel=kernel)
 
 
 def plot_curves(source) -> Figure:
-    """See `aqtrack.jobs.finish.plot_curves`: the training curves of a run id or an experiment_report.json."""
-    from aqtrack.jobs.finish import plot_curves as _plot_curves
+    """See `aqtrack.jobs.curves.plot_curves`: the training curves of a run id or an experiment_report.json."""
+    from aqtrack.jobs.curves import plot_curves as _plot_curves
 
     return _plot_curves(source)
 

@@ -395,7 +395,7 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _svm(args: argparse.Namespace) -> int:
-    from aqtrack.jobs.finish import fit_svm
+    from aqtrack.jobs.refit import fit_svm
 
     result = fit_svm(args.run_id, c=args.c, kernel=args.kernel)
     print(
@@ -406,7 +406,7 @@ def _svm(args: argparse.Namespace) -> int:
 
 
 def _plot(args: argparse.Namespace) -> int:
-    from aqtrack.jobs.finish import plot_curves
+    from aqtrack.jobs.curves import plot_curves
     from aqtrack.outputs.plots import save_png
 
     figure = plot_curves(args.source)

@@ -1,4 +1,4 @@
-"""The finishing stage of a run, and the public `fit_svm` / `plot_curves`.
+"""The finishing stage of a run.
 
 Once the last epoch is published, the run gets what is made from its best checkpoint (the verified
 file, loaded with weights_only; never a model unpickled from the tracking server; the best epoch was
@@ -13,11 +13,8 @@ test split's predictions (`test/predictions.csv`), which its parent pools.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,12 +23,8 @@ import numpy as np
 
 from aqtrack import names
 from aqtrack.config import Config, SvmConfig
-from aqtrack.data.dataset import ActionQualityData, load_configured
-from aqtrack.errors import DataError, ResumeError
+from aqtrack.data.dataset import ActionQualityData
 from aqtrack.names import (
-    CHECKPOINT_EPOCH_TAG,
-    METRIC_KEYS,
-    REPORT_SERIES,
     SVM_TEST_ACC,
     SVM_TEST_F1,
     SVM_VAL_ACC,
@@ -49,14 +42,10 @@ from aqtrack.training.model import ActionQualityNet, ModelSpec, build_model, emb
 from aqtrack.training.scores import confusion_counts, scores
 
 if TYPE_CHECKING:
-    from matplotlib.figure import Figure
-
-    from aqtrack.outputs.plots import Curves
     from aqtrack.outputs.svm import SvmResult
 
 log = logging.getLogger(__name__)
 
-CURVES_REFRESH_S = 60.0  # the least time between two redraws of the curves during training
 EXAMPLE_ROWS = 2  # > 1, or torch.export fixes the batch size of the exported network at 1
 
 
@@ -99,7 +88,7 @@ def finish_run(job: Finishing) -> dict[str, float]:
     test = _log_test(job, outputs, best.state.epoch)
     _log_figures(job, job.state.history, outputs)
     if job.config.svm.svm:
-        stage = _SvmStage(job.client, job.run_id, job.state.epoch, job.data, outputs.features, tags)
+        stage = SvmStage(job.client, job.run_id, job.state.epoch, job.data, outputs.features, tags)
         stage.fit_and_log(job.config.svm, again=False)
     return test
 
@@ -200,6 +189,7 @@ def per_class_table(y_true: np.ndarray, y_pred: np.ndarray, class_names: tuple[s
 
 def _log_figures(job: Finishing, history: History, outputs: Outputs) -> None:
     """The curves and confusion matrices, logged to the run and kept in its local folder."""
+    from aqtrack.jobs.curves import history_curves
     from aqtrack.outputs.plots import confusion_matrix_figure, save_png, training_curves
 
     figures = [(training_curves(history_curves(history), title=f"run {job.run_id}"), names.CURVES_ARTIFACT)]
@@ -218,14 +208,8 @@ def _log_figures(job: Finishing, history: History, outputs: Outputs) -> None:
 _SPLIT_NAMES = {"val": "validation", "test": "test"}
 
 
-def history_curves(history: History) -> Curves:
-    from aqtrack.outputs.plots import Curves
-
-    return Curves.from_lists(history.metrics, range(1, history.epochs + 1))
-
-
 @dataclass
-class _SvmStage:
+class SvmStage:
     """The SVM stage of one run: the best network's features of each split, and where results go."""
 
     client: Any
@@ -265,91 +249,3 @@ class _SvmStage:
             "" if result.test_acc is None else f", svm_test_acc {result.test_acc:.4f}",
         )  # fmt: skip
         return result
-
-
-def fit_svm(run_id: str, *, c: float | None = None, kernel: str | None = None) -> SvmResult:
-    """Refit the SVM stage of a finished run, from its verified best checkpoint's features of the run's
-    data, as a run of its own nested under it (`mlflow.parentRunId`, tag `aqtrack.refit_of`): the
-    refit's params (svm_c, svm_kernel), its `svm_val_acc` / `svm_val_f1` (at step = the training run's
-    final epoch) and its `svm` model. The training run itself is left as it is, so each of its metrics
-    keeps one point per step and every refit's score says which C and kernel made it.
-    `c` and `kernel` default to the run's own settings. Returns the refit's result (`run_id`: the refit).
-    """
-    client = store.connect()
-    run = store.get_run(client, run_id, label="svm")
-    if run.info.status == "RUNNING":
-        raise ResumeError(
-            f"svm {run_id}: the run is RUNNING; its own SVM stage runs when it finishes "
-            f"(if its process is gone, `aqtrack train --resume {run_id}` finishes it)"
-        )
-    with tempfile.TemporaryDirectory(prefix="aqtrack-svm-") as tmp:
-        best = find_best(client, run_id, None, Path(tmp), label="svm")
-    config = Config.from_dict(best.state.config)
-    svm = SvmConfig(
-        svm=True,
-        svm_c=config.svm.svm_c if c is None else c,
-        svm_kernel=config.svm.svm_kernel if kernel is None else kernel,
-    )
-    data = load_configured(config.data)
-    features = Outputs.of(network_of(best.state), data).features
-    step = int(run.data.tags.get(CHECKPOINT_EPOCH_TAG, best.state.epoch))
-    tags = {names.TAG_BEST_EPOCH: str(best.state.epoch)}
-    refit = store.create_child_run(
-        client,
-        run,
-        name=f"svm-{svm.svm_kernel}-C{svm.svm_c:g}",
-        tags={names.TAG_REFIT_OF: run_id, **tags},
-    )
-    with store.terminating(client, refit):
-        params = {"svm_c": svm.svm_c, "svm_kernel": svm.svm_kernel, "best_epoch": best.state.epoch}
-        store.log_params(client, refit, params)
-        result = _SvmStage(client, refit, step, data, features, tags).fit_and_log(svm, again=True)
-    result.refit_of = run_id
-    return result
-
-
-def plot_curves(source: str | Path) -> Figure:
-    """The training-curves figure of a run id, or of an `experiment_report.json` file."""
-    from aqtrack.outputs.plots import Curves, training_curves
-
-    text = str(source)
-    if store.RUN_ID_RE.match(text) and not Path(text).exists():
-        client = store.connect()
-        store.get_run(client, text, label="plot")
-        points = store.fetch_history(client, text, METRIC_KEYS)
-        return training_curves(Curves.from_points(points), title=f"run {text}")
-    return training_curves(report_curves(Path(text)), title=str(text))
-
-
-def report_curves(path: Path) -> Curves:
-    from aqtrack.outputs.plots import Curves
-
-    try:
-        report = json.loads(path.read_text())
-    except FileNotFoundError as e:
-        raise DataError(f"{path}: no such file; pass a run id or an experiment_report.json") from e
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: not a readable JSON report ({type(e).__name__}: {e})") from e
-    if not isinstance(report, dict) or "control_losses" not in report:
-        raise DataError(f"{path}: not an experiment_report.json (no 'control_losses'); pass a run's report")
-    series = {key: report[name] for name, key in REPORT_SERIES.items() if isinstance(report.get(name), list)}
-    epochs = report.get("epochs") or list(range(1, len(report["control_losses"]) + 1))
-    return Curves.from_lists(series, epochs)
-
-
-def curves_refresher(tracker, output_dir: Path, interval: int):
-    """An epoch-end hook: at periodic-checkpoint epochs, redraw the training curves into
-    `<output_dir>/plots/` and queue them for the run (sent in the epoch's one flush). Drawing takes
-    ~0.2 s, so it happens at most once every CURVES_REFRESH_S seconds."""
-    drawn = [-math.inf]
-
-    def refresh(state: TrainState) -> None:
-        if state.epoch % interval or time.monotonic() - drawn[0] < CURVES_REFRESH_S:
-            return
-        drawn[0] = time.monotonic()
-        from aqtrack.outputs.plots import save_png, training_curves
-
-        figure = training_curves(history_curves(state.history), title=f"run {state.run_id}")
-        tracker.log_artifact(save_png(figure, output_dir / names.CURVES_ARTIFACT), names.PLOTS_DIR)
-
-    return refresh

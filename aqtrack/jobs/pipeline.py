@@ -47,7 +47,8 @@ from aqtrack.config import (
 )
 from aqtrack.data.dataset import SYNTHETIC, ActionQualityData, load_configured
 from aqtrack.errors import ConfigError, DistributedError, ResumeError, TrackingLost, first_line
-from aqtrack.jobs.finish import Finishing, curves_refresher, finish_run
+from aqtrack.jobs.curves import curves_refresher
+from aqtrack.jobs.finish import Finishing, finish_run
 from aqtrack.names import (
     ARTIFACT_DIR,
     BEST,
