@@ -61,7 +61,7 @@ def measure(settings: dict, pairs: int, tmp: Path) -> None:
     cfg = Config.from_dict(settings)
     data = load_configured(cfg.data)
     client = store.connect()
-    experiment = store.experiment_id(client, "bench")
+    experiment = store.get_or_create_experiment(client, "bench")
 
     def compute() -> float:
         trainer = build_trainer(cfg, data, torch.device("cpu"))

@@ -71,7 +71,7 @@ def per_epoch_growth(client, store: str, settings: dict, args, tmp: Path) -> Non
 
     data = load_configured(Config.from_dict(settings).data)
     stats = data.stats()
-    experiment = store.experiment_id(client, "growth")
+    experiment = store.get_or_create_experiment(client, "growth")
     probe = loop.build_trainer(Config.from_dict(settings), data, torch.device("cpu"))
     metrics, batch_losses = loop.train_one_epoch(probe)  # the one real epoch that is repeated
     metrics.update(loop.evaluate(probe.model, probe.val_loader, probe.device).metrics("val"))

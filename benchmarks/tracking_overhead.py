@@ -55,7 +55,7 @@ def measure(settings: dict, pairs: int, tmp: Path, url: str) -> None:
     stats = data.stats()
     spent = {name: h.Spent() for name in ("null", "sqlite", "http")}
     clients = {"sqlite": MlflowClient(h.sqlite_uri(tmp)), "http": MlflowClient(url)}
-    experiments = {name: store.experiment_id(c, "bench") for name, c in clients.items()}
+    experiments = {name: store.get_or_create_experiment(c, "bench") for name, c in clients.items()}
     current: list[h.Spent] = [spent["null"]]  # where the aqtrack-side timers below add up
 
     # Local work done by the loop whatever the tracker: checkpoint files, and the report file.

@@ -111,7 +111,7 @@ def cv(tmp_path_factory: pytest.TempPathFactory, empty_store: Path):
         mp.chdir(root)
         mp.setenv("MLFLOW_TRACKING_URI", uri)
         client = MlflowClient()
-        empty = client.create_run(store.experiment_id(client, "action-quality")).info.run_id
+        empty = client.create_run(store.get_or_create_experiment(client, "action-quality")).info.run_id
         mp.setenv("MLFLOW_RUN_ID", empty)
         torch.set_num_threads(1)
         try:

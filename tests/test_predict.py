@@ -472,7 +472,7 @@ def _store_state(trained: Trained) -> dict:
     the runs, their artifacts, models and registered versions."""
     client = MlflowClient(trained.uri)
     experiments = [e.experiment_id for e in client.search_experiments()]
-    runs = tracking_store.search_runs(client, experiments)
+    runs = tracking_store.newest_runs(client, experiments)
     files = sorted(
         (str(p.relative_to(trained.root)), p.stat().st_size, p.stat().st_mtime_ns)
         for p in (trained.root / "mlruns").rglob("*")

@@ -194,7 +194,9 @@ def _open(client, cfg: Config, plan: FoldPlan, env, held: contextlib.ExitStack, 
                 names.MLFLOW_RUN_ENV,
                 env.info.run_id,
             )
-        experiment_id = env.info.experiment_id if env else store.experiment_id(client, cfg.run.experiment)
+        experiment_id = (
+            env.info.experiment_id if env else store.get_or_create_experiment(client, cfg.run.experiment)
+        )
         run = store.create_run(client, experiment_id, cfg.run.run_name or None)
         held.enter_context(run_lock(client.tracking_uri, run.info.run_id))
     run_id = run.info.run_id
@@ -271,7 +273,7 @@ def _check_same_folds(client, run, plan: FoldPlan, tmp: Path) -> None:
     fold_assignment.csv): finished folds were trained and tested on those."""
     import pandas as pd
 
-    path = store.download_artifact(client, run.info.run_id, names.CV_ASSIGNMENT, tmp / "assignment")
+    path = store.download_if_present(client, run.info.run_id, names.CV_ASSIGNMENT, tmp / "assignment")
     if path is None:  # stopped before it was logged: no fold has trained yet
         return
     started = pd.read_csv(path, dtype={"sample_id": str}, keep_default_na=False)

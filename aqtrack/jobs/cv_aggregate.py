@@ -99,7 +99,7 @@ def _fold_result(client, run, fold: int, plan: FoldPlan, tmp: Path) -> tuple[Fol
     import pandas as pd
 
     run_id = run.info.run_id
-    path = store.download_artifact(client, run_id, names.TEST_PREDICTIONS_ARTIFACT, tmp / run_id)
+    path = store.download_if_present(client, run_id, names.TEST_PREDICTIONS_ARTIFACT, tmp / run_id)
     if path is None:
         raise ResumeError(
             f"fold {fold}: its run {run_id} is FINISHED without {names.TEST_PREDICTIONS_ARTIFACT}; "

@@ -595,7 +595,9 @@ def _open_run(client, start: _Start, env, held: contextlib.ExitStack, nest: Nest
         run_id = store.create_child_run(client, client.get_run(nest.parent_id), name, nest.tags)
         held.enter_context(run_lock(client.tracking_uri, run_id))
         return _Opened(run_id, "")
-    experiment_id = env.info.experiment_id if env else store.experiment_id(client, cfg.run.experiment)
+    experiment_id = (
+        env.info.experiment_id if env else store.get_or_create_experiment(client, cfg.run.experiment)
+    )
     run = store.create_run(client, experiment_id, name or None)
     held.enter_context(run_lock(client.tracking_uri, run.info.run_id))
     return _Opened(run.info.run_id, "" if name else _readable(cfg, run.info.run_name))
@@ -813,7 +815,7 @@ def rebuild_report(run_id: str, output_dir: Path) -> Path:
         except ResumeError as e:
             log.warning("%s: the report has no batch losses", e)
             batch_source = None
-        stats_path = store.download_artifact(client, run_id, names.DATASET_STATS_ARTIFACT, Path(tmp))
+        stats_path = store.download_if_present(client, run_id, names.DATASET_STATS_ARTIFACT, Path(tmp))
         stats = json.loads(stats_path.read_text()) if stats_path else {}
     history, epochs = history_from_points(points, batch_source)
     config = {k: _number(v) for k, v in run.data.params.items()}

@@ -232,7 +232,7 @@ def model_scorer(client, uri: str, tmp: Path) -> Scorer:
 
 def _dataset_stats(client, run_id: str, tmp: Path) -> dict:
     """The run's dataset_stats.json, or {} when it has none."""
-    path = store.download_artifact(client, run_id, names.DATASET_STATS_ARTIFACT, tmp)
+    path = store.download_if_present(client, run_id, names.DATASET_STATS_ARTIFACT, tmp)
     return json.loads(path.read_text()) if path is not None else {}
 
 

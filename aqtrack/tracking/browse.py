@@ -57,7 +57,7 @@ def runs_table(experiment: str | None = None, *, all_experiments: bool = False) 
     ids = _experiment_ids(client, experiment, all_experiments)
     # `aqtrack svm` refits and a cross-validation's folds are listed with their run by `aqtrack show`.
     nested = (names.TAG_REFIT_OF, names.TAG_CV_PARENT)
-    runs = [r for r in store.search_runs(client, ids) if not any(t in r.data.tags for t in nested)]
+    runs = [r for r in store.newest_runs(client, ids) if not any(t in r.data.tags for t in nested)]
     table = pd.DataFrame([_row(client, run) for run in runs], columns=list(COLUMNS))
     if all_experiments:
         experiments = {e.experiment_id: e.name for e in client.search_experiments()}

@@ -55,7 +55,7 @@ class _RunArtifacts(_Source):
         self.client, self.run_id, self.tmp = client, run_id, tmp / run_id
 
     def fetch(self, name: str) -> Path:
-        return store.download(self.client, self.run_id, f"{ARTIFACT_DIR}/{name}", self.tmp)
+        return store.download_or_refuse(self.client, self.run_id, f"{ARTIFACT_DIR}/{name}", self.tmp)
 
 
 class _LocalCopies(_Source):

@@ -249,7 +249,7 @@ def find_experiment_id(client: MlflowClient, name: str) -> str | None:
     return experiment.experiment_id if experiment is not None else None
 
 
-def experiment_id(client: MlflowClient, name: str) -> str:
+def get_or_create_experiment(client: MlflowClient, name: str) -> str:
     """The id of experiment `name`, created if it does not exist yet."""
     found = find_experiment_id(client, name)
     if found is not None:
@@ -403,7 +403,7 @@ def delete_run(client: MlflowClient, run_id: str) -> None:
     client.delete_run(run_id)
 
 
-def search_runs(client: MlflowClient, experiment_ids: list[str], max_results: int = 1000) -> list:
+def newest_runs(client: MlflowClient, experiment_ids: list[str], max_results: int = 1000) -> list:
     """The experiments' runs (not deleted), newest first."""
     return list(
         client.search_runs(experiment_ids, order_by=["attributes.start_time DESC"], max_results=max_results)
@@ -425,8 +425,9 @@ def artifact_names(client: MlflowClient, run_id: str, directory: str) -> set[str
     return {f.path.rpartition("/")[2] for f in client.list_artifacts(run_id, directory) if not f.is_dir}
 
 
-def download(client: MlflowClient, run_id: str, artifact: str, dst: Path) -> Path:
-    """Download one artifact of the run into `dst` (a directory of ours, never a shared one)."""
+def download_or_refuse(client: MlflowClient, run_id: str, artifact: str, dst: Path) -> Path:
+    """Download one artifact of the run into `dst` (a directory of ours, never a shared one); ResumeError
+    when it cannot (missing, unreadable, the server gone)."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -435,12 +436,12 @@ def download(client: MlflowClient, run_id: str, artifact: str, dst: Path) -> Pat
         raise ResumeError(f"run {run_id}: could not download {artifact}: {first_line(e)}") from e
 
 
-def download_artifact(client: MlflowClient, run_id: str, artifact: str, dst: Path) -> Path | None:
+def download_if_present(client: MlflowClient, run_id: str, artifact: str, dst: Path) -> Path | None:
     """Download one artifact of the run into `dst`; None if the run does not have it."""
     parent, _, name = artifact.rpartition("/")
     if name not in artifact_names(client, run_id, parent or None):
         return None
-    return download(client, run_id, artifact, dst)
+    return download_or_refuse(client, run_id, artifact, dst)
 
 
 def sync_history(client: MlflowClient, run_id: str, history: History) -> set[tuple[str, int]]:
