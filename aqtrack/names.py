@@ -1,7 +1,7 @@
 """Every name a run is read by: metric keys, run tags, artifact paths and the legacy report's keys,
 defined once. A reader of runs (the MLflow UI, a script, the legacy visualizer) finds them here."""
 
-# --- from metrics ---
+# --- Metric keys ---
 TRAIN_LOSS = "train_loss"
 TRAIN_ACC = "train_acc"
 VAL_LOSS = "val_loss"
@@ -44,7 +44,7 @@ SVM_VAL_F1 = "svm_val_f1"  # macro F1
 SVM_TEST_ACC = "svm_test_acc"
 SVM_TEST_F1 = "svm_test_f1"  # macro F1
 
-# --- from tracking ---
+# --- Run tags (and the run artifact every run has) ---
 # Run tags.
 TAG_RESUMED_FROM = "aqtrack.resumed_from"
 TAG_CONTINUED_IN = "aqtrack.continued_in"
@@ -68,7 +68,7 @@ TAG_CV_FOLD = "aqtrack.cv_fold"  # on a fold run: its fold, 1..K
 MLFLOW_RUN_ENV = "MLFLOW_RUN_ID"  # set by `mlflow run` for the run it created; users set it to re-attach
 DATASET_STATS_ARTIFACT = "dataset_stats.json"
 
-# --- from exports ---
+# --- Artifact paths, model names and the tag of a logged model ---
 NETWORK_MODEL = "model"  # runs:/<run id>/model
 SVM_MODEL = "svm"  # runs:/<run id>/svm
 PLOTS_DIR = "plots"
@@ -88,18 +88,18 @@ CV_PREDICTIONS = f"{CV_DIR}/oof_predictions.csv"  # out-of-fold: sample_id, subj
 CV_CONFUSION = f"{CV_DIR}/confusion_matrix.png"  # of the pooled out-of-fold predictions
 CV_FOLDS_FIGURE = f"{CV_DIR}/folds.png"  # the folds' test scores side by side
 
-# --- from checkpoint ---
+# --- Checkpoint files: in a run's local folder and under its `checkpoints/` artifacts ---
 LAST = "last.pt"
 BEST = "best_action_quality_model.pt"
 ARTIFACT_DIR = "checkpoints"  # in the MLflow run
 CHECKPOINT_EPOCH_TAG = "aqtrack.checkpoint_epoch"  # run tag: newest epoch whose last.pt is uploaded
 MANIFEST_SUFFIX = ".manifest.json"
 
-# --- from alerts ---
+# --- Gradient alerts: run tags naming the epochs ---
 TAG_GRAD_EXPLOSION_EPOCHS = "aqtrack.grad_explosion_epochs"
 TAG_GRAD_VANISHING_EPOCHS = "aqtrack.grad_vanishing_epochs"
 
-# --- from finish ---
+# --- The SVM stage's tag; the legacy report's per-epoch series and the metric each holds ---
 TAG_SVM = "aqtrack.svm"  # run tag: the settings of the SVM the run's svm_* metrics come from
 # The legacy report's names of the per-epoch metrics (the extras use the metric names themselves).
 REPORT_SERIES = {
@@ -110,7 +110,7 @@ REPORT_SERIES = {
     **{k: k for k in (TRAIN_ACC, VAL_LOSS, VAL_ACC, VAL_BALANCED_ACC, VAL_F1_MACRO)},
 }
 
-# --- from report ---
+# --- The legacy report (`experiment_report.json`, read by the existing visualizer and monitor) ---
 REPORT_FILE = "experiment_report.json"
 LEGACY_KEYS = (
     "control_losses",
@@ -123,10 +123,10 @@ LEGACY_KEYS = (
     "timestamp",
 )
 
-# --- from describe ---
+# --- MLflow's own tags that aqtrack writes ---
 NOTE_TAG = "mlflow.note.content"
 RUN_NAME_TAG = "mlflow.runName"
 
-# --- from pipeline ---
+# --- Local folders under --output-dir ---
 CHECKPOINTS_DIR = "checkpoints"  # in a run's local folder, as in the run's artifacts
 LEGACY_CHECKPOINTS = "checkpoints"  # aqtrack <= 0.1 kept local copies in <output_dir>/checkpoints/<run id>/
