@@ -653,7 +653,7 @@ def _train_in_run(
     tracker.flush()
     _link_source(client, start, run_id)
     exports.log_datasets(client, run_id, start.data, cfg.data.data_seed)
-    tracker.skip = store.sync_history(client, run_id, state.history)
+    tracker.skip_logged(store.sync_history(client, run_id, state.history))
 
     write_report = report_writer(tracker, folder, start.data.stats(), run_id)
     hooks = [

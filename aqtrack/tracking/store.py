@@ -67,7 +67,7 @@ class MlflowTracker:
     are uploaded, and an epoch costs one metadata write instead of two. Metrics logged without their
     checkpoint cannot happen; a checkpoint uploaded without its metrics is caught up on resume.
 
-    `skip` holds (key, step) pairs the run already has (see `sync_history`). When a call fails for a
+    `skip_logged` takes the (key, step) pairs the run already has (see `sync_history`). When a call fails for a
     reason that can pass (connection refused or timed out, a 5xx answer), training goes on: everything
     waits here (files stay on local disk, newest version of each name) and is sent once the server
     answers again, without the metric points it already took. After `patience` seconds without the
@@ -76,7 +76,7 @@ class MlflowTracker:
 
     def __init__(self, client: MlflowClient, run_id: str, patience: float = 600) -> None:
         self.client, self.run_id, self.patience = client, run_id, patience
-        self.skip: set[tuple[str, int]] = set()
+        self._skip: set[tuple[str, int]] = set()
         self._metrics: dict[tuple[str, int], float] = {}
         self._files: dict[tuple[str | None, str], Path] = {}  # (artifact dir, name) -> local file
         self._tags: dict[str, str] = {}
@@ -84,8 +84,12 @@ class MlflowTracker:
         self._last_try = 0.0
         self._staging: Path | None = None
 
+    def skip_logged(self, points: set[tuple[str, int]]) -> None:
+        """Never send these (key, step) points: the run has them already (a resumed history)."""
+        self._skip |= points
+
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        self._metrics.update({(k, step): float(v) for k, v in metrics.items() if (k, step) not in self.skip})
+        self._metrics.update({(k, step): float(v) for k, v in metrics.items() if (k, step) not in self._skip})
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self._files.pop((artifact_path, path.name), None)  # re-queue at the end: the order is the point
