@@ -67,8 +67,8 @@ class MlflowTracker:
     are uploaded, and an epoch costs one metadata write instead of two. Metrics logged without their
     checkpoint cannot happen; a checkpoint uploaded without its metrics is caught up on resume.
 
-    `skip_logged` takes the (key, step) pairs the run already has (see `sync_history`). When a call fails for a
-    reason that can pass (connection refused or timed out, a 5xx answer), training goes on: everything
+    `skip_logged` takes the (key, step) pairs the run already has (see `sync_history`). When a call fails
+    for a reason that can pass (connection refused or timed out, a 5xx answer), training goes on: everything
     waits here (files stay on local disk, newest version of each name) and is sent once the server
     answers again, without the metric points it already took. After `patience` seconds without the
     server, `flush()` raises `TrackingLost`.
