@@ -63,5 +63,8 @@ def tiny(tmp_path: Path) -> dict:
         "epochs_per_round": 2,
         "batch_size": 16,
         "checkpoint_interval": 2,
+        # Every epoch published: tests count points, uploads and crash points epoch by epoch
+        # (tests/test_publishing.py tests the budget itself).
+        "publish_interval": 0,
         "output_dir": str(tmp_path / "outputs"),
     }

@@ -36,6 +36,7 @@ SETTINGS = {
     "epochs_per_round": 3,
     "batch_size": 16,
     "checkpoint_interval": 2,
+    "publish_interval": 0,  # every epoch published: the kill points count uploads epoch by epoch
 }
 EPOCHS = SETTINGS["rounds"] * SETTINGS["epochs_per_round"]
 BATCHES_PER_EPOCH = SETTINGS["n_train"] // SETTINGS["batch_size"]
@@ -78,11 +79,13 @@ def reference(tmp_path_factory: pytest.TempPathFactory, empty_store: Path) -> tu
         return outcome(run.info.run_id, root / "out", root)
 
 
-def kill_then_resume(tmp_path: Path, kills: list[str], same_dir: bool = False) -> tuple[str, Path, str]:
+def kill_then_resume(
+    tmp_path: Path, kills: list[str], same_dir: bool = False, settings: dict = SETTINGS
+) -> tuple[str, Path, str]:
     """Start a run, kill it at each point in turn (each resume may be killed again), then finish it.
     Returns the run id, the last output dir and what the resumes printed."""
     out = tmp_path / "out0"
-    done = aqtrack(tmp_path, "train", *flags({**SETTINGS, "output_dir": out}), kill_at=kills[0])
+    done = aqtrack(tmp_path, "train", *flags({**settings, "output_dir": out}), kill_at=kills[0])
     assert done.returncode == -signal.SIGKILL, f"not killed at {kills[0]}: {done.stderr[-3000:]}"
     client = MlflowClient()
     (run,) = client.search_runs([client.get_experiment_by_name("action-quality").experiment_id])
@@ -139,6 +142,27 @@ def test_killed_at_a_point_then_resumed_ends_as_if_never_killed(
     run_id, out, said = kill_then_resume(tmp_path, [kill], same_dir=kill == "upload-best:1")
     assert first_epoch_trained(said) == resumes_at, said[-3000:]
     assert re.search(resume_says, said), said[-3000:]
+    assert_as_if_never_killed(run_id, out, reference, tmp_path)
+
+
+# Within a publishing budget longer than the run: epoch 1 is published as soon as it ends, epochs 2-6
+# wait for the end of training. A kill in between loses nothing measured: on the same machine the resume
+# publishes the local checkpoint (and the history it holds) first; on another machine it retrains the
+# epochs since epoch 1, bit-exactly.
+@pytest.mark.parametrize(
+    ("kill", "same_dir", "resumes_at"),
+    [
+        ("checkpoint-local:4", True, 5),  # epoch 4 checkpointed locally, only epoch 1 published
+        ("checkpoint-local:4", False, 2),  # the same, resumed where only the published epoch 1 is
+        ("evaluate:6", False, 2),  # mid-epoch 6 on another machine
+    ],
+)
+def test_killed_between_two_publishes_then_resumed_ends_as_if_never_killed(
+    tmp_path, reference, kill, same_dir, resumes_at
+):
+    budget = {**SETTINGS, "publish_interval": 300}
+    run_id, out, said = kill_then_resume(tmp_path, [kill], same_dir=same_dir, settings=budget)
+    assert first_epoch_trained(said) == resumes_at, said[-3000:]
     assert_as_if_never_killed(run_id, out, reference, tmp_path)
 
 

@@ -60,8 +60,12 @@ def val_acc_steps(run_id: str) -> list[int]:
     return sorted(m.step for m in MlflowClient().get_metric_history(run_id, "val_acc"))
 
 
-def test_sigterm_stops_after_a_fully_published_epoch_marks_the_run_killed_and_it_resumes(tiny, tmp_path):
-    settings = {**tiny, "rounds": 1, "epochs_per_round": 40}
+# 300 s: a publishing budget longer than the run, so the stop itself publishes the epochs since epoch 1.
+@pytest.mark.parametrize("publish_interval", [0, 300])
+def test_sigterm_stops_after_a_fully_published_epoch_marks_the_run_killed_and_it_resumes(
+    tiny, tmp_path, publish_interval
+):
+    settings = {**tiny, "rounds": 1, "epochs_per_round": 40, "publish_interval": publish_interval}
     process = start_training(tmp_path, *flags(settings))
     run_id = wait_for_epoch(process, 3)
 

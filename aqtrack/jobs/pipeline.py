@@ -27,7 +27,7 @@ import math
 import os
 import socket
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -639,7 +639,9 @@ def _train_in_run(
     state.run_id = run_id
     folder = run_directory(cfg.run.output_dir, run_id)
     local = folder / CHECKPOINTS_DIR
-    tracker = store.MlflowTracker(client, run_id, patience=cfg.run.tracking_patience)
+    tracker = store.MlflowTracker(
+        client, run_id, patience=cfg.run.tracking_patience, interval=cfg.run.publish_interval
+    )
     # First the files the run starts from (each before its manifest, then the checkpoint-epoch tag),
     # then what the run is; the links to the source run go out last, once this run is whole.
     files, epoch_tag = _starting_files(client, run_id, start, local, tmp)
@@ -664,7 +666,7 @@ def _train_in_run(
     ]
     trained_before = state.epoch
     try:
-        with Progress(cfg.train, trained_before) as progress:
+        with Progress(cfg.train, trained_before) as progress, _published_when_stopping(tracker):
             fit(start.trainer, state, tracker, local, on_epoch_end=[*hooks, progress])
         if state.epoch == trained_before:  # killed after its last epoch: only the wrapping-up is left
             log.info("run %s: all %d epochs were already trained; finishing it", run_id, state.epoch)
@@ -679,6 +681,23 @@ def _train_in_run(
             f"`aqtrack train --resume {run_id}` continues from it once the server is back"
         ) from e
     return _result(run_id, state, cfg, start.source, test)
+
+
+@contextlib.contextmanager
+def _published_when_stopping(tracker: store.MlflowTracker) -> Iterator[None]:
+    """Whatever stops the training (Ctrl-C, SIGTERM, a diverged epoch, a bug), the epochs it completed
+    and queued within the publishing budget are sent before the run is marked: one try, no waiting for
+    an absent server (a resume publishes the local checkpoints then)."""
+    try:
+        yield
+    except TrackingLost:
+        raise
+    except BaseException:
+        try:
+            tracker.flush(force=True)
+        except Exception as e:  # the first error is the one to report
+            log.warning("could not publish the last epochs before stopping: %s", first_line(e))
+        raise
 
 
 def _starting_files(client, run_id: str, start: _Start, local: Path, tmp: Path) -> tuple[list[Path], int]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -60,12 +61,19 @@ PROBE_TIMEOUT_S = 3.0
 
 
 class MlflowTracker:
-    """Logs to one MLflow run in one round per epoch, riding out a tracking server that stops answering.
+    """Logs to one MLflow run within a publishing budget, riding out a tracking server that stops
+    answering.
 
     Calls are queued and sent by `flush()`: first the files (each checkpoint, then its manifest), then
     the metrics and tags in one `log_batch`, so the checkpoint-epoch tag moves only once its files
-    are uploaded, and an epoch costs one metadata write instead of two. Metrics logged without their
-    checkpoint cannot happen; a checkpoint uploaded without its metrics is caught up on resume.
+    are uploaded. Metrics logged without their checkpoint cannot happen; a checkpoint uploaded without
+    its metrics is caught up on resume. The loop flushes every epoch, but a publish happens at most once
+    every `interval` seconds (`--publish-interval`): the epochs in between go out together with the next
+    one (each metric point at its own step; of a file rewritten every epoch, such as last.pt, only the
+    newest version), and `drain()` (the end of training, before the finishing stage) or
+    `flush(force=True)` (a stop) sends everything. MLflow's view of a run is so at most `interval`
+    seconds plus one epoch behind; a resume on this machine publishes the newer local checkpoints first,
+    one on another machine retrains the epochs since the last publish.
 
     `skip_logged` takes the (key, step) pairs the run already has (see `sync_history`). When a call fails
     for a reason that can pass (connection refused or timed out, a 5xx answer), training goes on: everything
@@ -74,8 +82,12 @@ class MlflowTracker:
     server, `flush()` raises `TrackingLost`.
     """
 
-    def __init__(self, client: MlflowClient, run_id: str, patience: float = 600) -> None:
+    def __init__(
+        self, client: MlflowClient, run_id: str, patience: float = 600, interval: float = 0.0
+    ) -> None:
         self.client, self.run_id, self.patience = client, run_id, patience
+        self.interval = interval  # the least seconds between two publishes (`flush` keeps the rest queued)
+        self._published = -math.inf  # time.monotonic() of the last publish
         self._skip: set[tuple[str, int]] = set()
         self._metrics: dict[tuple[str, int], float] = {}
         self._files: dict[tuple[str | None, str], Path] = {}  # (artifact dir, name) -> local file
@@ -99,9 +111,12 @@ class MlflowTracker:
         self._tags.update({k: str(v) for k, v in tags.items()})
         self._tags[TAG_HEARTBEAT] = str(int(time.time()))
 
-    def flush(self) -> None:
-        """Send what is queued, or keep it for later if the server is away (within the patience)."""
+    def flush(self, force: bool = False) -> None:
+        """Send what is queued, unless the last publish was under `interval` seconds ago (`force`: send
+        anyway); keep it for later if the server is away (within the patience)."""
         now = time.monotonic()
+        if not force and not self.offline and now - self._published < self.interval:
+            return  # the publishing budget: this epoch goes out with a later one
         if self.offline and (now - self._last_try < PROBE_INTERVAL_S or not self._server_answers()):
             self._check_patience(now)
             return
@@ -121,16 +136,17 @@ class MlflowTracker:
                 )
             self._check_patience(self._last_try)
         else:
+            self._published = now
             if self.offline:
                 log.warning("tracking server back after %.0f s: caught up", now - self._offline_since)
                 self._offline_since = None
 
     def drain(self) -> None:
         """Before the run is closed: wait, within the patience, until everything queued is sent."""
-        self.flush()
+        self.flush(force=True)
         while self.offline:
             time.sleep(PROBE_INTERVAL_S)
-            self.flush()
+            self.flush(force=True)
         if self._staging is not None:
             shutil.rmtree(self._staging, ignore_errors=True)
             self._staging = None
