@@ -214,7 +214,7 @@ def summarise(results: dict, epoch_s: float) -> None:
     import statistics
 
     print(f"\none default epoch (train + evaluate), median: {epoch_s * 1000:.0f} ms")
-    forward = {}
+    forward, figures = {}, {}
     for store, r in results.items():
         rows, steps = r["rows"], r["steps"]
         forward[store] = h.median(rows, "default")
@@ -233,17 +233,25 @@ def summarise(results: dict, epoch_s: float) -> None:
             print(f"  {step:<34} {h.median(r['startup'], step):5.2f} s")
         target = "met" if forward[store] < 1.0 else "NOT met"
         print(f"[{store}] default resume < 1 s after imports: {target}")
-        print(f"[{store}] default resume / one epoch: {h.median(rows, 'default') / epoch_s:.2f}x")
-        print(f"[{store}] large / default resume: {h.median_ratio(rows, 'large', 'default'):.2f}x")
-        print(
-            f"[{store}] CLI large / CLI default: {h.median_ratio(r['cli'], 'cli large', 'cli default'):.2f}x"
-        )
+        store_figures = {
+            f"{store}_resume_ms": forward[store] * 1000,
+            f"{store}_resume_over_epoch": forward[store] / epoch_s,
+            f"{store}_large_over_default": h.median_ratio(rows, "large", "default"),
+            f"{store}_cli_s": h.median(r["cli"], "cli default"),
+            f"{store}_cli_large_over_default": h.median_ratio(r["cli"], "cli large", "cli default"),
+        }
+        figures |= store_figures
+        print(f"[{store}] default resume / one epoch: {store_figures[f'{store}_resume_over_epoch']:.2f}x")
+        print(f"[{store}] large / default resume: {store_figures[f'{store}_large_over_default']:.2f}x")
+        print(f"[{store}] CLI large / CLI default: {store_figures[f'{store}_cli_large_over_default']:.2f}x")
         for name, spent in r["spent"].items():
             print(f"[{store}] where the {name} resume's time goes (mean over {r['pairs']} resumes):")
             for line in h.breakdown(spent, r["pairs"], "resume"):
                 print(line)
     if len(forward) == 2:
-        print(f"\ndefault resume, HTTP / sqlite: {forward['http'] / forward['sqlite']:.2f}x")
+        figures["http_over_sqlite"] = forward["http"] / forward["sqlite"]
+        print(f"\ndefault resume, HTTP / sqlite: {figures['http_over_sqlite']:.2f}x")
+    h.result(**figures, epoch_ms=epoch_s * 1000)
 
 
 if __name__ == "__main__":

@@ -118,8 +118,11 @@ def main() -> None:
             top = ", ".join(f"{m} {t / 1000:.0f} ms" for t, m in slowest)
             print(f"  {name:<26} {', '.join(heavy) or 'none'}  (slowest top-level imports: {top})")
         after = refusal(cmds["aqtrack --help"][0])
-        help_s = h.median(rows, "aqtrack --help")
-        print(f"RESULT help_s={help_s:.3f} refusal_after_imports_s={after:.3f}")
+        h.result(
+            help_s=h.median(rows, "aqtrack --help"),
+            help_over_pass=h.median_ratio(rows, "aqtrack --help", base),
+            refusal_after_imports_s=after,
+        )
 
 
 if __name__ == "__main__":

@@ -9,9 +9,9 @@ and timed from the first epoch to the end of the run:
           report written and uploaded; the run is closed at the end
   http    the same against a real `mlflow server` on 127.0.0.1 (own sqlite store, artifacts proxied)
 
-It prints tracked/null ratios (targets: <= 1.03x on sqlite, <= 1.05x over HTTP) and, timed inside the
-tracked runs themselves (so machine noise cancels out), the share of wall time spent in MLflow calls,
-with a breakdown per call.
+It prints tracked/null ratios (targets: `TARGETS` in run_all.py) and, timed inside the tracked runs
+themselves (so machine noise cancels out), the share of wall time spent in MLflow calls, with a
+breakdown per call.
 
     python benchmarks/tracking_overhead.py [--epochs 30] [--pairs 7] [--quick]
 """
@@ -100,12 +100,14 @@ def measure(settings: dict, pairs: int, tmp: Path, url: str) -> None:
     epochs = cfg.train.total_epochs
     print(f"\n{epochs} epochs x {pairs} alternating triples, default model and data")
     print(f"null run (no tracking), median: {h.median(rows, 'null') / epochs * 1000:.1f} ms per epoch")
-    for name, target in (("sqlite", 1.03), ("http", 1.05)):
+    figures = {}
+    for name in ("sqlite", "http"):
         r = h.median_ratio(rows, name, "null")
         s = spent[name]
         mlflow_share = s.total("mlflow.") / s.seconds["wall"]
+        figures |= {f"{name}_over_null": r, f"{name}_mlflow_share": mlflow_share}
         spread = h.ratio_range(rows, name, "null")
-        print(f"\n[{name}] tracked / null (target <= {target}x; pairs {spread}): {r:.3f}x")
+        print(f"\n[{name}] tracked / null (pairs {spread}): {r:.3f}x")
         print(f"[{name}] share of tracked wall time inside MLflow calls: {mlflow_share:.1%}")
         print(f"[{name}] estimate from that share, wall / (wall - MLflow): {1 / (1 - mlflow_share):.3f}x")
         runs = s.calls["wall"]
@@ -114,6 +116,8 @@ def measure(settings: dict, pairs: int, tmp: Path, url: str) -> None:
             s, runs * epochs, "epoch", "local:"
         ):
             print(line)
+    per_epoch = {f"epoch_ms_{name}": h.median(rows, name) / epochs * 1000 for name in rows[0]}
+    h.result(**figures, **per_epoch)
 
 
 def _timed(spent: h.Spent, key: str, fn, *args, **kwargs):

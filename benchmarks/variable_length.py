@@ -115,7 +115,12 @@ def report(rows: list[dict[str, float]], fraction: float, whole: float, mean_len
     print(f"padding alone would predict variable / fixed: {1 / (1 - fraction):.3f}x")
     ratio = h.median_ratio(rows, "variable", "fixed")
     print(f"variable / fixed (pairs {h.ratio_range(rows, 'variable', 'fixed')}): {ratio:.3f}x")
-    print(f"RESULT padded_fraction={fraction:.3f} epoch_time_ratio={ratio:.3f}")
+    h.result(
+        padded_fraction=fraction,
+        epoch_time_ratio=ratio,
+        epoch_ms_variable=h.median(rows, "variable") * 1000,
+        epoch_ms_fixed=h.median(rows, "fixed") * 1000,
+    )
 
 
 if __name__ == "__main__":
