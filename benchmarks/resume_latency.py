@@ -198,9 +198,9 @@ def measure(uri: str, variants: dict[str, dict], pairs: int, out: Path) -> dict:
 # interpreter (MLFLOW_TRACKING_URI is the store being measured).
 CLI_STARTUP = {
     "python -c pass": "pass",
-    "import aqtrack.pipeline (torch)": "import aqtrack.pipeline",
-    "+ import mlflow": "import aqtrack.pipeline, mlflow",
-    "+ store.connect()": "import aqtrack.pipeline; from aqtrack import tracking; store.connect()",
+    "import aqtrack.jobs.pipeline (torch)": "import aqtrack.jobs.pipeline",
+    "+ import mlflow": "import aqtrack.jobs.pipeline, mlflow",
+    "+ store.connect()": "import aqtrack.jobs.pipeline; from aqtrack.tracking import store; store.connect()",
 }
 
 

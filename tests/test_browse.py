@@ -13,6 +13,7 @@ import aqtrack
 from aqtrack import names
 from aqtrack.cli import main
 from aqtrack.names import METRIC_KEYS
+from aqtrack.tracking import store
 from aqtrack.tracking.lock import run_lock
 
 
@@ -193,13 +194,13 @@ def test_bad_browse_input_is_one_error_line_after_at_most_one_lookup(
     """Refused on the first answer: no lookup is repeated, and flags that are wrong by themselves are
     refused before the store is opened."""
     calls: list[str] = []
-    connect = tracking.connect
+    connect = store.connect
 
     def counting_connect():
         calls.append("connect")
         return CountingClient(connect(), calls)
 
-    monkeypatch.setattr(tracking, "connect", counting_connect)
+    monkeypatch.setattr(store, "connect", counting_connect)
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"aqtrack: error: {message}"), err
