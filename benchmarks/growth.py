@@ -37,10 +37,17 @@ def main() -> None:
     p.add_argument("--late", type=int, default=2995, help="epochs already in the run, late")
     p.add_argument("--epochs", type=int, default=10, help="real epochs trained and timed after them")
     p.add_argument("--pairs", type=int, default=5)
+    p.add_argument(
+        "--publish-interval", type=float, default=None, help="seconds (default: aqtrack's, 0: every epoch)"
+    )
     p.add_argument("--sizes", default="1,10,100", help="checkpoint sizes in MB for the upload part")
     p.add_argument("--only", choices=("epochs", "upload"), help="run only part 1 (epochs) or 2 (upload)")
     args = p.parse_args()
     h.set_threads(args.threads)
+    if args.publish_interval is None:
+        from aqtrack.config import Config
+
+        args.publish_interval = Config().run.publish_interval
     settings: dict = {}
     if args.quick:
         args.late, args.epochs, args.pairs, args.sizes = 30, 2, 1, "1,2"
@@ -110,7 +117,9 @@ def per_epoch_growth(client, store: str, settings: dict, args, tmp: Path) -> dic
             client.log_batch(run_id, metrics=points[i : i + store.MAX_METRICS_PER_BATCH])
         out = tmp / run_id
         current[0] = spent[name]
-        tracker = store.MlflowTracker(h.TimedClient(client, spent[name]), run_id)
+        tracker = store.MlflowTracker(
+            h.TimedClient(client, spent[name]), run_id, interval=args.publish_interval
+        )
         hook = report.report_writer(tracker, out, stats, run_id)
         before_tracking = _tracking(spent[name])
         start = time.perf_counter()

@@ -4,9 +4,9 @@ Three variants of the same seeded training (default model and data, 30 epochs by
 and timed from the first epoch to the end of the run:
   null    aqtrack's loop (`loop.fit`) with a `NullTracker`: checkpoint files every epoch, no tracking
   sqlite  the same loop tracked in an embedded sqlite store: the run's params, tags and dataset stats,
-          then every epoch one metrics batch, the checkpoint uploads of the default policy (last.pt
-          every epoch, best on improvement, periodic every 10), the checkpoint-epoch tag and the legacy
-          report written and uploaded; the run is closed at the end
+          then, within aqtrack's publishing budget (`--publish-interval`), the epochs' metrics batches,
+          the checkpoint uploads of the default policy (last.pt, best on improvement, periodic every 10),
+          the checkpoint-epoch tag and the legacy report (written locally every epoch); closed at the end
   http    the same against a real `mlflow server` on 127.0.0.1 (own sqlite store, artifacts proxied)
 
 It prints tracked/null ratios (targets: `TARGETS` in run_all.py) and, timed inside the tracked runs
@@ -30,11 +30,16 @@ def main() -> None:
     p = h.parser(__doc__)
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--pairs", type=int, default=7)
+    p.add_argument(
+        "--publish-interval", type=float, default=None, help="seconds (default: aqtrack's, 0: every epoch)"
+    )
     args = p.parse_args()
     h.set_threads(args.threads)
     settings = {"rounds": 1, "epochs_per_round": args.epochs}
     if args.quick:
         args.pairs, settings = 1, {"rounds": 1, "epochs_per_round": 2, "n_train": 64, "n_val": 32}
+    if args.publish_interval is not None:
+        settings["publish_interval"] = args.publish_interval
     with h.scratch("tracking") as tmp, h.mlflow_server(tmp / "server") as url:
         measure(settings, args.pairs, tmp, url)
 
@@ -78,7 +83,7 @@ def measure(settings: dict, pairs: int, tmp: Path, url: str) -> None:
         else:
             client = h.TimedClient(clients[name], spent[name])
             run_id = client.create_run(experiments[name]).info.run_id
-            tracker = store.MlflowTracker(client, run_id)
+            tracker = store.MlflowTracker(client, run_id, interval=cfg.run.publish_interval)
             tracker.log_params(cfg.to_dict())
             tracker.set_tags({names.TAG_DATA_SOURCE: data.source, names.TAG_ROUNDS: str(cfg.train.rounds)})
             tracker.log_json(stats, names.DATASET_STATS_ARTIFACT)
