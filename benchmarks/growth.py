@@ -75,13 +75,13 @@ def per_epoch_growth(client, store: str, settings: dict, args, tmp: Path) -> dic
     from aqtrack.data.dataset import load_configured
     from aqtrack.names import LAST, REPORT_FILE
     from aqtrack.outputs import report
-    from aqtrack.tracking import store
+    from aqtrack.tracking import store as tracking
     from aqtrack.training import loop
     from aqtrack.training.checkpoint import History, TrainState
 
     data = load_configured(Config.from_dict(settings).data)
     stats = data.stats()
-    experiment = store.get_or_create_experiment(client, "growth")
+    experiment = tracking.get_or_create_experiment(client, "growth")
     probe = loop.build_trainer(Config.from_dict(settings), data, torch.device("cpu"))
     metrics, batch_losses = loop.train_one_epoch(probe)  # the one real epoch that is repeated
     metrics.update(loop.evaluate(probe.model, probe.val_loader, probe.device).metrics("val"))
@@ -113,11 +113,11 @@ def per_epoch_growth(client, store: str, settings: dict, args, tmp: Path) -> dic
         state.best_score, state.best_epoch = metrics["val_acc"], before
         run_id = client.create_run(experiment).info.run_id
         points = [Metric(k, v, 0, step) for k, vs in history.metrics.items() for step, v in enumerate(vs, 1)]
-        for i in range(0, len(points), store.MAX_METRICS_PER_BATCH):
-            client.log_batch(run_id, metrics=points[i : i + store.MAX_METRICS_PER_BATCH])
+        for i in range(0, len(points), tracking.MAX_METRICS_PER_BATCH):
+            client.log_batch(run_id, metrics=points[i : i + tracking.MAX_METRICS_PER_BATCH])
         out = tmp / run_id
         current[0] = spent[name]
-        tracker = store.MlflowTracker(
+        tracker = tracking.MlflowTracker(
             h.TimedClient(client, spent[name]), run_id, interval=args.publish_interval
         )
         hook = report.report_writer(tracker, out, stats, run_id)

@@ -511,8 +511,8 @@ def test_the_output_csv_is_the_returned_table_and_is_replaced_whole_or_not_at_al
     table = aqtrack.predict(store.run_id, path, output=out)
     pd.testing.assert_frame_equal(pd.read_csv(out, dtype={"sample_id": str}), table)
 
-    def full_disk(self, target, **kwargs):
-        Path(target).write_text("sample_id,pre")  # half a file, then the disk is full
+    def full_disk(self, target, **kwargs):  # target: the open temporary file (aqtrack.atomic)
+        target.write(b"sample_id,pre")  # half a file, then the disk is full
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(pd.DataFrame, "to_csv", full_disk)

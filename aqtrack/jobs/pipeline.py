@@ -685,16 +685,16 @@ def _train_in_run(
 
 @contextlib.contextmanager
 def _published_when_stopping(tracker: store.MlflowTracker) -> Iterator[None]:
-    """Whatever stops the training (Ctrl-C, SIGTERM, a diverged epoch, a bug), the epochs it completed
-    and queued within the publishing budget are sent before the run is marked: one try, no waiting for
-    an absent server (a resume publishes the local checkpoints then)."""
+    """Whatever stops the training (Ctrl-C, SIGTERM, a diverged epoch, a bug), the epochs the publishing
+    budget held back are sent before the run is marked (`MlflowTracker.publish_held`); if that fails,
+    a resume publishes them from the local checkpoints."""
     try:
         yield
     except TrackingLost:
         raise
     except BaseException:
         try:
-            tracker.flush(force=True)
+            tracker.publish_held()
         except Exception as e:  # the first error is the one to report
             log.warning("could not publish the last epochs before stopping: %s", first_line(e))
         raise

@@ -87,7 +87,8 @@ class MlflowTracker:
     ) -> None:
         self.client, self.run_id, self.patience = client, run_id, patience
         self.interval = interval  # the least seconds between two publishes (`flush` keeps the rest queued)
-        self._published = -math.inf  # time.monotonic() of the last publish
+        self._published = -math.inf  # time.monotonic() of the last publish of metrics (an epoch's)
+        self._held = False  # the budget kept queued epochs back since that publish
         self._skip: set[tuple[str, int]] = set()
         self._metrics: dict[tuple[str, int], float] = {}
         self._files: dict[tuple[str | None, str], Path] = {}  # (artifact dir, name) -> local file
@@ -116,10 +117,12 @@ class MlflowTracker:
         anyway); keep it for later if the server is away (within the patience)."""
         now = time.monotonic()
         if not force and not self.offline and now - self._published < self.interval:
+            self._held = True
             return  # the publishing budget: this epoch goes out with a later one
         if self.offline and (now - self._last_try < PROBE_INTERVAL_S or not self._server_answers()):
             self._check_patience(now)
             return
+        epochs = bool(self._metrics)  # the budget counts publishes of epochs, not the run's set-up
         try:
             self._send()
         except Exception as e:
@@ -136,10 +139,18 @@ class MlflowTracker:
                 )
             self._check_patience(self._last_try)
         else:
-            self._published = now
+            if epochs:
+                self._published, self._held = now, False
             if self.offline:
                 log.warning("tracking server back after %.0f s: caught up", now - self._offline_since)
                 self._offline_since = None
+
+    def publish_held(self) -> None:
+        """On a stop: send at once the epochs the budget held back (with whatever the stopped epoch had
+        queued, its checkpoint written); one try, no waiting for an absent server. Without the budget
+        holding anything back, a stop publishes nothing the loop had not flushed."""
+        if self._held:
+            self.flush(force=True)
 
     def drain(self) -> None:
         """Before the run is closed: wait, within the patience, until everything queued is sent."""
