@@ -305,8 +305,8 @@ def _named(e: AqtrackError, mlproject: bool) -> str:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from aqtrack.interrupts import launcher_process, stop_when_gone
-    from aqtrack.pipeline import train
+    from aqtrack.jobs.pipeline import train
+    from aqtrack.training.interrupts import launcher_process, stop_when_gone
 
     origin = {"resume", "fork", "fork_epoch", "command", "quiet", "from_mlproject"}
     settings: dict[str, Any] = {k: v for k, v in vars(args).items() if k not in origin}
@@ -334,8 +334,8 @@ def summary(result) -> str:
 
 
 def _cv(args: argparse.Namespace) -> int:
-    from aqtrack.crossval import cross_validate
-    from aqtrack.interrupts import launcher_process, stop_when_gone
+    from aqtrack.jobs.crossval import cross_validate
+    from aqtrack.training.interrupts import launcher_process, stop_when_gone
 
     origin = {"resume", "jobs", "command", "quiet", "from_mlproject"}
     settings: dict[str, Any] = {k: v for k, v in vars(args).items() if k not in origin}
@@ -349,7 +349,7 @@ def _cv(args: argparse.Namespace) -> int:
 
 
 def _cv_summary(result) -> str:
-    from aqtrack.metrics import CV_MEAN, CV_STD, TEST_KEYS
+    from aqtrack.names import CV_MEAN, CV_STD, TEST_KEYS
 
     lines = []
     if result.folds:
@@ -370,14 +370,14 @@ def _cv_summary(result) -> str:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from aqtrack.pipeline import rebuild_report
+    from aqtrack.jobs.pipeline import rebuild_report
 
     print(rebuild_report(args.run_id, args.output_dir))
     return 0
 
 
 def _runs(args: argparse.Namespace) -> int:
-    from aqtrack.browse import format_runs, runs_table
+    from aqtrack.tracking.browse import format_runs, runs_table
 
     if args.all and args.experiment:
         raise ConfigError("runs: pass --experiment NAME or --all, not both")
@@ -386,7 +386,7 @@ def _runs(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from aqtrack.browse import show_run
+    from aqtrack.tracking.browse import show_run
 
     if args.tail < 1:
         raise ConfigError(f"show: --tail must be >= 1 (got {args.tail})")
@@ -395,7 +395,7 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _svm(args: argparse.Namespace) -> int:
-    from aqtrack.finish import fit_svm
+    from aqtrack.jobs.refit import fit_svm
 
     result = fit_svm(args.run_id, c=args.c, kernel=args.kernel)
     print(
@@ -406,8 +406,8 @@ def _svm(args: argparse.Namespace) -> int:
 
 
 def _plot(args: argparse.Namespace) -> int:
-    from aqtrack.finish import plot_curves
-    from aqtrack.plots import save_png
+    from aqtrack.jobs.curves import plot_curves
+    from aqtrack.outputs.plots import save_png
 
     figure = plot_curves(args.source)
     try:
@@ -418,7 +418,7 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from aqtrack.predictions import score
+    from aqtrack.jobs.predictions import score
 
     result = score(args.source, args.file, args.output)
     if args.output is not None:

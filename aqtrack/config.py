@@ -22,7 +22,7 @@ MISSING_POLICIES = ("interpolate", "refuse")
 LOSO = "loso"  # --folds loso: leave one subject out, one fold per subject
 SVM_KERNELS = ("rbf", "linear", "poly", "sigmoid")
 CLASS_WEIGHTS = ("none", "balanced")
-SELECT_BY = ("val_acc", "val_balanced_acc", "val_f1_macro")  # aqtrack.metrics.SELECTABLE
+SELECT_BY = ("val_acc", "val_balanced_acc", "val_f1_macro")  # aqtrack.training.scores.SELECTABLE
 TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
 
@@ -251,6 +251,12 @@ class RunConfig:
         "wait locally and are sent when it is back) before it stops; 0 = stop at the first failure",
         check=_at_least(0),
     )
+    publish_interval: float = option(
+        5.0,
+        "least seconds between two publishes to MLflow (metrics, checkpoints, tags): epochs in between are "
+        "sent together; local checkpoints are still written every epoch; 0 = publish every epoch",
+        check=(lambda v: 0 <= v <= 300, "between 0 and 300 seconds (a run silent for 900 s counts as dead)"),
+    )
     register: str = option("", "register the best network in the MLflow model registry under this name")
     system_metrics: bool = option(False, "log CPU, memory (and GPU) usage as MLflow system metrics")
 
@@ -269,7 +275,8 @@ SECTIONS: dict[str, type] = {
 # Settings that may change when a run is resumed; all others must match the checkpoint (see `resumed`).
 RESUMABLE = frozenset(
     {"rounds", "checkpoint_interval", "num_workers", "output_dir", "experiment", "run_name"}
-    | {"tracking_patience", "device", "svm", "svm_c", "svm_kernel", "register", "system_metrics"}
+    | {"tracking_patience", "publish_interval", "device", "svm", "svm_c", "svm_kernel", "register"}
+    | {"system_metrics"}
 )
 
 
@@ -358,7 +365,7 @@ def resumed(saved: Config, given: dict[str, Any]) -> Config:
 # since its finished folds keep theirs (`rounds` and the SVM's settings included).
 CV_RESUMABLE = frozenset(
     {"checkpoint_interval", "num_workers", "output_dir", "experiment", "run_name", "tracking_patience"}
-    | {"device", "system_metrics"}
+    | {"publish_interval", "device", "system_metrics"}
 )
 
 

@@ -48,3 +48,17 @@ class TrainingDiverged(AqtrackError):
 
 class DistributedError(AqtrackError):
     """Another training process (under torchrun) stopped or could not be reached."""
+
+
+def first_line(e: BaseException) -> str:
+    """The first non-empty line of `e`'s message, or its type's name when it has none (`ValueError()`)."""
+    for line in str(e).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(e).__name__
+
+
+def described(e: BaseException) -> str:
+    """`Type: first line of the message`, or just `Type` when the message is empty."""
+    text = first_line(e)
+    return type(e).__name__ if text == type(e).__name__ else f"{type(e).__name__}: {text}"

@@ -5,6 +5,9 @@ Not a benchmark itself (tests/test_benchmarks.py runs `benchmarks/[!_]*.py`). Th
 
 Absolute times drift by tens of percent on a shared machine, so every script compares variants that run
 alternately in one process (A B, then B A, ...) and reports the median of the per-pair ratios.
+
+Every script ends its output with one `RESULT name=value ...` line (`result`), which `run_all.py` reads
+back (`parse_result`): the one place that format is written and read.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import argparse
 import contextlib
 import logging
 import os
+import re
 import signal
 import socket
 import statistics
@@ -160,6 +164,36 @@ def ratio_range(rows: list[dict[str, float]], a: str, b: str) -> str:
 
 def median(rows: list[dict[str, float]], key: str) -> float:
     return statistics.median(r[key] for r in rows)
+
+
+RESULT_NAME = re.compile(r"[a-z][a-z0-9_]*")
+
+
+def result(**values: float) -> None:
+    """Print the script's last line, `RESULT name=value ...`: its ratios (names `a_over_b`) and any
+    figures worth keeping, named with their unit (`epoch_ms_null`, `help_s`). Floats get 3 decimals."""
+    bad = [name for name in values if not RESULT_NAME.fullmatch(name)]
+    if bad:
+        raise ValueError(f"RESULT names must be lowercase identifiers: {bad}")
+    fields = (f"{name}={v}" if isinstance(v, int) else f"{name}={v:.3f}" for name, v in values.items())
+    print("RESULT " + " ".join(fields), flush=True)
+
+
+def parse_result(line: str) -> dict[str, float] | None:
+    """{name: value} from a `RESULT name=value ...` line, or None when the line is not one."""
+    words = line.split()
+    if len(words) < 2 or words[0] != "RESULT":
+        return None
+    values = {}
+    for word in words[1:]:
+        name, sep, value = word.partition("=")
+        if not sep or not RESULT_NAME.fullmatch(name) or name in values:
+            return None
+        try:
+            values[name] = float(value)
+        except ValueError:
+            return None
+    return values
 
 
 class Spent:

@@ -51,7 +51,7 @@ def main() -> None:
 
 def measure(settings: dict, k: int, pairs: int, jobs: int) -> None:
     import aqtrack
-    from aqtrack import crossval, pipeline
+    from aqtrack.jobs import crossval, pipeline
 
     spent = h.Spent()
     pipeline.fit = spent.wrap("fit", pipeline.fit)  # each fold's epoch loop
@@ -104,10 +104,12 @@ def measure(settings: dict, k: int, pairs: int, jobs: int) -> None:
         (f"jobs {jobs} / cv", jobs_over_cv, ("jobs", "cv")),
     ):
         print(f"{label + ':':<38} (pairs {h.ratio_range(rows, a, b)}) {ratio:.3f}x")
-    print(
-        f"RESULT k={k} cv_over_loops={over_loops:.3f} cv_over_fold_runs={over_folds:.3f} "
-        f"cv_over_separate={over_separate:.3f} "
-        f"jobs_over_cv={jobs_over_cv:.3f}"
+    h.result(
+        k=k,
+        cv_over_loops=over_loops,
+        cv_over_fold_runs=over_folds,
+        cv_over_separate=over_separate,
+        jobs_over_cv=jobs_over_cv,
     )
 
 

@@ -13,53 +13,42 @@ and inside MLflow calls (timed in the same run, so machine noise cancels out):
 
 from __future__ import annotations
 
-import argparse
-import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
+import _harness as h
 import torch
 
 
 def main() -> None:
-    raw = argparse.RawDescriptionHelpFormatter
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=raw)
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--pairs", type=int, default=7)
-    parser.add_argument("--quick", action="store_true", help="a tiny smoke run (no meaningful numbers)")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch intra-op threads (see benchmarks/README.md); 0 = default",
-    )
-    args = parser.parse_args()
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    p = h.parser(__doc__)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--pairs", type=int, default=7)
+    args = p.parse_args()
+    h.set_threads(args.threads)
     settings = {"rounds": 1, "epochs_per_round": args.epochs}
     if args.quick:
         args.pairs, settings = 1, {"rounds": 1, "epochs_per_round": 2, "n_train": 64, "n_val": 32}
-
-    with tempfile.TemporaryDirectory(prefix="aqtrack-bench-") as tmp:
-        os.chdir(tmp)
-        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
-        measure(settings, args.pairs, Path(tmp))
+    with h.scratch("epoch") as tmp:
+        measure(settings, args.pairs, tmp)
 
 
 def measure(settings: dict, pairs: int, tmp: Path) -> None:
-    from aqtrack import loop, tracking
-    from aqtrack.checkpoint import LAST, TrainState
     from aqtrack.config import Config
-    from aqtrack.data import load_configured
-    from aqtrack.loop import build_trainer, evaluate, fit, train_one_epoch
-    from aqtrack.report import report_writer
+    from aqtrack.data.dataset import load_configured
+    from aqtrack.names import LAST
+    from aqtrack.outputs.report import report_writer
+    from aqtrack.tracking import store
+    from aqtrack.training import loop
+    from aqtrack.training.checkpoint import TrainState
+    from aqtrack.training.loop import build_trainer, evaluate, fit, train_one_epoch
 
     cfg = Config.from_dict(settings)
     data = load_configured(cfg.data)
-    client = tracking.connect()
-    experiment = tracking.experiment_id(client, "bench")
+    client = store.connect()
+    experiment = store.get_or_create_experiment(client, "bench")
 
     def compute() -> float:
         trainer = build_trainer(cfg, data, torch.device("cpu"))
@@ -88,10 +77,10 @@ def measure(settings: dict, pairs: int, tmp: Path) -> None:
         trainer = build_trainer(cfg, data, torch.device("cpu"))
         state = TrainState(config=cfg.to_dict(), model_spec={})
         out = Path(tempfile.mkdtemp(dir=tmp))
-        hooks, tracker = [], tracking.NullTracker()
+        hooks, tracker = [], loop.NullTracker()
         if tracked:
             run_id = client.create_run(experiment).info.run_id
-            tracker = tracking.MlflowTracker(client, run_id)
+            tracker = store.MlflowTracker(client, run_id)
             for method in ("log_metrics", "log_artifact", "set_tags", "flush"):
                 setattr(tracker, method, timed("mlflow", getattr(tracker, method)))
             hooks = [report_writer(tracker, out, data.stats(), run_id)]
@@ -106,9 +95,6 @@ def measure(settings: dict, pairs: int, tmp: Path) -> None:
         run_fit.checkpoint_mb = (out / "checkpoints" / LAST).stat().st_size / 1e6
         return elapsed
 
-    import logging
-
-    logging.getLogger("aqtrack").setLevel(logging.WARNING)
     compute()  # warm-up: first-call allocations and kernel selection
     rows = []
     for i in range(pairs):
@@ -124,12 +110,22 @@ def measure(settings: dict, pairs: int, tmp: Path) -> None:
     print(f"\n{epochs} epochs x {pairs} pairs, default model, checkpoint {run_fit.checkpoint_mb:.2f} MB")
     per_epoch_ms = statistics.median(r["compute"] for r in rows) / epochs * 1000
     print(f"compute per epoch (median): {per_epoch_ms:.1f} ms")
-    print(f"null / compute    (checkpoint files every epoch): {median_ratio('null', 'compute'):.3f}x")
-    print(f"tracked / null    (MLflow metrics, uploads, report): {median_ratio('tracked', 'null'):.3f}x")
-    print(f"tracked / compute (everything aqtrack adds):        {median_ratio('tracked', 'compute'):.3f}x")
+    ratios = {
+        "null_over_compute": median_ratio("null", "compute"),
+        "tracked_over_null": median_ratio("tracked", "null"),
+        "tracked_over_compute": median_ratio("tracked", "compute"),
+    }
+    print(f"null / compute    (checkpoint files every epoch): {ratios['null_over_compute']:.3f}x")
+    print(f"tracked / null    (MLflow metrics, uploads, report): {ratios['tracked_over_null']:.3f}x")
+    print(f"tracked / compute (everything aqtrack adds):        {ratios['tracked_over_compute']:.3f}x")
     total = spent["tracked_total"]
-    print(f"share of tracked wall time in checkpoint writes: {spent['tracked_checkpoint'] / total:.1%}")
-    print(f"share of tracked wall time in MLflow calls:      {spent['mlflow'] / total:.1%}")
+    shares = {
+        "checkpoint_share": spent["tracked_checkpoint"] / total,
+        "mlflow_share": spent["mlflow"] / total,
+    }
+    print(f"share of tracked wall time in checkpoint writes: {shares['checkpoint_share']:.1%}")
+    print(f"share of tracked wall time in MLflow calls:      {shares['mlflow_share']:.1%}")
+    h.result(**ratios, **shares, epoch_ms_compute=per_epoch_ms)
 
 
 if __name__ == "__main__":

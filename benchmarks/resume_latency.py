@@ -75,10 +75,11 @@ class Probe:
         self._patch()
 
     def _patch(self) -> None:
-        from aqtrack import pipeline, tracking
+        from aqtrack.jobs import pipeline
+        from aqtrack.tracking import store
 
-        connect = tracking.connect
-        tracking.connect = lambda: h.TimedClient(self.wrap("mlflow.connect()", connect)(), self)
+        connect = store.connect
+        store.connect = lambda: h.TimedClient(self.wrap("mlflow.connect()", connect)(), self)
         for name in ("find_checkpoint", "load_configured", "build_trainer", "restore"):
             setattr(pipeline, name, self.wrap(f"local: {name}", getattr(pipeline, name)))
 
@@ -122,8 +123,8 @@ def one_epoch_seconds(settings: dict, repeats: int) -> float:
     import statistics
 
     from aqtrack.config import Config
-    from aqtrack.data import load_configured
-    from aqtrack.loop import build_trainer, evaluate, train_one_epoch
+    from aqtrack.data.dataset import load_configured
+    from aqtrack.training.loop import build_trainer, evaluate, train_one_epoch
 
     cfg = Config.from_dict({k: v for k, v in settings.items() if k != "experiment"})
     trainer = build_trainer(cfg, load_configured(cfg.data), torch.device("cpu"))
@@ -197,9 +198,9 @@ def measure(uri: str, variants: dict[str, dict], pairs: int, out: Path) -> dict:
 # interpreter (MLFLOW_TRACKING_URI is the store being measured).
 CLI_STARTUP = {
     "python -c pass": "pass",
-    "import aqtrack.pipeline (torch)": "import aqtrack.pipeline",
-    "+ import mlflow": "import aqtrack.pipeline, mlflow",
-    "+ tracking.connect()": "import aqtrack.pipeline; from aqtrack import tracking; tracking.connect()",
+    "import aqtrack.jobs.pipeline (torch)": "import aqtrack.jobs.pipeline",
+    "+ import mlflow": "import aqtrack.jobs.pipeline, mlflow",
+    "+ store.connect()": "import aqtrack.jobs.pipeline; from aqtrack.tracking import store; store.connect()",
 }
 
 
@@ -213,7 +214,7 @@ def summarise(results: dict, epoch_s: float) -> None:
     import statistics
 
     print(f"\none default epoch (train + evaluate), median: {epoch_s * 1000:.0f} ms")
-    forward = {}
+    forward, figures = {}, {}
     for store, r in results.items():
         rows, steps = r["rows"], r["steps"]
         forward[store] = h.median(rows, "default")
@@ -232,17 +233,25 @@ def summarise(results: dict, epoch_s: float) -> None:
             print(f"  {step:<34} {h.median(r['startup'], step):5.2f} s")
         target = "met" if forward[store] < 1.0 else "NOT met"
         print(f"[{store}] default resume < 1 s after imports: {target}")
-        print(f"[{store}] default resume / one epoch: {h.median(rows, 'default') / epoch_s:.2f}x")
-        print(f"[{store}] large / default resume: {h.median_ratio(rows, 'large', 'default'):.2f}x")
-        print(
-            f"[{store}] CLI large / CLI default: {h.median_ratio(r['cli'], 'cli large', 'cli default'):.2f}x"
-        )
+        store_figures = {
+            f"{store}_resume_ms": forward[store] * 1000,
+            f"{store}_resume_over_epoch": forward[store] / epoch_s,
+            f"{store}_large_over_default": h.median_ratio(rows, "large", "default"),
+            f"{store}_cli_s": h.median(r["cli"], "cli default"),
+            f"{store}_cli_large_over_default": h.median_ratio(r["cli"], "cli large", "cli default"),
+        }
+        figures |= store_figures
+        print(f"[{store}] default resume / one epoch: {store_figures[f'{store}_resume_over_epoch']:.2f}x")
+        print(f"[{store}] large / default resume: {store_figures[f'{store}_large_over_default']:.2f}x")
+        print(f"[{store}] CLI large / CLI default: {store_figures[f'{store}_cli_large_over_default']:.2f}x")
         for name, spent in r["spent"].items():
             print(f"[{store}] where the {name} resume's time goes (mean over {r['pairs']} resumes):")
             for line in h.breakdown(spent, r["pairs"], "resume"):
                 print(line)
     if len(forward) == 2:
-        print(f"\ndefault resume, HTTP / sqlite: {forward['http'] / forward['sqlite']:.2f}x")
+        figures["http_over_sqlite"] = forward["http"] / forward["sqlite"]
+        print(f"\ndefault resume, HTTP / sqlite: {figures['http_over_sqlite']:.2f}x")
+    h.result(**figures, epoch_ms=epoch_s * 1000)
 
 
 if __name__ == "__main__":

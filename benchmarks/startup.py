@@ -8,7 +8,7 @@ Times, as subprocesses alternating in one run (median over pairs):
 and prints each one's median wall time (target: `--help` < 0.3 s) and its ratio to `python -c pass`.
 
 Then a refused start: `aqtrack train --data bad.csv` (a file with no channel columns), against the
-imports it needs (`python -c "import aqtrack.pipeline, pandas"`): the difference is the time from the
+imports it needs (`python -c "import aqtrack.jobs.pipeline, pandas"`): the difference is the time from the
 end of the imports to the one-line refusal (target < 2 s), and no store may be created for it.
 
 Then it checks, with `python -X importtime`, that none of torch, mlflow, matplotlib, sklearn or pandas is
@@ -56,7 +56,7 @@ def refusal(script: str) -> float:
     """A bad data file is refused within 2 s after the imports, before any store exists."""
     Path("bad.csv").write_text("sample_id,frame,label\n0,0,0\n0,1,0\n")
     commands = {
-        "imports": [sys.executable, "-c", "import aqtrack.pipeline, pandas"],
+        "imports": [sys.executable, "-c", "import aqtrack.jobs.pipeline, pandas"],
         "refused": [script, "train", "--data", "bad.csv"],
     }
     expect = {"imports": 0, "refused": 2}
@@ -118,8 +118,11 @@ def main() -> None:
             top = ", ".join(f"{m} {t / 1000:.0f} ms" for t, m in slowest)
             print(f"  {name:<26} {', '.join(heavy) or 'none'}  (slowest top-level imports: {top})")
         after = refusal(cmds["aqtrack --help"][0])
-        help_s = h.median(rows, "aqtrack --help")
-        print(f"RESULT help_s={help_s:.3f} refusal_after_imports_s={after:.3f}")
+        h.result(
+            help_s=h.median(rows, "aqtrack --help"),
+            help_over_pass=h.median_ratio(rows, "aqtrack --help", base),
+            refusal_after_imports_s=after,
+        )
 
 
 if __name__ == "__main__":

@@ -4,14 +4,14 @@ Three variants of the same seeded training (default model and data, 30 epochs by
 and timed from the first epoch to the end of the run:
   null    aqtrack's loop (`loop.fit`) with a `NullTracker`: checkpoint files every epoch, no tracking
   sqlite  the same loop tracked in an embedded sqlite store: the run's params, tags and dataset stats,
-          then every epoch one metrics batch, the checkpoint uploads of the default policy (last.pt
-          every epoch, best on improvement, periodic every 10), the checkpoint-epoch tag and the legacy
-          report written and uploaded; the run is closed at the end
+          then, within aqtrack's publishing budget (`--publish-interval`), the epochs' metrics batches,
+          the checkpoint uploads of the default policy (last.pt, best on improvement, periodic every 10),
+          the checkpoint-epoch tag and the legacy report (written locally every epoch); closed at the end
   http    the same against a real `mlflow server` on 127.0.0.1 (own sqlite store, artifacts proxied)
 
-It prints tracked/null ratios (targets: <= 1.03x on sqlite, <= 1.05x over HTTP) and, timed inside the
-tracked runs themselves (so machine noise cancels out), the share of wall time spent in MLflow calls,
-with a breakdown per call.
+It prints tracked/null ratios (targets: `TARGETS` in run_all.py) and, timed inside the tracked runs
+themselves (so machine noise cancels out), the share of wall time spent in MLflow calls, with a
+breakdown per call.
 
     python benchmarks/tracking_overhead.py [--epochs 30] [--pairs 7] [--quick]
 """
@@ -30,11 +30,16 @@ def main() -> None:
     p = h.parser(__doc__)
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--pairs", type=int, default=7)
+    p.add_argument(
+        "--publish-interval", type=float, default=None, help="seconds (default: aqtrack's, 0: every epoch)"
+    )
     args = p.parse_args()
     h.set_threads(args.threads)
     settings = {"rounds": 1, "epochs_per_round": args.epochs}
     if args.quick:
         args.pairs, settings = 1, {"rounds": 1, "epochs_per_round": 2, "n_train": 64, "n_val": 32}
+    if args.publish_interval is not None:
+        settings["publish_interval"] = args.publish_interval
     with h.scratch("tracking") as tmp, h.mlflow_server(tmp / "server") as url:
         measure(settings, args.pairs, tmp, url)
 
@@ -42,17 +47,20 @@ def main() -> None:
 def measure(settings: dict, pairs: int, tmp: Path, url: str) -> None:
     from mlflow import MlflowClient
 
-    from aqtrack import loop, report, tracking
-    from aqtrack.checkpoint import TrainState
+    from aqtrack import names
     from aqtrack.config import Config
-    from aqtrack.data import load_configured
+    from aqtrack.data.dataset import load_configured
+    from aqtrack.outputs import report
+    from aqtrack.tracking import store
+    from aqtrack.training import loop
+    from aqtrack.training.checkpoint import TrainState
 
     cfg = Config.from_dict(settings)
     data = load_configured(cfg.data)
     stats = data.stats()
     spent = {name: h.Spent() for name in ("null", "sqlite", "http")}
     clients = {"sqlite": MlflowClient(h.sqlite_uri(tmp)), "http": MlflowClient(url)}
-    experiments = {name: tracking.experiment_id(c, "bench") for name, c in clients.items()}
+    experiments = {name: store.get_or_create_experiment(c, "bench") for name, c in clients.items()}
     current: list[h.Spent] = [spent["null"]]  # where the aqtrack-side timers below add up
 
     # Local work done by the loop whatever the tracker: checkpoint files, and the report file.
@@ -71,16 +79,14 @@ def measure(settings: dict, pairs: int, tmp: Path, url: str) -> None:
         current[0] = spent[name]
         start = time.perf_counter()
         if name == "null":
-            loop.fit(trainer, state, tracking.NullTracker(), out / "checkpoints")
+            loop.fit(trainer, state, loop.NullTracker(), out / "checkpoints")
         else:
             client = h.TimedClient(clients[name], spent[name])
             run_id = client.create_run(experiments[name]).info.run_id
-            tracker = tracking.MlflowTracker(client, run_id)
+            tracker = store.MlflowTracker(client, run_id, interval=cfg.run.publish_interval)
             tracker.log_params(cfg.to_dict())
-            tracker.set_tags(
-                {tracking.TAG_DATA_SOURCE: data.source, tracking.TAG_ROUNDS: str(cfg.train.rounds)}
-            )
-            tracker.log_json(stats, tracking.DATASET_STATS_ARTIFACT)
+            tracker.set_tags({names.TAG_DATA_SOURCE: data.source, names.TAG_ROUNDS: str(cfg.train.rounds)})
+            tracker.log_json(stats, names.DATASET_STATS_ARTIFACT)
             hook = report.report_writer(tracker, out, stats, run_id)
             loop.fit(trainer, state, tracker, out / "checkpoints", on_epoch_end=[hook])
             tracker.drain()
@@ -99,12 +105,14 @@ def measure(settings: dict, pairs: int, tmp: Path, url: str) -> None:
     epochs = cfg.train.total_epochs
     print(f"\n{epochs} epochs x {pairs} alternating triples, default model and data")
     print(f"null run (no tracking), median: {h.median(rows, 'null') / epochs * 1000:.1f} ms per epoch")
-    for name, target in (("sqlite", 1.03), ("http", 1.05)):
+    figures = {}
+    for name in ("sqlite", "http"):
         r = h.median_ratio(rows, name, "null")
         s = spent[name]
         mlflow_share = s.total("mlflow.") / s.seconds["wall"]
+        figures |= {f"{name}_over_null": r, f"{name}_mlflow_share": mlflow_share}
         spread = h.ratio_range(rows, name, "null")
-        print(f"\n[{name}] tracked / null (target <= {target}x; pairs {spread}): {r:.3f}x")
+        print(f"\n[{name}] tracked / null (pairs {spread}): {r:.3f}x")
         print(f"[{name}] share of tracked wall time inside MLflow calls: {mlflow_share:.1%}")
         print(f"[{name}] estimate from that share, wall / (wall - MLflow): {1 / (1 - mlflow_share):.3f}x")
         runs = s.calls["wall"]
@@ -113,6 +121,8 @@ def measure(settings: dict, pairs: int, tmp: Path, url: str) -> None:
             s, runs * epochs, "epoch", "local:"
         ):
             print(line)
+    per_epoch = {f"epoch_ms_{name}": h.median(rows, name) / epochs * 1000 for name in rows[0]}
+    h.result(**figures, **per_epoch)
 
 
 def _timed(spent: h.Spent, key: str, fn, *args, **kwargs):

@@ -72,8 +72,8 @@ def padded_fraction(loaders) -> float:
 
 def measure(settings: dict, pairs: int) -> None:
     from aqtrack.config import Config
-    from aqtrack.data import load_configured
-    from aqtrack.loop import build_trainer, evaluate, train_one_epoch
+    from aqtrack.data.dataset import load_configured
+    from aqtrack.training.loop import build_trainer, evaluate, train_one_epoch
 
     cfg = Config.from_dict(settings)
     variable, fixed = both_splits(load_configured(cfg.data))
@@ -115,7 +115,12 @@ def report(rows: list[dict[str, float]], fraction: float, whole: float, mean_len
     print(f"padding alone would predict variable / fixed: {1 / (1 - fraction):.3f}x")
     ratio = h.median_ratio(rows, "variable", "fixed")
     print(f"variable / fixed (pairs {h.ratio_range(rows, 'variable', 'fixed')}): {ratio:.3f}x")
-    print(f"RESULT padded_fraction={fraction:.3f} epoch_time_ratio={ratio:.3f}")
+    h.result(
+        padded_fraction=fraction,
+        epoch_time_ratio=ratio,
+        epoch_ms_variable=h.median(rows, "variable") * 1000,
+        epoch_ms_fixed=h.median(rows, "fixed") * 1000,
+    )
 
 
 if __name__ == "__main__":

@@ -4,30 +4,9 @@
     python scripts/kill_at.py POINT:N [--] cv --folds 3 ...
 
 The process dies at the N-th time (counted from 1) it reaches POINT. SIGKILL gives the process no
-chance to clean up, exactly like the OOM killer or a preempted machine. The points, in the order an
-epoch reaches them:
-
-  batch             before the N-th optimizer step (mid-epoch)
-  evaluate          as the N-th validation pass begins
-  checkpoint-write  halfway through writing the N-th local checkpoint file (a torn temporary file)
-  checkpoint-local  after the N-th epoch's checkpoint files were written, before any upload
-  report            as the N-th legacy report is written (before the epoch is sent)
-  upload-periodic   halfway through uploading the N-th periodic checkpoint (a truncated artifact)
-  upload-best       halfway through uploading the N-th best checkpoint (a truncated artifact)
-  upload-last       halfway through uploading the N-th last.pt (a truncated artifact)
-  uploaded-last     after the N-th last.pt upload, before its manifest's
-  uploaded-manifest after the N-th last.pt manifest upload, before the epoch's metrics and tag
-  logged            right after the N-th batch of epoch metrics (and checkpoint-epoch tag) was logged
-  tagged            right after the N-th checkpoint-epoch tag was set (with the metrics, as a rule)
-  reopened          right after a resumed run was marked RUNNING again, before any epoch
-  model-uploaded    after the files of the N-th MLflow model (the network, then the SVM) were uploaded,
-                    before it was marked READY (the run is finishing)
-
-and, in `aqtrack cv` (the points above count across the folds a process trains):
-
-  fold-done         between folds: the N-th fold's run is FINISHED, its parent not yet told
-  cv-aggregated     the N-th aggregate's metrics and per-fold table are logged, its predictions,
-                    figures and description not yet (the parent is not FINISHED)
+chance to clean up, exactly like the OOM killer or a preempted machine. The points, and the function
+each one wraps, are a contract with the code: `aqtrack/crash_points.py` (run this script without
+arguments to list them).
 
 Used by tests/test_kill_anywhere.py and scripts/soak.py. Exits like the process it wraps otherwise.
 """
@@ -42,24 +21,7 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-TRAIN_POINTS = (
-    "batch",
-    "evaluate",
-    "checkpoint-write",
-    "checkpoint-local",
-    "report",
-    "upload-periodic",
-    "upload-best",
-    "upload-last",
-    "uploaded-last",
-    "uploaded-manifest",
-    "logged",
-    "tagged",
-    "reopened",
-    "model-uploaded",
-)
-CV_POINTS = ("fold-done", "cv-aggregated")  # reached by `aqtrack cv` only
-POINTS = TRAIN_POINTS + CV_POINTS
+from aqtrack.crash_points import POINTS
 
 _reached: Counter[str] = Counter()
 
@@ -106,8 +68,10 @@ def install(target: tuple[str, int]) -> None:
     import torch
     from mlflow import MlflowClient
 
-    from aqtrack import checkpoint, crossval, cv_aggregate, loop, report
-    from aqtrack.checkpoint import BEST, CHECKPOINT_EPOCH_TAG, LAST, MANIFEST_SUFFIX
+    from aqtrack.jobs import crossval, cv_aggregate
+    from aqtrack.names import BEST, CHECKPOINT_EPOCH_TAG, LAST, MANIFEST_SUFFIX
+    from aqtrack.outputs import report
+    from aqtrack.training import checkpoint, loop
 
     clip = torch.nn.utils.clip_grad_norm_
 
@@ -216,7 +180,8 @@ def parse(spec: str) -> tuple[str, int]:
 
 def main() -> int:
     if len(sys.argv) < 3:
-        raise SystemExit(__doc__)
+        listed = "\n".join(f"  {point:18}{when} ({hook})" for point, (hook, when) in POINTS.items())
+        raise SystemExit(f"{__doc__}\npoints:\n{listed}")
     target = parse(sys.argv[1])
     args = [a for a in sys.argv[2:] if a != "--"]
     install(target)

@@ -23,9 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from aqtrack.crash_points import TRAIN_POINTS
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from kill_at import TRAIN_POINTS  # noqa: E402
 
 SETTINGS = {
     "n_train": 256,
@@ -130,7 +130,7 @@ def _published(run_id: str) -> bool:
     """Whether the run ever published a whole checkpoint (so its artifacts alone can resume it)."""
     from mlflow import MlflowClient
 
-    from aqtrack.checkpoint import CHECKPOINT_EPOCH_TAG
+    from aqtrack.names import CHECKPOINT_EPOCH_TAG
 
     return CHECKPOINT_EPOCH_TAG in MlflowClient().get_run(run_id).data.tags
 
@@ -170,8 +170,7 @@ def compare(tmp: Path, ref_id: str, run_id: str, out: Path, ref_out: Path, epoch
     import torch
     from mlflow import MlflowClient
 
-    from aqtrack.metrics import METRIC_KEYS
-    from aqtrack.report import REPORT_FILE
+    from aqtrack.names import METRIC_KEYS, REPORT_FILE
 
     client, problems = MlflowClient(), []
     for key in METRIC_KEYS:

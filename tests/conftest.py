@@ -111,6 +111,9 @@ def tiny_settings() -> dict:
         "batch_size": 16,
         "checkpoint_interval": 2,
         "svm": False,
+        # Every epoch published: tests count points, uploads and crash points epoch by epoch
+        # (tests/test_tracking.py tests the budget itself).
+        "publish_interval": 0,
     }
 
 

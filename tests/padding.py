@@ -6,7 +6,7 @@ import dataclasses
 
 import numpy as np
 
-from aqtrack.data import ActionQualityData
+from aqtrack.data.dataset import ActionQualityData
 
 
 def pad_with_nan(x: np.ndarray, lengths: np.ndarray, frames: int | None = None) -> np.ndarray:

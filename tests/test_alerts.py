@@ -13,11 +13,9 @@ from mlflow import MlflowClient
 
 import aqtrack
 from aqtrack.jobs import pipeline
-from aqtrack import names
-from aqtrack.names import TAG_GRAD_EXPLOSION_EPOCHS, TAG_GRAD_VANISHING_EPOCHS
+from aqtrack.names import GRAD_NORM, TAG_GRAD_EXPLOSION_EPOCHS, TAG_GRAD_VANISHING_EPOCHS, TRAIN_LOSS
 from aqtrack.outputs.alerts import alert_epochs, alert_tags, compact_ranges, gradient_alerts, thresholds
 from aqtrack.training.checkpoint import History, TrainState
-from aqtrack.names import GRAD_NORM, TRAIN_LOSS
 
 # Measured on this project's test data (15 epochs each, default model unless said; see the README's
 # "Gradient alerts"): the old fixed threshold of 10 fired at epoch 1 of the imbalanced run.

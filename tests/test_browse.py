@@ -13,11 +13,11 @@ from crashes import stop_at
 from mlflow import MlflowClient
 
 import aqtrack
-from aqtrack.tracking import store
 from aqtrack import names
 from aqtrack.cli import main
-from aqtrack.tracking.lock import run_lock
 from aqtrack.names import METRIC_KEYS
+from aqtrack.tracking import store
+from aqtrack.tracking.lock import run_lock
 
 
 class Boom(Exception):
@@ -175,19 +175,56 @@ def test_show_of_a_failed_run_names_its_error(runs, capsys):
     assert "last 2 of 2 epochs:" in out
 
 
+class CountingClient:
+    """A real MlflowClient that notes the name of every method called on it."""
+
+    def __init__(self, client: MlflowClient, calls: list[str]) -> None:
+        self._client, self._calls = client, calls
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        def counted(*args, **kwargs):
+            self._calls.append(name)
+            return attr(*args, **kwargs)
+
+        return counted
+
+
 @pytest.mark.parametrize(
-    ("argv", "message"),
+    ("argv", "message", "store_calls"),
     [
-        (["runs", "--experiment", "nope"], "--experiment 'nope': no such experiment in sqlite:"),
-        (["show", "not-a-run"], "show 'not-a-run': not a run id (32 lowercase hex characters)"),
-        (["show", "0" * 32], f"show {'0' * 32}: no such run in sqlite:"),
-        (["show", "0" * 32, "--tail", "0"], "show: --tail must be >= 1 (got 0)"),
-        (["runs", "--all", "--experiment", "x"], "runs: pass --experiment NAME or --all, not both"),
+        (
+            ["runs", "--experiment", "nope"],
+            "--experiment 'nope': no such experiment in sqlite:",
+            ["connect", "get_experiment_by_name", "search_experiments"],  # the second lists the known ones
+        ),
+        (
+            ["show", "not-a-run"],
+            "show 'not-a-run': not a run id (32 lowercase hex characters)",
+            ["connect"],
+        ),
+        (["show", "0" * 32], f"show {'0' * 32}: no such run in sqlite:", ["connect", "get_run"]),
+        (["show", "0" * 32, "--tail", "0"], "show: --tail must be >= 1 (got 0)", []),
+        (["runs", "--all", "--experiment", "x"], "runs: pass --experiment NAME or --all, not both", []),
     ],
 )
-def test_bad_browse_input_is_one_error_line(argv, message, capsys):
-    started = time.monotonic()
+def test_bad_browse_input_is_one_error_line_after_at_most_one_lookup(
+    argv, message, store_calls, capsys, monkeypatch
+):
+    """Refused on the first answer: no lookup is repeated, and flags that are wrong by themselves are
+    refused before the store is opened."""
+    calls: list[str] = []
+    connect = store.connect
+
+    def counting_connect():
+        calls.append("connect")
+        return CountingClient(connect(), calls)
+
+    monkeypatch.setattr(store, "connect", counting_connect)
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"aqtrack: error: {message}"), err
-    assert time.monotonic() - started < 10
+    assert calls == store_calls

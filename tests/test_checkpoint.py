@@ -1,4 +1,4 @@
-"""aqtrack.checkpoint: round trip, atomic writes, safe loading, RNG capture, naming policy, History."""
+"""aqtrack.training.checkpoint: round trip, atomic writes, safe loading, RNG capture, naming, History."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from aqtrack.checkpoint import (
-    BEST,
+from aqtrack.config import Config
+from aqtrack.errors import ResumeError
+from aqtrack.names import BEST, LAST, MANIFEST_SUFFIX
+from aqtrack.training.checkpoint import (
     FORMAT,
     FORMAT_VERSION,
-    LAST,
-    MANIFEST_SUFFIX,
     MAX_BATCH_LOSSES_PER_EPOCH,
     CheckpointPolicy,
     History,
@@ -32,9 +32,7 @@ from aqtrack.checkpoint import (
     verify_checkpoint,
     write_checkpoints,
 )
-from aqtrack.config import Config
-from aqtrack.errors import ResumeError
-from aqtrack.model import ModelSpec, build_model
+from aqtrack.training.model import ModelSpec, build_model
 
 _NOISE = np.random.default_rng(0)
 

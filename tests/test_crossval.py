@@ -20,21 +20,24 @@ import torch
 from mlflow import MlflowClient
 
 import aqtrack
-from aqtrack import crossval, exports, tracking
-from aqtrack.browse import format_runs, runs_table, show_run
-from aqtrack.checkpoint import CHECKPOINT_EPOCH_TAG, LAST
+from aqtrack import names
 from aqtrack.cli import main
 from aqtrack.errors import ConfigError, DataError, ResumeError
-from aqtrack.metrics import (
+from aqtrack.jobs import crossval
+from aqtrack.names import (
+    CHECKPOINT_EPOCH_TAG,
     CV_FOLDS_FINISHED,
     CV_MEAN,
     CV_OOF_ACC,
     CV_OOF_BALANCED_ACC,
     CV_OOF_F1_MACRO,
     CV_STD,
+    LAST,
     METRIC_KEYS,
     TEST_KEYS,
 )
+from aqtrack.tracking import exports, store
+from aqtrack.tracking.browse import format_runs, runs_table, show_run
 
 # 80 synthetic sequences of 9 subjects in 3 folds; 2 epochs per fold.
 SETTINGS = {
@@ -58,7 +61,7 @@ def settings(out: Path) -> dict:
 
 def fold_runs(parent_id: str, client: MlflowClient | None = None) -> dict[int, object]:
     client = client or MlflowClient()
-    return tracking.cv_folds(client, client.get_run(parent_id))
+    return store.cv_folds(client, client.get_run(parent_id))
 
 
 def outcome(parent_id: str, tmp: Path, client: MlflowClient | None = None) -> dict:
@@ -79,9 +82,9 @@ def outcome(parent_id: str, tmp: Path, client: MlflowClient | None = None) -> di
         k: sorted((m.step, m.value) for m in client.get_metric_history(parent_id, k))
         for k in parent.data.metrics
     }
-    table = exports.read_table(client, parent_id, exports.CV_FOLDS_TABLE, tmp / "table")
+    table = exports.read_table(client, parent_id, names.CV_FOLDS_TABLE, tmp / "table")
     table.pop("run_id")
-    oof = Path(client.download_artifacts(parent_id, exports.CV_PREDICTIONS, str(tmp / "oof"))).read_text()
+    oof = Path(client.download_artifacts(parent_id, names.CV_PREDICTIONS, str(tmp / "oof"))).read_text()
     return {"folds": folds, "aggregate": aggregate, "table": table, "oof": oof, "status": parent.info.status}
 
 
@@ -108,7 +111,7 @@ def cv(tmp_path_factory: pytest.TempPathFactory, empty_store: Path):
         mp.chdir(root)
         mp.setenv("MLFLOW_TRACKING_URI", uri)
         client = MlflowClient()
-        empty = client.create_run(tracking.experiment_id(client, "action-quality")).info.run_id
+        empty = client.create_run(store.get_or_create_experiment(client, "action-quality")).info.run_id
         mp.setenv("MLFLOW_RUN_ID", empty)
         torch.set_num_threads(1)
         try:
@@ -132,35 +135,32 @@ def test_mlflow_run_id_becomes_the_parent_and_each_fold_a_normal_run_nested_unde
     assert result.run_id == empty  # the run `mlflow run` made; no fold ever takes it
     assert parent.info.status == "FINISHED"
     tags = parent.data.tags
-    assert (
-        tags[tracking.TAG_CV] == "3"
-        and tags[tracking.TAG_CV_PLANNED] == tags[tracking.TAG_CV_FINISHED] == "3"
-    )
+    assert tags[names.TAG_CV] == "3" and tags[names.TAG_CV_PLANNED] == tags[names.TAG_CV_FINISHED] == "3"
     assert "fold" not in parent.data.params and parent.data.params["folds"] == "3"
     folds = fold_runs(result.run_id)
     assert sorted(folds) == [1, 2, 3]
     for fold, run in folds.items():
         assert run.info.run_id != empty and run.info.status == "FINISHED"
-        assert run.data.tags[tracking.PARENT_RUN_TAG] == result.run_id  # nested in the MLflow UI
-        assert run.data.tags[tracking.TAG_CV_FOLD] == str(fold) and run.info.run_name == f"fold-{fold}-of-3"
+        assert run.data.tags[names.PARENT_RUN_TAG] == result.run_id  # nested in the MLflow UI
+        assert run.data.tags[names.TAG_CV_FOLD] == str(fold) and run.info.run_name == f"fold-{fold}-of-3"
         assert (run.data.params["folds"], run.data.params["fold"]) == ("3", str(fold))
         for key in METRIC_KEYS:  # per-epoch metrics, one point per epoch
             assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == [1, 2]
-        names = {f.path for f in client.list_artifacts(run.info.run_id, "checkpoints")}
-        assert {"checkpoints/last.pt", "checkpoints/best_action_quality_model.pt"} <= names
-        tested = {f.path for f in client.list_artifacts(run.info.run_id, exports.TEST_DIR)}
-        assert exports.TEST_PREDICTIONS_ARTIFACT in tested  # what the parent pools
+        files = {f.path for f in client.list_artifacts(run.info.run_id, "checkpoints")}
+        assert {"checkpoints/last.pt", "checkpoints/best_action_quality_model.pt"} <= files
+        tested = {f.path for f in client.list_artifacts(run.info.run_id, names.TEST_DIR)}
+        assert names.TEST_PREDICTIONS_ARTIFACT in tested  # what the parent pools
 
 
 def test_each_fold_tests_on_its_own_fold_and_the_fold_of_every_sample_is_recorded(in_cv_store, tmp_path):
     client = MlflowClient()
-    path = client.download_artifacts(in_cv_store.run_id, exports.CV_ASSIGNMENT, str(tmp_path))
+    path = client.download_artifacts(in_cv_store.run_id, names.CV_ASSIGNMENT, str(tmp_path))
     assignment = pd.read_csv(path)
     assert len(assignment) == 80 and sorted(assignment["fold"].unique()) == [1, 2, 3]
     assert assignment.groupby("subject")["fold"].nunique().max() == 1  # a subject is in one fold
     for fold, run in fold_runs(in_cv_store.run_id).items():
         stats = client.download_artifacts(
-            run.info.run_id, tracking.DATASET_STATS_ARTIFACT, str(tmp_path / str(fold))
+            run.info.run_id, names.DATASET_STATS_ARTIFACT, str(tmp_path / str(fold))
         )
         test = pd.read_json(stats, typ="series")["test"]
         held_out = assignment[assignment["fold"] == fold]
@@ -190,8 +190,8 @@ def test_the_parent_aggregates_what_each_fold_measured(in_cv_store):
 def test_out_of_fold_predictions_hold_every_sample_once_with_its_fold(in_cv_store, tmp_path):
     result = in_cv_store
     client = MlflowClient()
-    oof = pd.read_csv(client.download_artifacts(result.run_id, exports.CV_PREDICTIONS, str(tmp_path)))
-    assignment = pd.read_csv(client.download_artifacts(result.run_id, exports.CV_ASSIGNMENT, str(tmp_path)))
+    oof = pd.read_csv(client.download_artifacts(result.run_id, names.CV_PREDICTIONS, str(tmp_path)))
+    assignment = pd.read_csv(client.download_artifacts(result.run_id, names.CV_ASSIGNMENT, str(tmp_path)))
 
     assert list(oof.columns[:5]) == ["sample_id", "subject", "fold", "label", "predicted"]
     assert [c for c in oof.columns if c.startswith("p_")] == [
@@ -207,9 +207,9 @@ def test_out_of_fold_predictions_hold_every_sample_once_with_its_fold(in_cv_stor
     metrics = client.get_run(result.run_id).data.metrics
     assert metrics[CV_OOF_ACC] == pytest.approx((oof["label"] == oof["predicted"]).mean(), abs=1e-12)
     assert {CV_OOF_BALANCED_ACC, CV_OOF_F1_MACRO} <= metrics.keys()
-    artifacts = {f.path for f in client.list_artifacts(result.run_id, exports.CV_DIR)}
-    assert {exports.CV_CONFUSION, exports.CV_FOLDS_FIGURE, exports.CV_FOLDS_TABLE} <= artifacts
-    table = exports.read_table(client, result.run_id, exports.CV_FOLDS_TABLE, tmp_path / "t")
+    artifacts = {f.path for f in client.list_artifacts(result.run_id, names.CV_DIR)}
+    assert {names.CV_CONFUSION, names.CV_FOLDS_FIGURE, names.CV_FOLDS_TABLE} <= artifacts
+    table = exports.read_table(client, result.run_id, names.CV_FOLDS_TABLE, tmp_path / "t")
     assert table["fold"] == [1, 2, 3] and table["n"] == [f.n for f in result.folds]
     assert table["subjects"] == [",".join(f.subjects) for f in result.folds]
 
@@ -242,7 +242,7 @@ def test_a_fold_trained_alone_is_the_same_run_as_in_the_cross_validation(cv, tmp
         k: sorted((m.step, m.value) for m in client.get_metric_history(result.run_id, k))
         for k in (*METRIC_KEYS, *TEST_KEYS)
     }
-    assert tracking.TAG_CV_PARENT not in client.get_run(result.run_id).data.tags
+    assert names.TAG_CV_PARENT not in client.get_run(result.run_id).data.tags
     assert points == cv[3]["folds"][2][1]
 
 
@@ -250,7 +250,7 @@ def test_a_failed_fold_is_left_out_of_the_aggregate_and_a_resume_trains_it(tiny,
     real = crossval.train_fold
 
     def failing(nest, resume=None, **given):
-        if nest.tags[tracking.TAG_CV_FOLD] == "2":
+        if nest.tags[names.TAG_CV_FOLD] == "2":
             raise RuntimeError("out of memory")
         return real(nest, resume=resume, **given)
 
@@ -265,7 +265,7 @@ def test_a_failed_fold_is_left_out_of_the_aggregate_and_a_resume_trains_it(tiny,
         parent.info.status == "FAILED"
         and "fold 2: RuntimeError: out of memory" in parent.data.tags["aqtrack.error"]
     )
-    assert parent.data.tags[tracking.TAG_CV_FINISHED] == "2"
+    assert parent.data.tags[names.TAG_CV_FINISHED] == "2"
     assert [m.step for m in client.get_metric_history(result.run_id, CV_MEAN[TEST_KEYS[0]])] == [2]
     assert parent.data.metrics[CV_MEAN[TEST_KEYS[0]]] == np.mean([f.test_acc for f in result.folds])
     assert "2 of 3 folds finished (only those are aggregated)" in parent.data.tags["mlflow.note.content"]
@@ -278,7 +278,7 @@ def test_a_failed_fold_is_left_out_of_the_aggregate_and_a_resume_trains_it(tiny,
 
     assert again.run_id == result.run_id and not again.failed
     left = client.get_run(made)
-    assert not left.data.metrics and tracking.TAG_CV not in left.data.tags
+    assert not left.data.metrics and names.TAG_CV not in left.data.tags
     assert (
         left.data.tags["mlflow.note.content"] == f"Continued the cross-validation in run `{result.run_id}`."
     )
@@ -287,7 +287,7 @@ def test_a_failed_fold_is_left_out_of_the_aggregate_and_a_resume_trains_it(tiny,
     finished = client.get_run(result.run_id)
     assert finished.info.status == "FINISHED" and "aqtrack.error" not in finished.data.tags
     assert [m.step for m in client.get_metric_history(result.run_id, CV_MEAN[TEST_KEYS[0]])] == [2, 3]
-    table = exports.read_table(client, result.run_id, exports.CV_FOLDS_TABLE, tmp_path / "t")
+    table = exports.read_table(client, result.run_id, names.CV_FOLDS_TABLE, tmp_path / "t")
     assert sorted(table["fold"]) == [1, 2, 3]  # each fold's row once
 
 
@@ -318,7 +318,7 @@ def test_a_resume_refuses_data_that_now_makes_other_folds(tmp_path, monkeypatch)
         "train_fold",
         lambda nest, resume=None, **s: (
             real(nest, resume=resume, **s)
-            if nest.tags[tracking.TAG_CV_FOLD] == "1"
+            if nest.tags[names.TAG_CV_FOLD] == "1"
             else (_ for _ in ()).throw(RuntimeError("stop"))
         ),
     )
@@ -379,7 +379,7 @@ def test_jobs_must_be_a_whole_number_of_at_least_one(tmp_path):
 
 
 def test_out_of_fold_csv_has_the_data_order(in_cv_store, tmp_path):
-    oof = MlflowClient().download_artifacts(in_cv_store.run_id, exports.CV_PREDICTIONS, str(tmp_path))
+    oof = MlflowClient().download_artifacts(in_cv_store.run_id, names.CV_PREDICTIONS, str(tmp_path))
     ids = pd.read_csv(io.StringIO(Path(oof).read_text()))["sample_id"].tolist()
     assert ids == [f"train-{i}" for i in range(48)] + [f"val-{i}" for i in range(16)] + [
         f"test-{i}" for i in range(16)
@@ -424,5 +424,5 @@ def test_sigterm_to_cv_with_workers_stops_every_fold_in_flight_and_leaves_no_pro
 
 
 def result_id(runs) -> str:
-    (parent,) = [r for r in runs if tracking.TAG_CV in r.data.tags]
+    (parent,) = [r for r in runs if names.TAG_CV in r.data.tags]
     return parent.info.run_id

@@ -14,7 +14,6 @@ from mlflow import MlflowClient
 from mlflow.entities import ViewType
 from test_crossval import SETTINGS, assert_same, outcome
 
-from aqtrack.tracking import store
 from aqtrack import names
 
 FLAGS = [f"--{k.replace('_', '-')}={v}" for k, v in SETTINGS.items() if k != "svm"] + ["--no-svm", "-q"]

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from aqtrack.config import Config, DataConfig
-from aqtrack.data import load_configured
+from aqtrack.data.dataset import load_configured
 from aqtrack.errors import ConfigError
 
 

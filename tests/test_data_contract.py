@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from aqtrack.data import ActionQualityData, Split, lengths_of, pad_sequences
+from aqtrack.data.dataset import ActionQualityData, Split, lengths_of, pad_sequences
 
 
 def _split(lengths, y, subjects=None, t_max=None) -> Split:

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from aqtrack.data import load_data
+from aqtrack.data.dataset import load_data
 from aqtrack.data.files import load_file
 from aqtrack.errors import DataError
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from aqtrack.config import Config, DataConfig
-from aqtrack.data import fold_plan, load_configured
+from aqtrack.data.dataset import fold_plan, load_configured
 from aqtrack.errors import ConfigError, DataError
 
 TINY = {"n_train": 48, "n_val": 16, "n_test": 16}  # 80 synthetic sequences of 9 subjects

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from aqtrack.data import pad_sequences
+from aqtrack.data.dataset import pad_sequences
 from aqtrack.data.files import UNLABELLED, load_file, read_recordings
 from aqtrack.errors import DataError
 

@@ -33,16 +33,15 @@ from padding import variable_length
 
 import aqtrack
 from aqtrack import cli
-from aqtrack.training import loop
-from aqtrack.names import LAST
-from aqtrack.training.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from aqtrack.config import Config
 from aqtrack.data.dataset import lengths_of, load_data
-from aqtrack.training.distributed import SINGLE, Shards, World, resolve_device, world_from_env
 from aqtrack.errors import ConfigError
-from aqtrack.names import GRAD_NORM, GRAD_NORM_MAX, LR, METRIC_KEYS, TRAIN_ACC, TRAIN_LOSS, VAL_ACC
+from aqtrack.names import GRAD_NORM, GRAD_NORM_MAX, LAST, LR, METRIC_KEYS, TRAIN_ACC, TRAIN_LOSS, VAL_ACC
+from aqtrack.training import loop
+from aqtrack.training.checkpoint import TrainState, load_checkpoint, save_checkpoint
+from aqtrack.training.distributed import SINGLE, Shards, World, resolve_device, world_from_env
+from aqtrack.training.loop import NullTracker
 from aqtrack.training.precision import mixed, precision_for
-from aqtrack.tracking.store import NullTracker
 
 TRAIN_RTOL, VAL_RTOL = 1e-5, 5e-3
 # 67 training samples in batches of 16: a last batch of 3, shared 2 + 1; 33 validation samples, 17 + 16.

@@ -23,12 +23,19 @@ from mlflow.pyfunc.scoring_server import infer_and_parse_data
 from padding import pad_with_nan
 
 import aqtrack
-from aqtrack.names import BEST
 from aqtrack.data.dataset import lengths_of, load_data
 from aqtrack.data.missing import fill_missing
-from aqtrack.names import CONFUSION_ARTIFACT, CURVES_ARTIFACT, NETWORK_MODEL, SVM_MODEL, TAG_BEST_EPOCH
+from aqtrack.names import (
+    BEST,
+    CONFUSION_ARTIFACT,
+    CURVES_ARTIFACT,
+    NETWORK_MODEL,
+    SVM_MODEL,
+    SVM_VAL_ACC,
+    SVM_VAL_F1,
+    TAG_BEST_EPOCH,
+)
 from aqtrack.tracking.exports import NetworkInfo, load_logged_network, log_network, read_pt2_weights
-from aqtrack.names import SVM_VAL_ACC, SVM_VAL_F1
 from aqtrack.training.model import ModelSpec, NanPaddedNet, build_model
 
 PNG = b"\x89PNG\r\n\x1a\n"

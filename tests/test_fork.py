@@ -12,11 +12,11 @@ import torch
 from mlflow import MlflowClient
 
 import aqtrack
-from aqtrack import tracking
-from aqtrack.checkpoint import BEST, LAST, periodic_name
+from aqtrack import names
 from aqtrack.cli import main
 from aqtrack.errors import ConfigError, ResumeError
-from aqtrack.metrics import LR, METRIC_KEYS
+from aqtrack.names import BEST, LAST, LR, METRIC_KEYS
+from aqtrack.training.checkpoint import periodic_name
 
 
 def points(run_id: str) -> dict[str, list[tuple[int, float]]]:
@@ -38,7 +38,7 @@ def source(tiny: dict) -> tuple[aqtrack.TrainResult, dict]:
 
 def snapshot(run_id: str) -> tuple:
     run = MlflowClient().get_run(run_id)
-    tags = {k: v for k, v in run.data.tags.items() if k != tracking.TAG_FORKS}
+    tags = {k: v for k, v in run.data.tags.items() if k != names.TAG_FORKS}
     return run.info.status, run.data.params, tags, points(run_id)
 
 
@@ -66,17 +66,17 @@ def test_a_fork_with_a_lower_lr_keeps_the_history_changes_what_follows_and_links
     assert dict(theirs[LR])[3] == 1e-3
     client = MlflowClient()
     tags, params = client.get_run(fork.run_id).data.tags, client.get_run(fork.run_id).data.params
-    assert tags[tracking.TAG_FORKED_FROM] == f"{run.run_id}@2"
+    assert tags[names.TAG_FORKED_FROM] == f"{run.run_id}@2"
     assert params["lr"] == "0.0005" and params["max_grad_norm"] == "0.5"
     note = tags["mlflow.note.content"]
     assert f"**Forked** from run `{run.run_id}` at epoch 2 with " in note and "lr 0.001 → 0.0005" in note
-    assert client.get_run(run.run_id).data.tags[tracking.TAG_FORKS] == f"{fork.run_id}@2"
+    assert client.get_run(run.run_id).data.tags[names.TAG_FORKS] == f"{fork.run_id}@2"
     assert snapshot(run.run_id) == before  # the source is untouched
     first = checkpoint(fork.run_id, LAST, tmp_path)
     assert first["config"]["lr"] == 5e-4 and first["run_id"] == fork.run_id
 
     again = aqtrack.train(fork=run.run_id, fork_epoch=3, rounds=3)
-    assert client.get_run(run.run_id).data.tags[tracking.TAG_FORKS] == (f"{fork.run_id}@2,{again.run_id}@3")
+    assert client.get_run(run.run_id).data.tags[names.TAG_FORKS] == (f"{fork.run_id}@2,{again.run_id}@3")
     assert [s for s, _ in points(again.run_id)["val_acc"]] == [1, 2, 3, 4, 5, 6]
 
 

@@ -20,9 +20,8 @@ import torch
 from crashes import flags, run_aqtrack
 from mlflow import MlflowClient
 
-from aqtrack.names import LAST
-from aqtrack.names import METRIC_KEYS
-from aqtrack.names import REPORT_FILE
+from aqtrack.crash_points import POINTS
+from aqtrack.names import LAST, METRIC_KEYS, REPORT_FILE
 
 # 2 rounds x 3 epochs; periodic checkpoints after epochs 2, 4 and 6; best when val_acc improves.
 SETTINGS = {
@@ -34,6 +33,7 @@ SETTINGS = {
     "batch_size": 16,
     "checkpoint_interval": 2,
     "svm": False,  # the kills are in the epochs; tests/test_exports.py kills the finishing stage
+    "publish_interval": 0,  # every epoch published: the kill points count uploads epoch by epoch
 }
 EPOCHS = SETTINGS["rounds"] * SETTINGS["epochs_per_round"]
 BATCHES_PER_EPOCH = SETTINGS["n_train"] // SETTINGS["batch_size"]
@@ -65,11 +65,13 @@ def reference(tmp_path_factory: pytest.TempPathFactory, empty_store: Path) -> tu
         return outcome(run.info.run_id, root / "out", root)
 
 
-def kill_then_resume(tmp_path: Path, kills: list[str], same_dir: bool = False) -> tuple[str, Path, str]:
+def kill_then_resume(
+    tmp_path: Path, kills: list[str], same_dir: bool = False, settings: dict = SETTINGS
+) -> tuple[str, Path, str]:
     """Start a run, kill it at each point in turn (each resume may be killed again), then finish it.
     Returns the run id, the last output dir and what the resumes printed."""
     out = tmp_path / "out0"
-    done = run_aqtrack(tmp_path, "train", *flags({**SETTINGS, "output_dir": out}), kill_at=kills[0])
+    done = run_aqtrack(tmp_path, "train", *flags({**settings, "output_dir": out}), kill_at=kills[0])
     assert done.returncode == -signal.SIGKILL, f"not killed at {kills[0]}: {done.stderr[-3000:]}"
     client = MlflowClient()
     (run,) = client.search_runs([client.get_experiment_by_name("action-quality").experiment_id])
@@ -129,6 +131,27 @@ def test_killed_at_a_point_then_resumed_ends_as_if_never_killed(
     assert_as_if_never_killed(run_id, out, reference, tmp_path)
 
 
+# Within a publishing budget longer than the run: epoch 1 is published as soon as it ends, epochs 2-6
+# wait for the end of training. A kill in between loses nothing measured: on the same machine the resume
+# publishes the local checkpoint (and the history it holds) first; on another machine it retrains the
+# epochs since epoch 1, bit-exactly.
+@pytest.mark.parametrize(
+    ("kill", "same_dir", "resumes_at"),
+    [
+        ("checkpoint-local:4", True, 5),  # epoch 4 checkpointed locally, only epoch 1 published
+        ("checkpoint-local:4", False, 2),  # the same, resumed where only the published epoch 1 is
+        ("evaluate:6", False, 2),  # mid-epoch 6 on another machine
+    ],
+)
+def test_killed_between_two_publishes_then_resumed_ends_as_if_never_killed(
+    tmp_path, reference, kill, same_dir, resumes_at
+):
+    budget = {**SETTINGS, "publish_interval": 300}
+    run_id, out, said = kill_then_resume(tmp_path, [kill], same_dir=same_dir, settings=budget)
+    assert first_epoch_trained(said) == resumes_at, said[-3000:]
+    assert_as_if_never_killed(run_id, out, reference, tmp_path)
+
+
 def test_killed_again_while_resuming_still_ends_as_if_never_killed(tmp_path, reference):
     kills = ["upload-last:2", "reopened:1", f"batch:{BATCHES_PER_EPOCH + 1}", "uploaded-last:3"]
     run_id, out, said = kill_then_resume(tmp_path, kills)
@@ -152,3 +175,22 @@ def test_resume_of_a_run_with_no_valid_checkpoint_anywhere_fails_naming_each_ref
     assert error.startswith(f"aqtrack: error: --resume {run.info.run_id}: no valid checkpoint (")
     assert "best_action_quality_model.pt: no manifest (its upload never finished)" in error
     assert client.get_run(run.info.run_id).info.status == "RUNNING"  # untouched
+
+
+@pytest.mark.parametrize("point", sorted(POINTS))
+def test_every_crash_point_hooks_an_attribute_the_code_has(point):
+    """scripts/kill_at.py replaces these attributes: a rename would make its point never fire."""
+    import importlib
+
+    hook = POINTS[point][0]
+    parts = hook.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        try:
+            owner = importlib.import_module(".".join(parts[:i]))
+        except ModuleNotFoundError:
+            continue
+        for name in parts[i:]:
+            owner = getattr(owner, name)
+        assert callable(owner), hook
+        return
+    pytest.fail(f"{hook}: no such module")

@@ -17,11 +17,10 @@ import yaml
 from mlflow import MlflowClient
 
 import aqtrack
-from aqtrack.names import BEST, LAST
 from aqtrack.cli import CV_MLPROJECT_PARAMETERS, MLPROJECT_PARAMETERS
 from aqtrack.config import Config
+from aqtrack.names import BEST, LAST, METRIC_KEYS
 from aqtrack.tracking.lock import run_lock
-from aqtrack.names import METRIC_KEYS
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,10 +11,10 @@ import torch.nn.functional as F
 from padding import pad_with_nan, variable_length
 
 from aqtrack.config import Config
-from aqtrack.data import lengths_of, load_data
+from aqtrack.data.dataset import lengths_of, load_data
 from aqtrack.errors import DataError
-from aqtrack.loop import build_trainer, evaluate, make_loader, train_one_epoch
-from aqtrack.model import (
+from aqtrack.training.loop import build_trainer, evaluate, make_loader, train_one_epoch
+from aqtrack.training.model import (
     MaskedBatchNorm1d,
     ModelSpec,
     NanPaddedNet,

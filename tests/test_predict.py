@@ -22,12 +22,15 @@ from mlflow import MlflowClient
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
 import aqtrack
-from aqtrack import exports, predictions, tracking
-from aqtrack.checkpoint import BEST
+from aqtrack import names
 from aqtrack.cli import main
-from aqtrack.data import load_data, pad_sequences
+from aqtrack.data.dataset import load_data, pad_sequences
 from aqtrack.errors import ConfigError
-from aqtrack.model import ModelSpec, build_model
+from aqtrack.jobs import predictions
+from aqtrack.names import BEST
+from aqtrack.tracking import exports
+from aqtrack.tracking import store as tracking_store
+from aqtrack.training.model import ModelSpec, build_model
 
 MODEL = "squat-net"
 TINY = {
@@ -256,7 +259,7 @@ def test_a_partly_labelled_file_scores_every_recording_and_the_labelled_ones_alo
 
 def _run_subjects(run_id: str, tmp_path: Path) -> dict[str, list[str]]:
     """The subjects of the run's train, val and test splits, from its dataset_stats.json."""
-    path = MlflowClient().download_artifacts(run_id, tracking.DATASET_STATS_ARTIFACT, str(tmp_path))
+    path = MlflowClient().download_artifacts(run_id, names.DATASET_STATS_ARTIFACT, str(tmp_path))
     stats = json.loads(Path(path).read_text())
     return {name: stats[name]["subjects"] for name in ("train", "val", "test")}
 
@@ -469,7 +472,7 @@ def _store_state(trained: Trained) -> dict:
     the runs, their artifacts, models and registered versions."""
     client = MlflowClient(trained.uri)
     experiments = [e.experiment_id for e in client.search_experiments()]
-    runs = tracking.search_runs(client, experiments)
+    runs = tracking_store.newest_runs(client, experiments)
     files = sorted(
         (str(p.relative_to(trained.root)), p.stat().st_size, p.stat().st_mtime_ns)
         for p in (trained.root / "mlruns").rglob("*")
@@ -479,7 +482,7 @@ def _store_state(trained: Trained) -> dict:
         "db": hashlib.sha256((trained.root / "mlflow.db").read_bytes()).hexdigest(),
         "files": files,
         "runs": sorted((r.info.run_id, r.info.status, r.info.end_time) for r in runs),
-        "artifacts": tracking.artifact_tree(client, trained.run_id),
+        "artifacts": tracking_store.artifact_tree(client, trained.run_id),
         "models": sorted(m.model_id for m in client.search_logged_models(experiments)),
         "versions": [(v.name, v.version) for v in client.search_model_versions()],
     }
@@ -508,8 +511,8 @@ def test_the_output_csv_is_the_returned_table_and_is_replaced_whole_or_not_at_al
     table = aqtrack.predict(store.run_id, path, output=out)
     pd.testing.assert_frame_equal(pd.read_csv(out, dtype={"sample_id": str}), table)
 
-    def full_disk(self, target, **kwargs):
-        Path(target).write_text("sample_id,pre")  # half a file, then the disk is full
+    def full_disk(self, target, **kwargs):  # target: the open temporary file (aqtrack.atomic)
+        target.write(b"sample_id,pre")  # half a file, then the disk is full
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(pd.DataFrame, "to_csv", full_disk)
@@ -532,7 +535,7 @@ with contextlib.redirect_stdout(io.StringIO()) as out:
         assert e.code == 0, e.code
 assert "models:/NAME/VERSION" in out.getvalue() and "--output" in out.getvalue()
 heavy = ",".join(m for m in {HEAVY!r} if m in sys.modules)
-import aqtrack, aqtrack.predictions  # importing the module must not replace the function
+import aqtrack, aqtrack.jobs.predictions  # importing the module must not replace the function
 assert callable(aqtrack.predict) and "predict" in aqtrack.__all__
 print(heavy)
 """

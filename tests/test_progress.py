@@ -13,9 +13,9 @@ import sys
 import termios
 from pathlib import Path
 
-from aqtrack.checkpoint import TrainState
 from aqtrack.config import TrainConfig
-from aqtrack.progress import Progress
+from aqtrack.outputs.progress import Progress
+from aqtrack.training.checkpoint import TrainState
 
 TINY_FLAGS = [
     "--n-train", "64", "--n-val", "32", "--hidden", "8", "--rounds", "2", "--epochs-per-round", "2",

@@ -17,15 +17,24 @@ from sklearn.metrics import balanced_accuracy_score, f1_score
 from sklearn.utils.class_weight import compute_class_weight
 
 import aqtrack
-from aqtrack.tracking import store
 from aqtrack import names
-from aqtrack.names import BEST, LAST
 from aqtrack.config import Config
 from aqtrack.data.dataset import load_configured
 from aqtrack.errors import ResumeError
-from aqtrack.names import NETWORK_MODEL, PER_CLASS_ARTIFACT, TAG_BEST_EPOCH, TEST_CONFUSION_ARTIFACT
+from aqtrack.names import (
+    BEST,
+    LAST,
+    METRIC_KEYS,
+    NETWORK_MODEL,
+    PER_CLASS_ARTIFACT,
+    SVM_TEST_ACC,
+    TAG_BEST_EPOCH,
+    TEST_CONFUSION_ARTIFACT,
+    TEST_KEYS,
+    VAL_BALANCED_ACC,
+    VAL_F1_MACRO,
+)
 from aqtrack.training.loop import class_weights
-from aqtrack.names import METRIC_KEYS, SVM_TEST_ACC, TEST_KEYS, VAL_BALANCED_ACC, VAL_F1_MACRO
 from aqtrack.training.model import ModelSpec, build_model, embed
 
 
@@ -77,8 +86,8 @@ def test_the_default_data_is_split_by_subject_and_the_test_split_is_evaluated_on
     assert table["columns"] == ["class", "precision", "recall", "f1", "support"]
     assert [row[0] for row in table["data"]] == list(data.class_names)
     assert sum(row[4] for row in table["data"]) == 32
-    names = {f.path for f in client.list_artifacts(run_id, "plots")}
-    assert TEST_CONFUSION_ARTIFACT in names
+    plots = {f.path for f in client.list_artifacts(run_id, "plots")}
+    assert TEST_CONFUSION_ARTIFACT in plots
     assert list(history(run_id, SVM_TEST_ACC)) == [4]
     contexts = {
         (d.dataset.name, {t.key: t.value for t in d.tags}["mlflow.data.context"])

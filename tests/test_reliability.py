@@ -19,14 +19,13 @@ from mlflow import MlflowClient
 
 import aqtrack
 import aqtrack.cli
-from aqtrack.training import interrupts
-from aqtrack.tracking import store
 from aqtrack import names
-from aqtrack.names import CHECKPOINT_EPOCH_TAG, LAST
-from aqtrack.training.checkpoint import Manifest, manifest_path, verify_checkpoint
 from aqtrack.errors import ResumeError, TrackingError, TrainingDiverged
-from aqtrack.tracking.lock import run_lock
 from aqtrack.jobs.pipeline import checkpoint_dir
+from aqtrack.names import CHECKPOINT_EPOCH_TAG, LAST
+from aqtrack.tracking.lock import run_lock
+from aqtrack.training import interrupts
+from aqtrack.training.checkpoint import Manifest, manifest_path, verify_checkpoint
 
 
 def start_training(tmp_path: Path, *args: str) -> subprocess.Popen:
@@ -58,10 +57,18 @@ def val_acc_steps(run_id: str) -> list[int]:
     return sorted(m.step for m in MlflowClient().get_metric_history(run_id, "val_acc"))
 
 
-def test_sigterm_stops_after_a_fully_published_epoch_marks_the_run_killed_and_it_resumes(tiny, tmp_path):
-    settings = {**tiny, "rounds": 1, "epochs_per_round": 40}
+# 300 s: a publishing budget longer than the run, so the stop itself publishes the epochs since epoch 1.
+@pytest.mark.parametrize("publish_interval", [0, 300])
+def test_sigterm_stops_after_a_fully_published_epoch_marks_the_run_killed_and_it_resumes(
+    tiny, tmp_path, publish_interval
+):
+    settings = {**tiny, "rounds": 1, "epochs_per_round": 40, "publish_interval": publish_interval}
     process = start_training(tmp_path, *flags(settings))
-    run_id = wait_for_epoch(process, 3)
+    run_id = wait_for_epoch(process, 3 if publish_interval == 0 else 1)  # the budget: 1, then the end
+    local = checkpoint_dir(settings["output_dir"], run_id) / LAST
+    while not local.exists() or Manifest.read(manifest_path(local)).epoch < 3:  # 2 epochs held back
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        time.sleep(0.05)
 
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=60)
@@ -72,8 +79,8 @@ def test_sigterm_stops_after_a_fully_published_epoch_marks_the_run_killed_and_it
     run = MlflowClient().get_run(run_id)
     assert run.info.status == "KILLED"
     published = int(run.data.tags[CHECKPOINT_EPOCH_TAG])
+    assert published >= 3  # with the budget: the epochs it held back went out with the stop
     assert val_acc_steps(run_id) == list(range(1, published + 1))  # no epoch logged but not checkpointed
-    local = checkpoint_dir(settings["output_dir"], run_id) / LAST
     assert verify_checkpoint(local, Manifest.read(manifest_path(local))).epoch == published
 
     resumed = aqtrack.train(resume=run_id)
@@ -105,7 +112,7 @@ def test_a_second_stop_signal_while_publishing_stops_at_once():
 
 def test_an_uncaught_exception_in_a_script_marks_the_run_failed_not_finished(tiny, tmp_path):
     script = textwrap.dedent(f"""
-        import aqtrack, aqtrack.loop
+        import aqtrack, aqtrack.training.loop
         real = aqtrack.training.loop.evaluate
         calls = []
         def evaluate(*args):

@@ -29,9 +29,7 @@ from test_kill_anywhere import EPOCHS, SETTINGS, outcome
 
 import aqtrack as aq
 from aqtrack import cli
-from aqtrack.names import ARTIFACT_DIR, BEST, LAST, MANIFEST_SUFFIX
-from aqtrack.names import METRIC_KEYS
-from aqtrack.names import REPORT_FILE
+from aqtrack.names import ARTIFACT_DIR, BEST, LAST, MANIFEST_SUFFIX, METRIC_KEYS, REPORT_FILE
 
 VOLATILE = ("timestamp", "run_id")  # the only report keys that differ between two runs of one config
 

@@ -1,4 +1,4 @@
-"""aqtrack.report's append-only encoder writes exactly what json.dumps would, epoch after epoch."""
+"""aqtrack.outputs.report's append-only encoder writes exactly what json.dumps would, epoch after epoch."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from aqtrack.report import AppendOnlyEncoder
+from aqtrack.outputs.report import AppendOnlyEncoder
 
 
 def reports(epochs: int):

@@ -11,9 +11,8 @@ from crashes import stop_at
 from mlflow import MlflowClient
 
 import aqtrack
-from aqtrack.names import NOTE_TAG
+from aqtrack.names import NOTE_TAG, SVM_VAL_ACC
 from aqtrack.tracking.describe import RESULTS_PENDING
-from aqtrack.names import SVM_VAL_ACC
 
 GENERATED = r"[a-z]+-[a-z]+-\d+"
 

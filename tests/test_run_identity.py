@@ -17,17 +17,22 @@ from crashes import flags, run_aqtrack, stop_at
 from mlflow import MlflowClient
 
 import aqtrack
-from aqtrack.tracking import store
 from aqtrack import names
-from aqtrack.names import BEST, CHECKPOINT_EPOCH_TAG, LAST, MANIFEST_SUFFIX
-from aqtrack.training.checkpoint import periodic_name
 from aqtrack.cli import main
 from aqtrack.errors import ConfigError, TrackingLost
-from aqtrack.names import NETWORK_MODEL, TAG_BEST_EPOCH
+from aqtrack.names import (
+    BEST,
+    CHECKPOINT_EPOCH_TAG,
+    LAST,
+    MANIFEST_SUFFIX,
+    METRIC_KEYS,
+    NETWORK_MODEL,
+    REPORT_FILE,
+    TAG_BEST_EPOCH,
+)
 from aqtrack.tracking.exports import ready_models
 from aqtrack.tracking.lock import run_lock
-from aqtrack.names import METRIC_KEYS
-from aqtrack.names import REPORT_FILE
+from aqtrack.training.checkpoint import periodic_name
 
 
 def steps(run_id: str, key: str = "val_acc") -> list[int]:
@@ -334,5 +339,5 @@ def test_tags_link_a_resume_under_mlflow_run_to_its_source(tiny_no_svm, monkeypa
     assert steps(made) == [1, 2, 3, 4] and steps(source) == [1, 2]
     assert client.get_run(made).data.tags[names.TAG_RESUMED_FROM] == source
     assert client.get_run(source).data.tags[names.TAG_CONTINUED_IN] == made
-    names = {Path(f.path).name for f in client.list_artifacts(made, "checkpoints")}
-    assert {LAST, BEST} <= names
+    files = {Path(f.path).name for f in client.list_artifacts(made, "checkpoints")}
+    assert {LAST, BEST} <= files

@@ -15,10 +15,10 @@ from mlflow import MlflowClient
 from mlflow_server import MlflowServer
 
 import aqtrack
-from aqtrack import tracking
-from aqtrack.checkpoint import CHECKPOINT_EPOCH_TAG, LAST, MANIFEST_SUFFIX, periodic_name
 from aqtrack.errors import TrackingLost
-from aqtrack.metrics import METRIC_KEYS
+from aqtrack.names import CHECKPOINT_EPOCH_TAG, LAST, MANIFEST_SUFFIX, METRIC_KEYS
+from aqtrack.tracking import store
+from aqtrack.training.checkpoint import periodic_name
 
 
 @pytest.fixture
@@ -28,8 +28,8 @@ def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MlflowSe
     server = MlflowServer(tmp_path / "server").start()
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
-    monkeypatch.setattr(tracking, "PROBE_INTERVAL_S", 0.0)
-    monkeypatch.setattr(tracking, "PROBE_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(store, "PROBE_INTERVAL_S", 0.0)
+    monkeypatch.setattr(store, "PROBE_TIMEOUT_S", 0.5)
     try:
         yield server
     finally:

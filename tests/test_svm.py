@@ -11,18 +11,15 @@ import torch
 from mlflow import MlflowClient
 
 import aqtrack
-from aqtrack.names import BEST
 from aqtrack.cli import main
 from aqtrack.data.dataset import load_data
-from aqtrack.names import SVM_MODEL
-from aqtrack.names import TAG_SVM
-from aqtrack.names import SVM_VAL_ACC, SVM_VAL_F1
-from aqtrack.training.model import ModelSpec, build_model, embed
+from aqtrack.names import BEST, SVM_MODEL, SVM_VAL_ACC, SVM_VAL_F1, TAG_SVM
 from aqtrack.outputs.svm import fit_svm
+from aqtrack.training.model import ModelSpec, build_model, embed
 
 
 def best_features(run_id: str, tiny: dict, tmp_path: Path) -> dict[str, np.ndarray]:
-    """The best checkpoint's features of each split, computed here independently of aqtrack.finish."""
+    """The best checkpoint's features of each split, computed here independently of aqtrack.jobs.finish."""
     path = MlflowClient().download_artifacts(run_id, f"checkpoints/{BEST}", str(tmp_path / "best"))
     best = torch.load(path, weights_only=True)
     network = build_model(ModelSpec(**best["model_spec"]))

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from aqtrack.config import Config
-from aqtrack.data import load_data
+from aqtrack.data.dataset import load_data
 from aqtrack.data.synthetic import CHANNELS, CLASS_NAMES, SEQ_LEN, generate
-from aqtrack.loop import build_trainer, evaluate, train_one_epoch
+from aqtrack.training.loop import build_trainer, evaluate, train_one_epoch
 
 ARRAYS = ("x_train", "y_train", "x_val", "y_val")
 

@@ -1,4 +1,4 @@
-"""aqtrack.tracking.MlflowTracker while the server is away: what waits, in which order it is sent, and
+"""aqtrack.tracking.store.MlflowTracker while the server is away: what waits, in which order it is sent, and
 when it gives up. A small fake client stands in for the server here; tests/test_server_outage.py does
 the same against a real `mlflow server`."""
 
@@ -12,8 +12,8 @@ import requests
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
 
-from aqtrack import tracking
 from aqtrack.errors import TrackingLost
+from aqtrack.tracking import store
 
 
 class FakeClient:
@@ -43,13 +43,13 @@ class FakeClient:
 
 
 @pytest.fixture
-def tracker(monkeypatch) -> tuple[tracking.MlflowTracker, FakeClient]:
-    monkeypatch.setattr(tracking, "PROBE_INTERVAL_S", 0.0)
+def tracker(monkeypatch) -> tuple[store.MlflowTracker, FakeClient]:
+    monkeypatch.setattr(store, "PROBE_INTERVAL_S", 0.0)
     client = FakeClient()
-    return tracking.MlflowTracker(client, "r" * 32, patience=60), client
+    return store.MlflowTracker(client, "r" * 32, patience=60), client
 
 
-def publish(tracker: tracking.MlflowTracker, epoch: int) -> None:
+def publish(tracker: store.MlflowTracker, epoch: int) -> None:
     tracker.log_metrics({"val_acc": 0.5, "lr": 0.1}, step=epoch)
     tracker.log_artifact(Path("last.pt"), "checkpoints")
     tracker.log_artifact(Path("last.pt.manifest.json"), "checkpoints")
@@ -133,4 +133,30 @@ def test_a_refused_request_is_not_waited_out_it_is_raised(tracker):
     ],
 )
 def test_only_failures_that_can_pass_count_as_the_server_being_away(error, transient):
-    assert tracking.is_transient(error) is transient
+    assert store.is_transient(error) is transient
+
+
+def test_within_the_publishing_budget_epochs_wait_and_go_out_together_each_point_at_its_step(monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr(store.time, "monotonic", lambda: clock[0])
+    client = FakeClient()
+    tracker = store.MlflowTracker(client, "r" * 32, patience=60, interval=10.0)
+
+    publish(tracker, 1)  # the first epoch goes out at once
+    for epoch in (2, 3, 4):
+        clock[0] += 3.0  # 3 s epochs: 9 s since the publish
+        publish(tracker, epoch)
+    assert [what[0] for what in client.sent] == ["file", "file", "batch"]
+    clock[0] += 3.0  # 12 s: epochs 2-5 in one publish, last.pt (and its manifest) once, the newest tag
+    publish(tracker, 5)
+
+    batches = [what for what in client.sent if what[0] == "batch"]
+    assert [what[0] for what in client.sent] == ["file", "file", "batch", "file", "file", "batch"]
+    assert sorted(batches[1][1]) == sorted((k, e) for e in (2, 3, 4, 5) for k in ("val_acc", "lr"))
+    assert batches[1][2]["aqtrack.checkpoint_epoch"] == "5"
+    clock[0] += 1.0
+    publish(tracker, 6)  # 1 s after a publish: waits ...
+    assert len([what for what in client.sent if what[0] == "batch"]) == 2
+    tracker.flush(force=True)  # ... unless forced (a stop, the end of training)
+    assert client.sent[-1][:2] == ("batch", [("val_acc", 6), ("lr", 6)])
+    assert client.sent[-1][2]["aqtrack.checkpoint_epoch"] == "6"

@@ -16,14 +16,12 @@ from mlflow import MlflowClient
 
 import aqtrack
 from aqtrack import cli
-from aqtrack.training import loop
-from aqtrack.names import BEST, LAST
-from aqtrack.training.checkpoint import TrainState
 from aqtrack.config import Config
 from aqtrack.data.dataset import load_data
+from aqtrack.names import BEST, GRAD_NORM, GRAD_NORM_MAX, LAST, LEGACY_KEYS, LR, METRIC_KEYS, REPORT_FILE
+from aqtrack.training import loop
+from aqtrack.training.checkpoint import TrainState
 from aqtrack.training.loop import build_trainer, fit, train_one_epoch
-from aqtrack.names import GRAD_NORM, GRAD_NORM_MAX, LR, METRIC_KEYS
-from aqtrack.names import LEGACY_KEYS, REPORT_FILE
 
 
 def metric_points(run_id: str) -> dict[str, list[tuple[int, float]]]:

@@ -90,7 +90,7 @@ from typing import NoReturn
 import numpy as np
 
 from aqtrack.config import MISSING_POLICIES, DataConfig
-from aqtrack.data import MIN_FRAMES, ActionQualityData, Pooled, Split, lengths_of, pad_sequences
+from aqtrack.data.dataset import MIN_FRAMES, ActionQualityData, Pooled, Split, lengths_of, pad_sequences
 from aqtrack.data.missing import fill_missing
 from aqtrack.errors import DataError
 

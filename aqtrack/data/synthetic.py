@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from aqtrack.data import ActionQualityData, Split
+from aqtrack.data.dataset import ActionQualityData, Split
 
 CLASS_NAMES = ("good_form", "shallow_depth", "asymmetric", "knee_valgus")
 CHANNELS = (

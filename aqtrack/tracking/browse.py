@@ -12,11 +12,11 @@ import textwrap
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from aqtrack import exports, tracking
-from aqtrack.checkpoint import CHECKPOINT_EPOCH_TAG
+from aqtrack import names
 from aqtrack.config import Config
 from aqtrack.errors import ConfigError
-from aqtrack.metrics import (
+from aqtrack.names import (
+    CHECKPOINT_EPOCH_TAG,
     CV_MEAN,
     CV_STD,
     GRAD_NORM,
@@ -30,6 +30,7 @@ from aqtrack.metrics import (
     TEST_KEYS,
     VAL_ACC,
 )
+from aqtrack.tracking import exports, store
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -42,7 +43,7 @@ STD_COLUMNS = {key: f"{key}_std" for key in TEST_KEYS}
 COLUMNS += ("folds_finished", "folds_planned", *STD_COLUMNS.values())
 # How `aqtrack runs` heads the test scores: short, so the table fits a terminal.
 TEST_HEADERS = {TEST_ACC: "test_acc", TEST_BALANCED_ACC: "test_bal_acc", TEST_F1_MACRO: "test_f1"}
-HIDDEN_TAGS = (tracking.TAG_HEARTBEAT, tracking.TAG_OWNER)  # bookkeeping, not for people
+HIDDEN_TAGS = (names.TAG_HEARTBEAT, names.TAG_OWNER)  # bookkeeping, not for people
 
 
 def runs_table(experiment: str | None = None, *, all_experiments: bool = False) -> pd.DataFrame:
@@ -52,15 +53,15 @@ def runs_table(experiment: str | None = None, *, all_experiments: bool = False) 
     grad_norm and lr, whether (and how) it can be resumed, where it came from and when it started."""
     import pandas as pd
 
-    client = tracking.connect()
+    client = store.connect()
     ids = _experiment_ids(client, experiment, all_experiments)
     # `aqtrack svm` refits and a cross-validation's folds are listed with their run by `aqtrack show`.
-    nested = (tracking.TAG_REFIT_OF, tracking.TAG_CV_PARENT)
-    runs = [r for r in tracking.search_runs(client, ids) if not any(t in r.data.tags for t in nested)]
+    nested = (names.TAG_REFIT_OF, names.TAG_CV_PARENT)
+    runs = [r for r in store.newest_runs(client, ids) if not any(t in r.data.tags for t in nested)]
     table = pd.DataFrame([_row(client, run) for run in runs], columns=list(COLUMNS))
     if all_experiments:
-        names = {e.experiment_id: e.name for e in client.search_experiments()}
-        table.insert(1, "experiment", [names[r.info.experiment_id] for r in runs])
+        experiments = {e.experiment_id: e.name for e in client.search_experiments()}
+        table.insert(1, "experiment", [experiments[r.info.experiment_id] for r in runs])
     return table
 
 
@@ -98,7 +99,7 @@ def _experiment_ids(client, name: str | None, all_experiments: bool) -> list[str
     if all_experiments:
         return [e.experiment_id for e in client.search_experiments()]
     name = name or Config().run.experiment
-    found = tracking.find_experiment_id(client, name)
+    found = store.find_experiment_id(client, name)
     if found is None:
         known = ", ".join(sorted(e.name for e in client.search_experiments())) or "none"
         raise ConfigError(
@@ -109,7 +110,7 @@ def _experiment_ids(client, name: str | None, all_experiments: bool) -> list[str
 
 
 def _row(client, run) -> dict:
-    if tracking.TAG_CV in run.data.tags:
+    if names.TAG_CV in run.data.tags:
         return _cv_row(client, run)
     done, best = _progress(client, run)
     metrics = run.data.metrics
@@ -163,7 +164,7 @@ def _cv_row(client, run) -> dict:
 
 def _folds(run) -> tuple[int, int]:
     tags = run.data.tags
-    return int(tags.get(tracking.TAG_CV_FINISHED, "0")), int(tags.get(tracking.TAG_CV_PLANNED, "0"))
+    return int(tags.get(names.TAG_CV_FINISHED, "0")), int(tags.get(names.TAG_CV_PLANNED, "0"))
 
 
 @dataclass(frozen=True)
@@ -184,7 +185,7 @@ def _progress(client, run) -> tuple[int, Best]:
     """(epochs logged, the best epoch) from the run's metric history; the run's `select_by` param (val_acc
     before there was one) says what "best" means."""
     select_by = run.data.params.get("select_by", VAL_ACC)
-    history = tracking.fetch_history(client, run.info.run_id, tuple({VAL_ACC, select_by}))
+    history = store.fetch_history(client, run.info.run_id, tuple({VAL_ACC, select_by}))
     points, val_acc = history[select_by], history[VAL_ACC]
     if not points:
         return 0, Best(select_by)
@@ -196,7 +197,7 @@ def _progress(client, run) -> tuple[int, Best]:
 def _total_epochs(run) -> int:
     """rounds x epochs_per_round, with rounds from the tag a resume with more rounds raises."""
     params, tags = run.data.params, run.data.tags
-    rounds = tags.get(tracking.TAG_ROUNDS, params.get("rounds", ""))
+    rounds = tags.get(names.TAG_ROUNDS, params.get("rounds", ""))
     per_round = params.get("epochs_per_round", "")
     return int(rounds) * int(per_round) if rounds.isdigit() and per_round.isdigit() else 0
 
@@ -205,20 +206,20 @@ def resumable(run, tracking_uri: str) -> str:
     """Whether `aqtrack train --resume` (`aqtrack cv --resume` for a cross-validation) can continue the
     run, and why (not)."""
     tags, status = run.data.tags, run.info.status
-    if tracking.TAG_CV in tags:
+    if names.TAG_CV in tags:
         finished, planned = _folds(run)
-        busy = status != "FINISHED" and tracking.held_elsewhere(run, tracking_uri)
+        busy = status != "FINISHED" and store.held_elsewhere(run, tracking_uri)
         if status == "FINISHED":
             return "finished"
         return f"not now: {busy}" if busy else f"yes: cv --resume ({finished} of {planned} folds finished)"
     epoch = tags.get(CHECKPOINT_EPOCH_TAG)
     if not epoch:
         return "no: no checkpoint"
-    if tracking.TAG_CONTINUED_IN in tags:
-        return f"no: continued in {tags[tracking.TAG_CONTINUED_IN][:8]}"
+    if names.TAG_CONTINUED_IN in tags:
+        return f"no: continued in {tags[names.TAG_CONTINUED_IN][:8]}"
     if status == "FINISHED":
         return "finished; --rounds to extend"
-    busy = tracking.held_elsewhere(run, tracking_uri)
+    busy = store.held_elsewhere(run, tracking_uri)
     if busy:
         return f"not now: {busy}"
     return f"yes, from epoch {epoch}"
@@ -227,26 +228,26 @@ def resumable(run, tracking_uri: str) -> str:
 def origin(run) -> str:
     """Where the run came from: another run it resumes or forks ("" for a run started afresh)."""
     tags = run.data.tags
-    if tracking.TAG_CV in tags:
-        folds = tags[tracking.TAG_CV]
+    if names.TAG_CV in tags:
+        folds = tags[names.TAG_CV]
         return f"cross-validation, {'leave one subject out' if folds == 'loso' else folds + ' folds'}"
-    if tracking.TAG_CV_PARENT in tags:
-        return f"fold {tags.get(tracking.TAG_CV_FOLD, '?')} of cv {tags[tracking.TAG_CV_PARENT][:8]}"
-    if tracking.TAG_FORKED_FROM in tags:
-        source, _, epoch = tags[tracking.TAG_FORKED_FROM].partition("@")
+    if names.TAG_CV_PARENT in tags:
+        return f"fold {tags.get(names.TAG_CV_FOLD, '?')} of cv {tags[names.TAG_CV_PARENT][:8]}"
+    if names.TAG_FORKED_FROM in tags:
+        source, _, epoch = tags[names.TAG_FORKED_FROM].partition("@")
         return f"fork of {source[:8]}@{epoch}"
-    if tracking.TAG_RESUMED_FROM in tags:
-        return f"resumes {tags[tracking.TAG_RESUMED_FROM][:8]}"
-    if tracking.TAG_CONTINUED_IN in tags:
-        return f"continued in {tags[tracking.TAG_CONTINUED_IN][:8]}"
+    if names.TAG_RESUMED_FROM in tags:
+        return f"resumes {tags[names.TAG_RESUMED_FROM][:8]}"
+    if names.TAG_CONTINUED_IN in tags:
+        return f"continued in {tags[names.TAG_CONTINUED_IN][:8]}"
     return ""
 
 
 def show_run(run_id: str, tail: int = 10) -> str:
     """What `aqtrack show` prints: the run's summary, params, the last `tail` epochs of its metrics,
     its other metrics and its artifacts (with sizes)."""
-    client = tracking.connect()
-    run = tracking.get_run(client, run_id, label="show")
+    client = store.connect()
+    run = store.get_run(client, run_id, label="show")
     done, best = _progress(client, run)
     info, data = run.info, run.data
     experiment = client.get_experiment(info.experiment_id).name
@@ -255,7 +256,7 @@ def show_run(run_id: str, tail: int = 10) -> str:
         f"epochs {_epochs(done, _total_epochs(run))}"
         + (f", {best}" if done else "")
         + "".join(f", {k} {data.metrics[k]:.4f}" for k in TEST_KEYS if k in data.metrics)
-        if tracking.TAG_CV not in data.tags
+        if names.TAG_CV not in data.tags
         else "cross-validation, {} of {} folds finished".format(*_folds(run))
     )
     lines = [
@@ -271,7 +272,7 @@ def show_run(run_id: str, tail: int = 10) -> str:
     lines += ["", *_history(client, run_id, tail)]
     others = " ".join(f"{k}={v:.4g}" for k, v in sorted(data.metrics.items()) if k not in METRIC_KEYS)
     lines += _section("other metrics (last value)", others)
-    lines += ["", "artifacts:", *_tree(tracking.artifact_tree(client, run_id))]
+    lines += ["", "artifacts:", *_tree(store.artifact_tree(client, run_id))]
     lines += ["", "models (mlflow.pyfunc.load_model('runs:/<run id>/<name>') loads the newest READY one):"]
     models = exports.run_models(client, run_id)
     lines += [
@@ -285,24 +286,24 @@ def show_run(run_id: str, tail: int = 10) -> str:
 def _lineage(client, run) -> list[str]:
     """The runs linked to this one: where it came from, its forks and its SVM refits."""
     tags, lines = run.data.tags, []
-    if tracking.TAG_CV_PARENT in tags:
+    if names.TAG_CV_PARENT in tags:
         lines.append(
-            f"  fold {tags.get(tracking.TAG_CV_FOLD, '?')} of cross-validation {tags[tracking.TAG_CV_PARENT]}"
+            f"  fold {tags.get(names.TAG_CV_FOLD, '?')} of cross-validation {tags[names.TAG_CV_PARENT]}"
         )
-    for fold, child in sorted(tracking.cv_folds(client, run).items()) if tracking.TAG_CV in tags else []:
+    for fold, child in sorted(store.cv_folds(client, run).items()) if names.TAG_CV in tags else []:
         test_acc = child.data.metrics.get(TEST_ACC)
         scores = f"test_acc={test_acc:.4f}" if test_acc is not None else child.info.status
         lines.append(
             f"  fold {fold}: {child.info.run_id} {child.info.run_name!r} {child.info.status}: {scores}"
         )
-    source = tags.get(tracking.TAG_FORKED_FROM) or tags.get(tracking.TAG_RESUMED_FROM)
+    source = tags.get(names.TAG_FORKED_FROM) or tags.get(names.TAG_RESUMED_FROM)
     if source:
-        lines.append(f"  origin: {'fork of' if tracking.TAG_FORKED_FROM in tags else 'resumes'} {source}")
-    for key, label in ((tracking.TAG_CONTINUED_IN, "continued in"), (tracking.TAG_FORKS, "forks")):
+        lines.append(f"  origin: {'fork of' if names.TAG_FORKED_FROM in tags else 'resumes'} {source}")
+    for key, label in ((names.TAG_CONTINUED_IN, "continued in"), (names.TAG_FORKS, "forks")):
         if key in tags:
             lines.append(f"  {label}: {tags[key].replace(',', ', ')}")
     refits = client.search_runs(
-        [run.info.experiment_id], filter_string=f"tags.`{tracking.TAG_REFIT_OF}` = '{run.info.run_id}'"
+        [run.info.experiment_id], filter_string=f"tags.`{names.TAG_REFIT_OF}` = '{run.info.run_id}'"
     )
     for refit in sorted(refits, key=lambda r: r.info.start_time):
         m = refit.data.metrics
@@ -315,7 +316,7 @@ def _lineage(client, run) -> list[str]:
 def _history(client, run_id: str, tail: int) -> list[str]:
     import pandas as pd
 
-    points = tracking.fetch_history(client, run_id, METRIC_KEYS)
+    points = store.fetch_history(client, run_id, METRIC_KEYS)
     table = pd.DataFrame({k: pd.Series(v, dtype="float64") for k, v in points.items()}).sort_index()
     if table.empty:
         return ["no epochs logged"]

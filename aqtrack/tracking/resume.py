@@ -17,18 +17,10 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from aqtrack import tracking
-from aqtrack.checkpoint import (
-    ARTIFACT_DIR,
-    BEST,
-    LAST,
-    MANIFEST_SUFFIX,
-    Manifest,
-    TrainState,
-    manifest_path,
-    verify_checkpoint,
-)
 from aqtrack.errors import NoCheckpoint, ResumeError
+from aqtrack.names import ARTIFACT_DIR, BEST, LAST, MANIFEST_SUFFIX
+from aqtrack.tracking import store
+from aqtrack.training.checkpoint import Manifest, TrainState, manifest_path, verify_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +50,12 @@ class _Source:
 
 class _RunArtifacts(_Source):
     def __init__(self, client, run_id: str, tmp: Path) -> None:
-        names = tracking.artifact_names(client, run_id, ARTIFACT_DIR)
+        names = store.artifact_names(client, run_id, ARTIFACT_DIR)
         super().__init__(f"run {run_id}: {ARTIFACT_DIR}/", names)
         self.client, self.run_id, self.tmp = client, run_id, tmp / run_id
 
     def fetch(self, name: str) -> Path:
-        return tracking.download(self.client, self.run_id, f"{ARTIFACT_DIR}/{name}", self.tmp)
+        return store.download_or_refuse(self.client, self.run_id, f"{ARTIFACT_DIR}/{name}", self.tmp)
 
 
 class _LocalCopies(_Source):

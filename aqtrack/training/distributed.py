@@ -26,8 +26,8 @@ from torch import nn
 from torch.utils.data import BatchSampler, DistributedSampler, Sampler
 
 from aqtrack.config import flag
-from aqtrack.errors import ConfigError, DistributedError
-from aqtrack.model import MaskedBatchNorm1d
+from aqtrack.errors import ConfigError, DistributedError, described
+from aqtrack.training.model import MaskedBatchNorm1d
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +71,7 @@ class World:
         if self.size == 1 or not self.is_main or self.planned:
             return
         self.planned = True
-        text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        self.share(_Message(error=f"{type(error).__name__}: {text}" if text else type(error).__name__))
+        self.share(_Message(error=described(error)))
         # The others exit now, and torchrun then sends this process SIGTERM: say why first.
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, signal.SIG_IGN)

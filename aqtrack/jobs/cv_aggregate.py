@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from aqtrack import exports, tracking
-from aqtrack.data import FoldPlan
+from aqtrack import names
+from aqtrack.data.dataset import FoldPlan
 from aqtrack.errors import DataError, ResumeError
-from aqtrack.metrics import (
+from aqtrack.names import (
     CV_FOLDS_FINISHED,
     CV_MEAN,
     CV_OOF_ACC,
@@ -29,9 +29,9 @@ from aqtrack.metrics import (
     CV_STD,
     TEST_KEYS,
     VAL_ACC,
-    confusion_counts,
-    scores,
 )
+from aqtrack.tracking import exports, store
+from aqtrack.training.scores import confusion_counts, scores
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -81,7 +81,7 @@ def aggregate(client, parent, plan: FoldPlan, tmp: Path) -> Aggregate:
     import pandas as pd
 
     folds, parts = [], []
-    for fold, run in sorted(tracking.cv_folds(client, parent).items()):
+    for fold, run in sorted(store.cv_folds(client, parent).items()):
         if run.info.status == "FINISHED":
             result, predictions = _fold_result(client, run, fold, plan, tmp)
             folds.append(result)
@@ -99,10 +99,10 @@ def _fold_result(client, run, fold: int, plan: FoldPlan, tmp: Path) -> tuple[Fol
     import pandas as pd
 
     run_id = run.info.run_id
-    path = tracking.download_artifact(client, run_id, exports.TEST_PREDICTIONS_ARTIFACT, tmp / run_id)
+    path = store.download_if_present(client, run_id, names.TEST_PREDICTIONS_ARTIFACT, tmp / run_id)
     if path is None:
         raise ResumeError(
-            f"fold {fold}: its run {run_id} is FINISHED without {exports.TEST_PREDICTIONS_ARTIFACT}; "
+            f"fold {fold}: its run {run_id} is FINISHED without {names.TEST_PREDICTIONS_ARTIFACT}; "
             "was it trained by an older aqtrack?"
         )
     table = pd.read_csv(
@@ -118,7 +118,7 @@ def _fold_result(client, run, fold: int, plan: FoldPlan, tmp: Path) -> tuple[Fol
     table.insert(2, "fold", fold)
     table.index = index
     metrics, select_by = run.data.metrics, run.data.params.get("select_by", VAL_ACC)
-    history = tracking.fetch_history(client, run_id, (select_by,))[select_by]
+    history = store.fetch_history(client, run_id, (select_by,))[select_by]
     best = max(history.values(), default=float("nan"))
     result = FoldResult(
         fold=fold,
@@ -136,7 +136,7 @@ def _fold_result(client, run, fold: int, plan: FoldPlan, tmp: Path) -> tuple[Fol
 def _empty_predictions(plan: FoldPlan) -> pd.DataFrame:
     import pandas as pd
 
-    from aqtrack.predictions import PROBABILITY_PREFIX
+    from aqtrack.jobs.predictions import PROBABILITY_PREFIX
 
     probabilities = [PROBABILITY_PREFIX + name for name in plan.pool.class_names]
     return pd.DataFrame(columns=[*PREDICTION_COLUMNS, *probabilities])
@@ -174,27 +174,27 @@ def log_scores(client, run_id: str, done: Aggregate, tmp: Path) -> None:
     """The aggregate metrics at step = the number of folds aggregated (each once), and the per-fold
     table: MLflow appends to a logged table, so only the rows of folds it lacks are logged."""
     step = len(done.folds)
-    have = {k for k in done.scores if step in tracking.metric_steps(client, run_id, k)}
-    tracking.log_points(client, run_id, {k: v for k, v in done.scores.items() if k not in have}, step, {})
-    logged = exports.read_table(client, run_id, exports.CV_FOLDS_TABLE, tmp / "table") or {"fold": []}
+    have = {k for k in done.scores if step in store.metric_steps(client, run_id, k)}
+    store.log_points(client, run_id, {k: v for k, v in done.scores.items() if k not in have}, step, {})
+    logged = exports.read_table(client, run_id, names.CV_FOLDS_TABLE, tmp / "table") or {"fold": []}
     rows = [f.row() for f in done.folds if f.fold not in set(logged["fold"])]
     if rows:
-        exports.log_table(client, run_id, {k: [r[k] for r in rows] for k in rows[0]}, exports.CV_FOLDS_TABLE)
+        exports.log_table(client, run_id, {k: [r[k] for r in rows] for k in rows[0]}, names.CV_FOLDS_TABLE)
 
 
 def _log_predictions(client, run_id: str, done: Aggregate, plan: FoldPlan, tmp: Path) -> None:
     """The out-of-fold predictions (CSV, in the data's order), their confusion matrix and the folds'
     figure; each replaces the one an earlier aggregate logged."""
-    from aqtrack.plots import confusion_matrix_figure, cv_folds_figure, save_png
+    from aqtrack.outputs.plots import confusion_matrix_figure, cv_folds_figure, save_png
 
-    path = tmp / Path(exports.CV_PREDICTIONS).name
+    path = tmp / Path(names.CV_PREDICTIONS).name
     done.predictions.to_csv(path, index=False)
-    client.log_artifact(run_id, str(path), exports.CV_DIR)
-    names = plan.pool.class_names
+    client.log_artifact(run_id, str(path), names.CV_DIR)
+    class_names = plan.pool.class_names
     title = f"out-of-fold predictions of {len(done.folds)} of {plan.k} folds (run {run_id[:8]})"
-    figure = confusion_matrix_figure(_confusion(done.predictions, names), names, title=title)
-    exports.log_png(client, run_id, save_png(figure, tmp / exports.CV_CONFUSION), exports.CV_CONFUSION)
+    figure = confusion_matrix_figure(_confusion(done.predictions, class_names), class_names, title=title)
+    exports.log_png(client, run_id, save_png(figure, tmp / names.CV_CONFUSION), names.CV_CONFUSION)
     by_key = {key: [getattr(f, key) for f in done.folds] for key in TEST_KEYS}
     title = f"test scores by fold (run {run_id[:8]})"
     figure = cv_folds_figure([f.fold for f in done.folds], by_key, title=title)
-    exports.log_png(client, run_id, save_png(figure, tmp / exports.CV_FOLDS_FIGURE), exports.CV_FOLDS_FIGURE)
+    exports.log_png(client, run_id, save_png(figure, tmp / names.CV_FOLDS_FIGURE), names.CV_FOLDS_FIGURE)

@@ -19,7 +19,7 @@ The aggregate, at step = the number of folds aggregated: the mean and sample sta
 (ddof=1, as papers report) of each fold's test_acc, test_balanced_acc and test_f1_macro, and the scores of
 the pooled out-of-fold predictions (what each fold's best checkpoint predicted for its own fold, logged by
 its finishing stage); the per-fold table, the predictions as CSV, the pooled confusion matrix and a
-per-fold figure as artifacts (`aqtrack.cv_aggregate`).
+per-fold figure as artifacts (`aqtrack.jobs.cv_aggregate`).
 
 `jobs` > 1 trains folds in that many worker processes (spawned; each trains whole folds with
 1/jobs of torch's threads); this process aggregates. A fold's numbers depend on its torch thread count
@@ -39,16 +39,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aqtrack import exports, tracking
+from aqtrack import names
 from aqtrack.config import CV_RESUMABLE, Config, check_values, config_fields, cv_resumed, parse_param, show
-from aqtrack.cv_aggregate import FoldResult, aggregate
-from aqtrack.data import FoldPlan, fold_plan
-from aqtrack.describe import GENERATED_NAME_RE, NOTE_TAG, RUN_NAME_TAG, cv_final_note, cv_start_note, run_name
-from aqtrack.errors import AqtrackError, ConfigError, DataError, NoCheckpoint, ResumeError, TrackingLost
-from aqtrack.interrupts import stop_signals
-from aqtrack.lock import run_lock, try_run_lock
-from aqtrack.metrics import TEST_ACC
-from aqtrack.pipeline import Nest, adopt, aqtrack_version, check_writable, train_fold
+from aqtrack.data.dataset import FoldPlan, fold_plan
+from aqtrack.errors import (
+    AqtrackError,
+    ConfigError,
+    DataError,
+    NoCheckpoint,
+    ResumeError,
+    TrackingLost,
+    described,
+)
+from aqtrack.jobs.cv_aggregate import FoldResult, aggregate
+from aqtrack.jobs.pipeline import Nest, adopt, aqtrack_version, check_writable, train_fold
+from aqtrack.names import NOTE_TAG, RUN_NAME_TAG, TEST_ACC
+from aqtrack.tracking import store
+from aqtrack.tracking.describe import GENERATED_NAME_RE, cv_final_note, cv_start_note, run_name
+from aqtrack.tracking.lock import run_lock, try_run_lock
+from aqtrack.training.interrupts import stop_signals
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -125,8 +134,8 @@ def cross_validate(resume: str | None = None, *, jobs: int = 1, **settings: Any)
             setting="fold",
         )
     plan, cfg = _check_early(resume, settings)
-    client = tracking.connect()
-    env = tracking.env_run(client)
+    client = store.connect()
+    env = store.env_run(client)
     with contextlib.ExitStack() as held, tempfile.TemporaryDirectory(prefix="aqtrack-cv-") as tmp:
         if resume:
             parent, cfg, plan = _reopen(client, resume, settings, env, held, Path(tmp))
@@ -134,7 +143,7 @@ def cross_validate(resume: str | None = None, *, jobs: int = 1, **settings: Any)
             parent, cfg = _open(client, cfg, plan, env, held, Path(tmp))
         cv = _Cv(client, parent, cfg, plan, Path(tmp))
         try:
-            with stop_signals(), tracking.terminating(client, cv.run_id, RESUME_COMMAND):
+            with stop_signals(), store.terminating(client, cv.run_id, RESUME_COMMAND):
                 result = _cross_validate(cv, jobs, settings)
                 if result.failed:
                     raise FoldsFailed(_failure(result))
@@ -147,7 +156,7 @@ def _check_early(resume: str | None, settings: dict[str, Any]) -> tuple[FoldPlan
     """Before the store is contacted: a new cross-validation's settings, data and every fold's splits;
     a resume's id and given settings (one by one: the run's own are read from it later)."""
     if resume:
-        if not tracking.RUN_ID_RE.match(resume):
+        if not store.RUN_ID_RE.match(resume):
             raise ResumeError(f"cv --resume {resume!r}: not a run id (32 lowercase hex characters)")
         check_values(settings)
         return None, None
@@ -182,21 +191,23 @@ def _open(client, cfg: Config, plan: FoldPlan, env, held: contextlib.ExitStack, 
         if env is not None:
             log.warning(
                 "%s=%s names a run that holds a training already; the cross-validation goes in a new run",
-                tracking.MLFLOW_RUN_ENV,
+                names.MLFLOW_RUN_ENV,
                 env.info.run_id,
             )
-        experiment_id = env.info.experiment_id if env else tracking.experiment_id(client, cfg.run.experiment)
-        run = tracking.create_run(client, experiment_id, cfg.run.run_name or None)
+        experiment_id = (
+            env.info.experiment_id if env else store.get_or_create_experiment(client, cfg.run.experiment)
+        )
+        run = store.create_run(client, experiment_id, cfg.run.run_name or None)
         held.enter_context(run_lock(client.tracking_uri, run.info.run_id))
     run_id = run.info.run_id
     cfg = cfg.replace(experiment=client.get_experiment(run.info.experiment_id).name)
-    tracker = tracking.MlflowTracker(client, run_id, patience=cfg.run.tracking_patience)
+    tracker = store.MlflowTracker(client, run_id, patience=cfg.run.tracking_patience)
     tracker.log_params({k: show(v) for k, v in cfg.to_dict().items() if k != "fold"})
     tags = {
-        tracking.TAG_CV: cfg.data.folds,
-        tracking.TAG_CV_PLANNED: str(plan.k),
-        tracking.TAG_CV_FINISHED: "0",
-        tracking.TAG_DATA_SOURCE: plan.pool.source,
+        names.TAG_CV: cfg.data.folds,
+        names.TAG_CV_PLANNED: str(plan.k),
+        names.TAG_CV_FINISHED: "0",
+        names.TAG_DATA_SOURCE: plan.pool.source,
         "aqtrack.version": aqtrack_version(),
         NOTE_TAG: cv_start_note(cfg, plan, run_id),
         **_owner(),
@@ -204,8 +215,8 @@ def _open(client, cfg: Config, plan: FoldPlan, env, held: contextlib.ExitStack, 
     if not cfg.run.run_name and GENERATED_NAME_RE.match(run.info.run_name or ""):
         tags[RUN_NAME_TAG] = f"cv{cfg.data.folds}-{run_name(cfg, run.info.run_name)}"
     tracker.set_tags(tags)
-    tracker.log_json(_pool_stats(plan), tracking.DATASET_STATS_ARTIFACT)
-    tracker.log_artifact(_assignment_csv(plan, tmp), exports.CV_DIR)
+    tracker.log_json(_pool_stats(plan), names.DATASET_STATS_ARTIFACT)
+    tracker.log_artifact(_assignment_csv(plan, tmp), names.CV_DIR)
     tracker.drain()
     log.info("cv %s: %d folds, %s", run_id, plan.k, _method(plan))
     return client.get_run(run_id), cfg
@@ -214,10 +225,10 @@ def _open(client, cfg: Config, plan: FoldPlan, env, held: contextlib.ExitStack, 
 def _reopen(client, run_id: str, given: dict[str, Any], env, held: contextlib.ExitStack, tmp: Path):
     """The parent run of the cross-validation to continue, locked and RUNNING again, its settings with
     the resumable ones given, and its folds (checked to be the ones it started with)."""
-    run = tracking.get_run(client, run_id, label="cv --resume")
-    if tracking.TAG_CV not in run.data.tags:
+    run = store.get_run(client, run_id, label="cv --resume")
+    if names.TAG_CV not in run.data.tags:
         raise ResumeError(
-            f"cv --resume {run_id}: not a cross-validation run (no {tracking.TAG_CV} tag); continue a "
+            f"cv --resume {run_id}: not a cross-validation run (no {names.TAG_CV} tag); continue a "
             f"training with `aqtrack train --resume {run_id}`"
         )
     held.enter_context(run_lock(client.tracking_uri, run_id))
@@ -229,21 +240,21 @@ def _reopen(client, run_id: str, given: dict[str, Any], env, held: contextlib.Ex
     if env is not None and env.info.run_id != run_id:
         log.warning(
             "%s=%s: cv --resume continues run %s itself; that run is left empty",
-            tracking.MLFLOW_RUN_ENV,
+            names.MLFLOW_RUN_ENV,
             env.info.run_id,
             run_id,
         )
         client.set_tag(env.info.run_id, NOTE_TAG, f"Continued the cross-validation in run `{run_id}`.")
     client.update_run(run_id, status="RUNNING", name=given.get("run_name") or None)
-    if tracking.TAG_ERROR in run.data.tags:  # the error of an earlier attempt; this one may end otherwise
-        client.delete_tag(run_id, tracking.TAG_ERROR)
-    tracking.log_points(client, run_id, {}, 0, _owner())
+    if names.TAG_ERROR in run.data.tags:  # the error of an earlier attempt; this one may end otherwise
+        client.delete_tag(run_id, names.TAG_ERROR)
+    store.log_points(client, run_id, {}, 0, _owner())
     return client.get_run(run_id), cfg, plan
 
 
 def _check_resumable(client, run, given: dict[str, Any]) -> None:
     run_id = run.info.run_id
-    busy = tracking.running_on_another_machine(run)
+    busy = store.running_on_another_machine(run)
     if busy:
         raise ResumeError(f"cv --resume {run_id}: the run is {busy}")
     experiment = client.get_experiment(run.info.experiment_id).name
@@ -251,8 +262,8 @@ def _check_resumable(client, run, given: dict[str, Any]) -> None:
         raise ResumeError(
             f"cv --resume {run_id}: the run is in experiment {experiment!r}, not {given['experiment']!r}"
         )
-    planned = int(run.data.tags.get(tracking.TAG_CV_PLANNED, "0"))
-    done = [f for f, r in tracking.cv_folds(client, run).items() if r.info.status == "FINISHED"]
+    planned = int(run.data.tags.get(names.TAG_CV_PLANNED, "0"))
+    done = [f for f, r in store.cv_folds(client, run).items() if r.info.status == "FINISHED"]
     if run.info.status == "FINISHED" and len(done) >= planned:
         raise ResumeError(f"cv --resume {run_id}: all {planned} folds finished; there is nothing to resume")
 
@@ -262,7 +273,7 @@ def _check_same_folds(client, run, plan: FoldPlan, tmp: Path) -> None:
     fold_assignment.csv): finished folds were trained and tested on those."""
     import pandas as pd
 
-    path = tracking.download_artifact(client, run.info.run_id, exports.CV_ASSIGNMENT, tmp / "assignment")
+    path = store.download_if_present(client, run.info.run_id, names.CV_ASSIGNMENT, tmp / "assignment")
     if path is None:  # stopped before it was logged: no fold has trained yet
         return
     started = pd.read_csv(path, dtype={"sample_id": str}, keep_default_na=False)
@@ -270,7 +281,7 @@ def _check_same_folds(client, run, plan: FoldPlan, tmp: Path) -> None:
     if started["sample_id"].tolist() != now or started["fold"].tolist() != plan.fold_of().tolist():
         raise DataError(
             f"cv --resume {run.info.run_id}: {plan.pool.source} makes other folds than the cross-validation "
-            f"started with ({exports.CV_ASSIGNMENT} in the run): the data changed; start a new "
+            f"started with ({names.CV_ASSIGNMENT} in the run): the data changed; start a new "
             "cross-validation"
         )
 
@@ -279,10 +290,10 @@ _SETTINGS = frozenset(name for _, name, _ in config_fields())
 
 
 def _owner() -> dict[str, str]:
-    """Which process holds the parent, and that it is alive (see `tracking.held_elsewhere`)."""
+    """Which process holds the parent, and that it is alive (see `store.held_elsewhere`)."""
     return {
-        tracking.TAG_OWNER: f"{socket.gethostname()}:{os.getpid()}",
-        tracking.TAG_HEARTBEAT: str(int(time.time())),
+        names.TAG_OWNER: f"{socket.gethostname()}:{os.getpid()}",
+        names.TAG_HEARTBEAT: str(int(time.time())),
     }
 
 
@@ -305,13 +316,13 @@ def _assignment_csv(plan: FoldPlan, tmp: Path) -> Path:
     """`fold_assignment.csv`: the fold whose test split holds each sample, every sample once."""
     import pandas as pd
 
-    s, names = plan.pool.samples, plan.pool.class_names
-    path = tmp / Path(exports.CV_ASSIGNMENT).name
+    s, class_names = plan.pool.samples, plan.pool.class_names
+    path = tmp / Path(names.CV_ASSIGNMENT).name
     pd.DataFrame(
         {
             "sample_id": s.sample_ids,
             "subject": s.subjects if s.subjects is not None else "",
-            "label": [names[k] for k in s.y],
+            "label": [class_names[k] for k in s.y],
             "fold": plan.fold_of(),
         }
     ).to_csv(path, index=False)
@@ -332,7 +343,7 @@ def _cross_validate(cv: _Cv, jobs: int, given: dict[str, Any]) -> CvResult:
     k = cv.plan.k
     base = {name: v for name, v in cv.config.to_dict().items() if name != "fold"}
     resumable = {name: v for name, v in given.items() if name in CV_RESUMABLE - {"run_name", "experiment"}}
-    folds = tracking.cv_folds(cv.client, cv.parent)
+    folds = store.cv_folds(cv.client, cv.parent)
     todo = [
         _FoldTask(cv.run_id, i, {**base, "fold": i, "run_name": f"fold-{i}-of-{k}"}, resumable)
         for i in range(1, k + 1)
@@ -359,10 +370,8 @@ def _run_fold(client, task: _FoldTask) -> _FoldOutcome:
     """Train one fold to FINISHED: resume its run, or start it (again) in a new one. Any failure but a
     stop (Ctrl-C, SIGTERM) is the fold's outcome: the other folds go on."""
     parent = client.get_run(task.parent_id)
-    run = tracking.cv_folds(client, parent).get(task.fold)
-    nest = Nest(
-        task.parent_id, {tracking.TAG_CV_PARENT: task.parent_id, tracking.TAG_CV_FOLD: str(task.fold)}
-    )
+    run = store.cv_folds(client, parent).get(task.fold)
+    nest = Nest(task.parent_id, {names.TAG_CV_PARENT: task.parent_id, names.TAG_CV_FOLD: str(task.fold)})
     try:
         if run is not None and run.info.status == "FINISHED":
             return _FoldOutcome(task.fold, run.info.run_id)
@@ -377,8 +386,7 @@ def _run_fold(client, task: _FoldTask) -> _FoldOutcome:
     except Exception as e:  # the fold failed (its run says so); the others go on
         if not isinstance(e, AqtrackError):
             log.exception("cv %s: fold %d failed", task.parent_id, task.fold)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        return _FoldOutcome(task.fold, error=f"{type(e).__name__}: {first}"[:500])
+        return _FoldOutcome(task.fold, error=described(e)[:500])
 
 
 def _discard(client, run, why: NoCheckpoint) -> None:
@@ -391,11 +399,11 @@ def _discard(client, run, why: NoCheckpoint) -> None:
         log.warning(
             "cv: fold %s: its run %s holds no checkpoint to continue from; it is deleted and the fold "
             "starts again in a new run",
-            run.data.tags.get(tracking.TAG_CV_FOLD),
+            run.data.tags.get(names.TAG_CV_FOLD),
             run_id,
         )
         log.debug("%s", why)
-        tracking.delete_run(client, run_id)
+        store.delete_run(client, run_id)
 
 
 def _fold_done(client, parent, outcome: _FoldOutcome) -> None:
@@ -413,8 +421,8 @@ def _fold_done(client, parent, outcome: _FoldOutcome) -> None:
             run.info.run_id,
             test_acc,
         )
-    finished = sum(r.info.status == "FINISHED" for r in tracking.cv_folds(client, parent).values())
-    tracking.log_points(client, parent_id, {}, 0, {tracking.TAG_CV_FINISHED: str(finished), **_owner()})
+    finished = sum(r.info.status == "FINISHED" for r in store.cv_folds(client, parent).values())
+    store.log_points(client, parent_id, {}, 0, {names.TAG_CV_FINISHED: str(finished), **_owner()})
 
 
 def _failure(result: CvResult) -> str:
@@ -483,7 +491,7 @@ def _worker(todo, done, threads: int, level: int, main_pid: int) -> None:
     import psutil
     import torch
 
-    from aqtrack.interrupts import stop_when_gone
+    from aqtrack.training.interrupts import stop_when_gone
 
     os.setpgrp()  # out of the terminal's process group: the main process decides when to stop
     torch.set_num_threads(threads)
@@ -493,7 +501,7 @@ def _worker(todo, done, threads: int, level: int, main_pid: int) -> None:
     logger.handlers[:] = [handler]
     logger.setLevel(max(level, logging.WARNING))  # progress lines of several folds at once would mingle
     logger.propagate = False
-    client = tracking.connect()
+    client = store.connect()
     with stop_when_gone(psutil.Process(main_pid), "the `aqtrack cv` process"):
         while (task := todo.get()) is not None:
             try:
@@ -510,6 +518,6 @@ def _aggregate(cv: _Cv) -> CvResult:
     done = aggregate(cv.client, cv.parent, cv.plan, cv.tmp)
     rows = [f.row() for f in done.folds]
     note = cv_final_note(cv_start_note(cv.config, cv.plan, cv.run_id), cv.plan.k, rows, done.scores)
-    tags = {tracking.TAG_CV_FINISHED: str(len(rows)), NOTE_TAG: note}
-    tracking.log_points(cv.client, cv.run_id, {}, 0, tags)
+    tags = {names.TAG_CV_FINISHED: str(len(rows)), NOTE_TAG: note}
+    store.log_points(cv.client, cv.run_id, {}, 0, tags)
     return CvResult(cv.run_id, cv.plan.k, done.folds, done.scores, done.predictions)

@@ -25,8 +25,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from aqtrack.config import MISSING_POLICIES
-from aqtrack.data import SYNTHETIC, ActionQualityData
-from aqtrack.errors import ModelError
+from aqtrack.data.dataset import SYNTHETIC, ActionQualityData
+from aqtrack.errors import ModelError, first_line
+from aqtrack.names import NETWORK_MODEL, SVM_MODEL, TAG_BEST_EPOCH
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -34,24 +35,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-NETWORK_MODEL = "model"  # runs:/<run id>/model
-SVM_MODEL = "svm"  # runs:/<run id>/svm
-PLOTS_DIR = "plots"
-CURVES_ARTIFACT = f"{PLOTS_DIR}/training_curves.png"
-CONFUSION_ARTIFACT = f"{PLOTS_DIR}/confusion_matrix.png"  # the validation split's
-TEST_CONFUSION_ARTIFACT = f"{PLOTS_DIR}/test_confusion_matrix.png"
-TEST_DIR = "test"
-PER_CLASS_ARTIFACT = f"{TEST_DIR}/per_class_metrics.json"  # precision, recall, F1, support per class
-# A cross-validation fold's predictions on its test split (its fold), what the parent pools.
-TEST_PREDICTIONS_ARTIFACT = f"{TEST_DIR}/predictions.csv"
-TAG_BEST_EPOCH = "aqtrack.best_epoch"  # on a LoggedModel: the best checkpoint it was made from
-# A cross-validation's parent run.
-CV_DIR = "cv"
-CV_ASSIGNMENT = f"{CV_DIR}/fold_assignment.csv"  # sample_id, subject, label, fold: every sample
-CV_FOLDS_TABLE = f"{CV_DIR}/folds.json"  # one row per finished fold (an MLflow table)
-CV_PREDICTIONS = f"{CV_DIR}/oof_predictions.csv"  # out-of-fold: sample_id, subject, fold, label, ...
-CV_CONFUSION = f"{CV_DIR}/confusion_matrix.png"  # of the pooled out-of-fold predictions
-CV_FOLDS_FIGURE = f"{CV_DIR}/folds.png"  # the folds' test scores side by side
 # pt2 (torch.export) rather than pickle: the archive holds the weights as raw bytes, so aqtrack reads them
 # without unpickling anything (`read_pt2_weights`); other readers need no aqtrack installed.
 NETWORK_FORMAT = "pt2"
@@ -175,7 +158,7 @@ def log_network(
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
-    from aqtrack.model import NanPaddedNet
+    from aqtrack.training.model import NanPaddedNet
 
     mlflow_pytorch = _mlflow_pytorch()
     exported = NanPaddedNet(network).eval()
@@ -209,7 +192,7 @@ class LoggedNetwork:
     """A network aqtrack logged, read back: the network (eval mode), what it was trained on, and where
     it comes from (its run, the best epoch it was made from; None when the model does not say)."""
 
-    network: Any  # aqtrack.model.ActionQualityNet
+    network: Any  # aqtrack.training.model.ActionQualityNet
     about: NetworkInfo
     run_id: str
     best_epoch: int | None
@@ -225,7 +208,7 @@ def load_logged_network(client: MlflowClient, uri: str, tmp: Path) -> LoggedNetw
     from mlflow.exceptions import MlflowException
     from mlflow.models import Model
 
-    from aqtrack.model import network_from_state_dict
+    from aqtrack.training.model import network_from_state_dict
 
     try:
         local = Path(
@@ -236,7 +219,7 @@ def load_logged_network(client: MlflowClient, uri: str, tmp: Path) -> LoggedNetw
         model = Model.load(str(local))  # the MLmodel file, read with yaml.safe_load
     except (MlflowException, OSError) as e:
         raise ModelError(
-            f"{uri}: not found in {client.tracking_uri} ({_first_line(e)[:90]}); check the model's name "
+            f"{uri}: not found in {client.tracking_uri} ({first_line(e)[:90]}); check the model's name "
             "and version (or alias), or pass a training run id"
         ) from e
     about = NetworkInfo.from_metadata(model.metadata)
@@ -252,7 +235,7 @@ def load_logged_network(client: MlflowClient, uri: str, tmp: Path) -> LoggedNetw
         network = network_from_state_dict(_unwrapped(read_pt2_weights(archive)))
     except ValueError as e:
         raise ModelError(
-            f"{uri}: its weights do not fit this aqtrack's network ({_first_line(e)[:120]}); score it with "
+            f"{uri}: its weights do not fit this aqtrack's network ({first_line(e)[:120]}); score it with "
             "the aqtrack version that logged it, or score its run id"
         ) from e
     spec = network.spec
@@ -285,11 +268,6 @@ def _best_epoch(client: MlflowClient, model: Any) -> int | None:
     except MlflowException:
         return None
     return int(tag) if tag.isdigit() else None
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 # Reading the pt2 archive ourselves. `mlflow.pytorch.load_model` loads a pt2 network with
@@ -334,7 +312,7 @@ def read_pt2_weights(path: Path) -> dict[str, Any]:
             folder = top + PT2_WEIGHTS_CONFIG.rpartition("/")[0] + "/"
             return {name: _raw_tensor(archive, folder, name, entry) for name, entry in entries.items()}
     except (OSError, zipfile.BadZipFile, KeyError, TypeError, AttributeError, json.JSONDecodeError) as e:
-        raise ValueError(f"not a readable pt2 archive ({type(e).__name__}: {_first_line(e)[:80]})") from e
+        raise ValueError(f"not a readable pt2 archive ({type(e).__name__}: {first_line(e)[:80]})") from e
 
 
 def _raw_tensor(archive: zipfile.ZipFile, folder: str, name: str, entry: dict[str, Any]) -> Any:
@@ -368,7 +346,7 @@ def _as_int(value: dict[str, Any]) -> int:
 def _mixed_lengths(example: np.ndarray) -> np.ndarray:
     """A float32 copy of `example` whose second sequence is at most half as long as the first (NaN
     after that), unless the sequences already differ in length."""
-    from aqtrack.data import lengths_of
+    from aqtrack.data.dataset import lengths_of
 
     example = np.array(example, dtype=np.float32)
     lengths = lengths_of(example)

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from aqtrack.checkpoint import TrainState
 from aqtrack.config import Config
-from aqtrack.data import ActionQualityData, FoldPlan
-from aqtrack.metrics import (
+from aqtrack.data.dataset import ActionQualityData, FoldPlan
+from aqtrack.names import (
     SVM_TEST_ACC,
     SVM_VAL_ACC,
     TEST_ACC,
@@ -22,9 +21,8 @@ from aqtrack.metrics import (
     VAL_ACC,
     VAL_LOSS,
 )
+from aqtrack.training.checkpoint import TrainState
 
-NOTE_TAG = "mlflow.note.content"
-RUN_NAME_TAG = "mlflow.runName"
 # What MLflow's own name generator makes ("bold-owl-123"): such a name is ours to make readable.
 GENERATED_NAME_RE = re.compile(r"^[a-z]+-[a-z]+-\d+$")
 RESULTS_PENDING = "_Training; the results are added here when it ends._"
@@ -136,7 +134,7 @@ def cv_start_note(cfg: Config, plan: FoldPlan, run_id: str) -> str:
 def cv_final_note(note: str, planned: int, rows: list[dict], scores: Mapping[str, float]) -> str:
     """`note` with the aggregate filled in: how many folds finished, mean ± sample std of the test
     scores over them, the pooled out-of-fold scores, and a table of the folds."""
-    from aqtrack.metrics import CV_MEAN, CV_OOF_ACC, CV_OOF_BALANCED_ACC, CV_OOF_F1_MACRO, CV_STD, TEST_KEYS
+    from aqtrack.names import CV_MEAN, CV_OOF_ACC, CV_OOF_BALANCED_ACC, CV_OOF_F1_MACRO, CV_STD, TEST_KEYS
 
     if not rows:
         return note.replace(RESULTS_PENDING, f"no fold of {planned} finished yet.")

@@ -27,25 +27,13 @@ import math
 import os
 import socket
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from aqtrack import distributed, exports, tracking
-from aqtrack.alerts import gradient_alerts
-from aqtrack.checkpoint import (
-    ARTIFACT_DIR,
-    BEST,
-    CHECKPOINT_EPOCH_TAG,
-    LAST,
-    History,
-    Manifest,
-    TrainState,
-    manifest_path,
-    write_checkpoints,
-)
+from aqtrack import names
 from aqtrack.config import (
     RESUMABLE,
     Config,
@@ -57,24 +45,39 @@ from aqtrack.config import (
     resumed,
     show,
 )
-from aqtrack.data import SYNTHETIC, ActionQualityData, load_configured
-from aqtrack.describe import GENERATED_NAME_RE, NOTE_TAG, RUN_NAME_TAG, final_note, run_name, start_note
-from aqtrack.distributed import World
-from aqtrack.errors import ConfigError, DistributedError, ResumeError, TrackingLost
-from aqtrack.finish import Finishing, curves_refresher, finish_run
-from aqtrack.interrupts import ignored_signals, stop_signals
-from aqtrack.lock import run_lock, try_run_lock
-from aqtrack.loop import EpochHook, Trainer, build_trainer, fit, restore, restore_fork
-from aqtrack.metrics import METRIC_KEYS, VAL_ACC
-from aqtrack.progress import Progress
-from aqtrack.report import REPORT_FILE, build_report, history_from_points, report_writer, write_report
-from aqtrack.resume import Found, files_of, find_at_epoch, find_checkpoint, unpublished
+from aqtrack.data.dataset import SYNTHETIC, ActionQualityData, load_configured
+from aqtrack.errors import ConfigError, DistributedError, ResumeError, TrackingLost, first_line
+from aqtrack.jobs.curves import curves_refresher
+from aqtrack.jobs.finish import Finishing, finish_run
+from aqtrack.names import (
+    ARTIFACT_DIR,
+    BEST,
+    CHECKPOINT_EPOCH_TAG,
+    CHECKPOINTS_DIR,
+    LAST,
+    LEGACY_CHECKPOINTS,
+    METRIC_KEYS,
+    NOTE_TAG,
+    REPORT_FILE,
+    RUN_NAME_TAG,
+    VAL_ACC,
+)
+from aqtrack.outputs.alerts import gradient_alerts
+from aqtrack.outputs.progress import Progress
+from aqtrack.outputs.report import build_report, history_from_points, report_writer, write_report
+from aqtrack.tracking import exports, store
+from aqtrack.tracking.describe import GENERATED_NAME_RE, final_note, run_name, start_note
+from aqtrack.tracking.lock import run_lock, try_run_lock
+from aqtrack.tracking.resume import Found, files_of, find_at_epoch, find_checkpoint, unpublished
+from aqtrack.training import distributed
+from aqtrack.training.checkpoint import History, Manifest, TrainState, manifest_path, write_checkpoints
+from aqtrack.training.distributed import World
+from aqtrack.training.interrupts import ignored_signals, stop_signals
+from aqtrack.training.loop import EpochHook, NullTracker, Trainer, build_trainer, fit, restore, restore_fork
 
 log = logging.getLogger(__name__)
 
 AUTO = "auto"
-CHECKPOINTS_DIR = "checkpoints"  # in a run's local folder, as in the run's artifacts
-LEGACY_CHECKPOINTS = "checkpoints"  # aqtrack <= 0.1 kept local copies in <output_dir>/checkpoints/<run id>/
 
 
 @dataclass
@@ -94,7 +97,7 @@ class TrainResult:
 @dataclass(frozen=True)
 class Nest:
     """Where a fold of a cross-validation trains: a new run nested under the CV parent, with tags that
-    let a resume find it (see `aqtrack.crossval`)."""
+    let a resume find it (see `aqtrack.jobs.crossval`)."""
 
     parent_id: str
     tags: dict[str, str]
@@ -120,7 +123,7 @@ class Request:
         if self.fork_epoch is not None and self.fork_epoch < 1:
             raise ConfigError(f"--fork-epoch must be >= 1 (got {self.fork_epoch})", setting="fork_epoch")
         for label, run_id in (("--resume", self.resume), ("--fork", self.fork)):
-            if run_id and run_id != AUTO and not tracking.RUN_ID_RE.match(run_id):
+            if run_id and run_id != AUTO and not store.RUN_ID_RE.match(run_id):
                 raise ResumeError(f"{label} {run_id!r}: not a run id (32 lowercase hex characters)")
         if self.fork == AUTO:
             raise ResumeError("--fork auto: a fork needs the id of the run to fork")
@@ -249,8 +252,8 @@ def _lead(world: World, request: Request, callbacks: Iterable[EpochHook]) -> Tra
     # Messages named the file as given; what the run records must find it again from anywhere.
     request = replace(request, settings=_absolute_data(request.settings))
     early = _absolute_early(early)
-    client = tracking.connect()
-    env = None if request.nest else tracking.env_run(client)
+    client = store.connect()
+    env = None if request.nest else store.env_run(client)
     with tempfile.TemporaryDirectory(prefix="aqtrack-start-") as tmp, contextlib.ExitStack() as held:
         origin = _origin(client, request, early, env, held, Path(tmp))
         start = _prepare(origin, request.settings, early, world)
@@ -261,8 +264,8 @@ def _lead(world: World, request: Request, callbacks: Iterable[EpochHook]) -> Tra
         world.share_plan(_Plan(opened.run_id, shared, start.source))
         with (
             stop_signals(),
-            tracking.terminating(client, opened.run_id),
-            tracking.system_metrics(client, opened.run_id, start.config.run.system_metrics),
+            store.terminating(client, opened.run_id),
+            store.system_metrics(client, opened.run_id, start.config.run.system_metrics),
         ):
             # DDP's constructor is a collective: every rank wraps its model here, after the plan.
             start.trainer.net = distributed.wrap(start.trainer.model, start.trainer.device, world)
@@ -289,7 +292,7 @@ def _check_early(request: Request) -> _Early:
 
 def _origin(client, request: Request, early: _Early, env, held: contextlib.ExitStack, tmp: Path) -> _Origin:
     if request.fork:
-        run = tracking.get_run(client, request.fork, label="--fork")
+        run = store.get_run(client, request.fork, label="--fork")
         local_dirs = _local_dirs(run, request.settings)
         found = find_at_epoch(client, run.info.run_id, local_dirs, tmp, request.fork_epoch)
         experiment = client.get_experiment(run.info.experiment_id).name
@@ -297,7 +300,7 @@ def _origin(client, request: Request, early: _Early, env, held: contextlib.ExitS
     if request.resume == AUTO:
         return _newest_unfinished(client, early.config, env, held, tmp)
     if request.resume:
-        run = tracking.get_run(client, request.resume)
+        run = store.get_run(client, request.resume)
         _check_not_cv(run)
         # Before its checkpoint is read: a second resumer must not even download it.
         held.enter_context(run_lock(client.tracking_uri, run.info.run_id))
@@ -313,21 +316,19 @@ def _newest_unfinished(client, wanted: Config, env, held: contextlib.ExitStack, 
     """`--resume auto`: the newest unfinished run of the same job (experiment, data and every setting a
     resume cannot change) that no live process holds and that has a verified checkpoint; else a new run.
     Other runs, crashed or not, are passed over."""
-    experiment_id = (
-        env.info.experiment_id if env else tracking.find_experiment_id(client, wanted.run.experiment)
-    )
-    for run in tracking.unfinished_runs(client, experiment_id):
+    experiment_id = env.info.experiment_id if env else store.find_experiment_id(client, wanted.run.experiment)
+    for run in store.unfinished_runs(client, experiment_id):
         run_id = run.info.run_id
         if env is not None and run_id == env.info.run_id:
             continue
-        if tracking.TAG_CONTINUED_IN in run.data.tags:  # its history goes on in another run
+        if names.TAG_CONTINUED_IN in run.data.tags:  # its history goes on in another run
             continue
         differs = _job_differences(run, wanted)
         if differs:
             log.debug("--resume auto: run %s is another job (%s)", run_id, ", ".join(differs))
             continue
         candidate = contextlib.ExitStack()
-        busy = tracking.running_on_another_machine(run)
+        busy = store.running_on_another_machine(run)
         if busy or not try_run_lock(candidate, client.tracking_uri, run_id):
             log.info("--resume auto: passing over run %s: %s", run_id, busy or "another process trains it")
             candidate.close()
@@ -461,7 +462,7 @@ def _follow(world: World) -> TrainResult:
     with ignored_signals():
         trainer.net = distributed.wrap(trainer.model, device, world)  # a collective, as on rank 0
         try:
-            fit(trainer, state, tracking.NullTracker(), None)
+            fit(trainer, state, NullTracker(), None)
         except RuntimeError as e:
             if not distributed.lost_peer(e):
                 raise
@@ -527,7 +528,7 @@ def _check_experiment(client, run, settings: dict[str, Any], env) -> None:
 def _check_not_continued(run) -> None:
     """A run continued in another run (a resume under `mlflow run`) goes on there: resuming it again
     would grow a second, diverging history of the same training."""
-    continued = run.data.tags.get(tracking.TAG_CONTINUED_IN)
+    continued = run.data.tags.get(names.TAG_CONTINUED_IN)
     if continued:
         raise ResumeError(
             f"--resume {run.info.run_id}: the run was continued in run {continued}; resume that one, or "
@@ -537,7 +538,7 @@ def _check_not_continued(run) -> None:
 
 def _check_not_cv(run) -> None:
     """A cross-validation's parent run trains nothing itself: its folds do."""
-    if tracking.TAG_CV in run.data.tags:
+    if names.TAG_CV in run.data.tags:
         run_id = run.info.run_id
         raise ResumeError(
             f"--resume {run_id}: the run is a cross-validation (its folds are nested runs); continue it "
@@ -547,13 +548,13 @@ def _check_not_cv(run) -> None:
 
 def _check_not_running_elsewhere(run) -> None:
     """The lock covers this machine (we hold it); across machines, the heartbeat decides."""
-    busy = tracking.running_on_another_machine(run)
+    busy = store.running_on_another_machine(run)
     if busy:
         run_id = run.info.run_id
         raise ResumeError(
             f"--resume {run_id}: the run is {busy}; if that process is gone, mark the run KILLED "
             f"(MlflowClient().set_terminated('{run_id}', 'KILLED')) or wait until it has been quiet for "
-            f"{tracking.STALE_AFTER_S} s"
+            f"{store.STALE_AFTER_S} s"
         )
 
 
@@ -582,7 +583,7 @@ def _open_run(client, start: _Start, env, held: contextlib.ExitStack, nest: Nest
         log.warning(
             "%s=%s names a run that holds a training already (or another process is starting one in "
             "it); %s%s",
-            tracking.MLFLOW_RUN_ENV,
+            names.MLFLOW_RUN_ENV,
             env_id,
             goes,
             "" if resuming else f" (to continue {env_id}: aqtrack train --resume {env_id})",
@@ -591,11 +592,13 @@ def _open_run(client, start: _Start, env, held: contextlib.ExitStack, nest: Nest
         client.update_run(source, status="RUNNING", name=name or None)
         return _Opened(source, "")
     if nest is not None:  # a fold: in its parent's experiment, nested under it
-        run_id = tracking.create_child_run(client, client.get_run(nest.parent_id), name, nest.tags)
+        run_id = store.create_child_run(client, client.get_run(nest.parent_id), name, nest.tags)
         held.enter_context(run_lock(client.tracking_uri, run_id))
         return _Opened(run_id, "")
-    experiment_id = env.info.experiment_id if env else tracking.experiment_id(client, cfg.run.experiment)
-    run = tracking.create_run(client, experiment_id, name or None)
+    experiment_id = (
+        env.info.experiment_id if env else store.get_or_create_experiment(client, cfg.run.experiment)
+    )
+    run = store.create_run(client, experiment_id, name or None)
     held.enter_context(run_lock(client.tracking_uri, run.info.run_id))
     return _Opened(run.info.run_id, "" if name else _readable(cfg, run.info.run_name))
 
@@ -615,7 +618,7 @@ def adopt(client, env, held: contextlib.ExitStack) -> bool:
     candidate = contextlib.ExitStack()
     if not try_run_lock(candidate, client.tracking_uri, run_id):
         return False
-    if tracking.holds_training(client.get_run(run_id)):  # read again, under the lock
+    if store.holds_training(client.get_run(run_id)):  # read again, under the lock
         candidate.close()
         return False
     held.enter_context(candidate.pop_all())
@@ -636,7 +639,9 @@ def _train_in_run(
     state.run_id = run_id
     folder = run_directory(cfg.run.output_dir, run_id)
     local = folder / CHECKPOINTS_DIR
-    tracker = tracking.MlflowTracker(client, run_id, patience=cfg.run.tracking_patience)
+    tracker = store.MlflowTracker(
+        client, run_id, patience=cfg.run.tracking_patience, interval=cfg.run.publish_interval
+    )
     # First the files the run starts from (each before its manifest, then the checkpoint-epoch tag),
     # then what the run is; the links to the source run go out last, once this run is whole.
     files, epoch_tag = _starting_files(client, run_id, start, local, tmp)
@@ -646,11 +651,11 @@ def _train_in_run(
     tags = _tags(client, run_id, start, epoch_tag)
     note = start_note(cfg, start.data, run_id, _how_it_started(start, run_id, tags))
     tracker.set_tags({**tags, NOTE_TAG: note, **({RUN_NAME_TAG: opened.rename} if opened.rename else {})})
-    tracker.log_json(start.data.stats(), tracking.DATASET_STATS_ARTIFACT)
+    tracker.log_json(start.data.stats(), names.DATASET_STATS_ARTIFACT)
     tracker.flush()
     _link_source(client, start, run_id)
     exports.log_datasets(client, run_id, start.data, cfg.data.data_seed)
-    tracker.skip = tracking.sync_history(client, run_id, state.history)
+    tracker.skip_logged(store.sync_history(client, run_id, state.history))
 
     write_report = report_writer(tracker, folder, start.data.stats(), run_id)
     hooks = [
@@ -661,7 +666,7 @@ def _train_in_run(
     ]
     trained_before = state.epoch
     try:
-        with Progress(cfg.train, trained_before) as progress:
+        with Progress(cfg.train, trained_before) as progress, _published_when_stopping(tracker):
             fit(start.trainer, state, tracker, local, on_epoch_end=[*hooks, progress])
         if state.epoch == trained_before:  # killed after its last epoch: only the wrapping-up is left
             log.info("run %s: all %d epochs were already trained; finishing it", run_id, state.epoch)
@@ -676,6 +681,23 @@ def _train_in_run(
             f"`aqtrack train --resume {run_id}` continues from it once the server is back"
         ) from e
     return _result(run_id, state, cfg, start.source, test)
+
+
+@contextlib.contextmanager
+def _published_when_stopping(tracker: store.MlflowTracker) -> Iterator[None]:
+    """Whatever stops the training (Ctrl-C, SIGTERM, a diverged epoch, a bug), the epochs the publishing
+    budget held back are sent before the run is marked (`MlflowTracker.publish_held`); if that fails,
+    a resume publishes them from the local checkpoints."""
+    try:
+        yield
+    except TrackingLost:
+        raise
+    except BaseException:
+        try:
+            tracker.publish_held()
+        except Exception as e:  # the first error is the one to report
+            log.warning("could not publish the last epochs before stopping: %s", first_line(e))
+        raise
 
 
 def _starting_files(client, run_id: str, start: _Start, local: Path, tmp: Path) -> tuple[list[Path], int]:
@@ -734,21 +756,21 @@ def _best_so_far(client, start: _Start, tmp: Path) -> TrainState | None:
 def _tags(client, run_id: str, start: _Start, epoch_tag: int) -> dict[str, str]:
     cfg, origin, source = start.config, start.origin, start.source
     tags = {
-        tracking.TAG_DATA_SOURCE: start.data.source,
-        tracking.TAG_FILLED_VALUES: str(start.data.filled_values),
-        tracking.TAG_ROUNDS: str(cfg.train.rounds),
+        names.TAG_DATA_SOURCE: start.data.source,
+        names.TAG_FILLED_VALUES: str(start.data.filled_values),
+        names.TAG_ROUNDS: str(cfg.train.rounds),
         "aqtrack.version": aqtrack_version(),
-        tracking.TAG_OWNER: f"{socket.gethostname()}:{os.getpid()}",
+        names.TAG_OWNER: f"{socket.gethostname()}:{os.getpid()}",
     }
     if epoch_tag:
         tags[CHECKPOINT_EPOCH_TAG] = str(epoch_tag)
     if origin.kind == "resume" and source == run_id:
-        count = client.get_run(run_id).data.tags.get(tracking.TAG_RESUME_COUNT, "0")
-        tags[tracking.TAG_RESUME_COUNT] = str(int(count) + 1)
+        count = client.get_run(run_id).data.tags.get(names.TAG_RESUME_COUNT, "0")
+        tags[names.TAG_RESUME_COUNT] = str(int(count) + 1)
     elif origin.kind == "resume":
-        tags[tracking.TAG_RESUMED_FROM] = source
+        tags[names.TAG_RESUMED_FROM] = source
     elif origin.kind == "fork":
-        tags[tracking.TAG_FORKED_FROM] = f"{source}@{start.state.epoch}"
+        tags[names.TAG_FORKED_FROM] = f"{source}@{start.state.epoch}"
     return tags
 
 
@@ -756,11 +778,11 @@ def _link_source(client, start: _Start, run_id: str) -> None:
     """On the source run, the one tag it gets: where it was continued, or forked."""
     source = start.source
     if start.origin.kind == "resume" and source != run_id:
-        client.set_tag(source, tracking.TAG_CONTINUED_IN, run_id)
+        client.set_tag(source, names.TAG_CONTINUED_IN, run_id)
     elif start.origin.kind == "fork":
-        forks = client.get_run(source).data.tags.get(tracking.TAG_FORKS, "")
+        forks = client.get_run(source).data.tags.get(names.TAG_FORKS, "")
         entry = f"{run_id}@{start.state.epoch}"
-        client.set_tag(source, tracking.TAG_FORKS, ",".join(filter(None, [forks, entry])))
+        client.set_tag(source, names.TAG_FORKS, ",".join(filter(None, [forks, entry])))
 
 
 def _how_it_started(start: _Start, run_id: str, tags: dict[str, str]) -> str:
@@ -774,11 +796,11 @@ def _how_it_started(start: _Start, run_id: str, tags: dict[str, str]) -> str:
     if origin.kind == "resume" and source != run_id:
         return f"**Resumed** from run `{source}` at epoch {epoch}."
     if origin.kind == "resume":
-        return f"**Resumed** at epoch {epoch} (resume #{tags[tracking.TAG_RESUME_COUNT]})."
+        return f"**Resumed** at epoch {epoch} (resume #{tags[names.TAG_RESUME_COUNT]})."
     return ""
 
 
-def _describe_results(client, tracker: tracking.MlflowTracker, note: str, state: TrainState) -> None:
+def _describe_results(client, tracker: store.MlflowTracker, note: str, state: TrainState) -> None:
     """Fill the description's results in, once everything else is sent (it reads the run's metrics,
     so an SVM score logged after training shows too)."""
     metrics = client.get_run(state.run_id).data.metrics
@@ -793,29 +815,30 @@ def _finish(job: Finishing) -> dict[str, float]:
     try:
         return finish_run(job)
     except Exception as e:
-        if not tracking.is_transient(e):
+        if not store.is_transient(e):
             raise
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise TrackingLost(f"tracking server {job.client.tracking_uri} lost while finishing ({first})") from e
+        raise TrackingLost(
+            f"tracking server {job.client.tracking_uri} lost while finishing ({first_line(e)})"
+        ) from e
 
 
 def rebuild_report(run_id: str, output_dir: Path) -> Path:
     """Rebuild `experiment_report.json` for any run from its MLflow metrics (plus its checkpoint's
     batch losses and dataset stats, where the run has them)."""
-    client = tracking.connect()
-    run = tracking.get_run(client, run_id, label="report")
-    points = tracking.fetch_history(client, run_id, METRIC_KEYS)
+    client = store.connect()
+    run = store.get_run(client, run_id, label="report")
+    points = store.fetch_history(client, run_id, METRIC_KEYS)
     with tempfile.TemporaryDirectory(prefix="aqtrack-report-") as tmp:
         try:
             batch_source = find_checkpoint(client, run_id, [], Path(tmp), label="report").state.history
         except ResumeError as e:
             log.warning("%s: the report has no batch losses", e)
             batch_source = None
-        stats_path = tracking.download_artifact(client, run_id, tracking.DATASET_STATS_ARTIFACT, Path(tmp))
+        stats_path = store.download_if_present(client, run_id, names.DATASET_STATS_ARTIFACT, Path(tmp))
         stats = json.loads(stats_path.read_text()) if stats_path else {}
     history, epochs = history_from_points(points, batch_source)
     config = {k: _number(v) for k, v in run.data.params.items()}
-    config["rounds"] = _number(run.data.tags.get(tracking.TAG_ROUNDS, config.get("rounds")))
+    config["rounds"] = _number(run.data.tags.get(names.TAG_ROUNDS, config.get("rounds")))
     report = build_report(history, epochs=epochs, dataset_stats=stats, run_id=run_id, config=config)
     return write_report(report, output_dir)
 

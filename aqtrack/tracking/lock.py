@@ -2,7 +2,7 @@
 
 On one machine an exclusive `flock` per (tracking store, run) decides, race-free; the kernel drops it
 when its process dies, even by SIGKILL, so a killed run can be resumed at once. Across machines the
-lock cannot reach: there the run's status and heartbeat tag do (see `tracking.held_elsewhere`).
+lock cannot reach: there the run's status and heartbeat tag do (see `store.held_elsewhere`).
 
 The same kind of lock serialises the first contact with a new embedded sqlite store: MLflow creates
 its schema then, and two processes doing it at once can crash one of them.

@@ -14,31 +14,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from aqtrack.checkpoint import History, TrainState
-from aqtrack.metrics import (
-    GRAD_NORM,
-    GRAD_NORM_MAX,
-    LR,
-    METRIC_KEYS,
-    TRAIN_ACC,
-    TRAIN_LOSS,
-    VAL_ACC,
-    VAL_BALANCED_ACC,
-    VAL_F1_MACRO,
-    VAL_LOSS,
-)
+from aqtrack.atomic import write_text_atomically
+from aqtrack.training.checkpoint import History, TrainState
+from aqtrack.names import GRAD_NORM, GRAD_NORM_MAX, LR, METRIC_KEYS, TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_BALANCED_ACC, VAL_F1_MACRO, VAL_LOSS
+from aqtrack.names import REPORT_FILE
 
-REPORT_FILE = "experiment_report.json"
-LEGACY_KEYS = (
-    "control_losses",
-    "batch_losses",
-    "grad_norms",
-    "learning_rates",
-    "current_epoch",
-    "total_batches",
-    "dataset_stats",
-    "timestamp",
-)
 
 
 def build_report(
@@ -144,10 +124,4 @@ def write_report(report: dict[str, Any], directory: Path, encoder: AppendOnlyEnc
     """Write `report` to `directory/experiment_report.json` atomically."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / REPORT_FILE
-    tmp = directory / f".{REPORT_FILE}.{os.getpid()}.tmp"
-    try:
-        tmp.write_text(encoder.encode(report) if encoder else _dumps(report))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_text_atomically(path, encoder.encode(report) if encoder else _dumps(report))

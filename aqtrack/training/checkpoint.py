@@ -18,31 +18,25 @@ import itertools
 import json
 import logging
 import math
-import os
 import pickle
 import random
-import shutil
 import zipfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import torch
 
+from aqtrack.atomic import copy_atomically, write_atomically
 from aqtrack.errors import ResumeError
+from aqtrack.names import BEST, LAST, MANIFEST_SUFFIX
 
 log = logging.getLogger(__name__)
 
 FORMAT = "aqtrack.checkpoint"
 FORMAT_VERSION = 2  # 2: history as tensors
-LAST = "last.pt"
-BEST = "best_action_quality_model.pt"
 MAX_BATCH_LOSSES_PER_EPOCH = 100
-ARTIFACT_DIR = "checkpoints"  # in the MLflow run
-CHECKPOINT_EPOCH_TAG = "aqtrack.checkpoint_epoch"  # run tag: newest epoch whose last.pt is uploaded
-MANIFEST_SUFFIX = ".manifest.json"
 MANIFEST_FORMAT = "aqtrack.checkpoint.manifest"
 
 
@@ -190,22 +184,7 @@ def restore_rng(state: dict[str, Any], data_generator: torch.Generator) -> None:
 def save_checkpoint(state: TrainState, path: Path) -> Path:
     """Write `state` to `path` atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    return _write_atomically(path, lambda f: torch.save(state.to_dict(), f))
-
-
-def _write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> Path:
-    """Write to a temporary file in the same directory, fsync, rename: a crash leaves the old file
-    or the new one, never a torn one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_atomically(path, lambda f: torch.save(state.to_dict(), f))
 
 
 # Keys that came later without a format change: a checkpoint without "scaler" loads with no scaler
@@ -289,21 +268,9 @@ def write_checkpoints(state: TrainState, directory: Path, names: list[str]) -> l
     paths = []
     for name in names:
         if name != names[0]:
-            _publish_copy(first, directory / name)
+            copy_atomically(first, directory / name)
         paths += [directory / name, dataclasses.replace(manifest, file=name).write(directory)]
     return paths
-
-
-def _publish_copy(source: Path, dest: Path) -> None:
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    try:
-        try:
-            os.link(source, tmp)  # same bytes, no second serialisation or copy
-        except OSError:  # file systems without hard links
-            shutil.copyfile(source, tmp)
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def manifest_path(checkpoint: Path) -> Path:
@@ -327,7 +294,7 @@ class Manifest:
     def write(self, directory: Path) -> Path:
         """Write this manifest next to its file in `directory` (atomically); return its path."""
         body = {"format": MANIFEST_FORMAT, "format_version": FORMAT_VERSION, **dataclasses.asdict(self)}
-        return _write_atomically(
+        return write_atomically(
             manifest_path(directory / self.file), lambda f: f.write(json.dumps(body).encode())
         )
 

@@ -1,4 +1,4 @@
-"""The finishing stage of a run, and the public `fit_svm` / `plot_curves`.
+"""The finishing stage of a run.
 
 Once the last epoch is published, the run gets what is made from its best checkpoint (the verified
 file, loaded with weights_only; never a model unpickled from the tracking server; the best epoch was
@@ -13,57 +13,39 @@ test split's predictions (`test/predictions.csv`), which its parent pools.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from aqtrack import exports, tracking
-from aqtrack.checkpoint import CHECKPOINT_EPOCH_TAG, History, TrainState
+from aqtrack import names
 from aqtrack.config import Config, SvmConfig
-from aqtrack.data import ActionQualityData, load_configured
-from aqtrack.errors import DataError, ResumeError
-from aqtrack.metrics import (
-    GRAD_NORM,
-    GRAD_NORM_MAX,
-    LR,
-    METRIC_KEYS,
+from aqtrack.data.dataset import ActionQualityData
+from aqtrack.names import (
     SVM_TEST_ACC,
     SVM_TEST_F1,
     SVM_VAL_ACC,
     SVM_VAL_F1,
+    TAG_SVM,
     TEST_ACC,
     TEST_BALANCED_ACC,
     TEST_F1_MACRO,
     TEST_KEYS,
-    TRAIN_ACC,
-    TRAIN_LOSS,
-    VAL_ACC,
-    VAL_BALANCED_ACC,
-    VAL_F1_MACRO,
-    VAL_LOSS,
-    confusion_counts,
-    scores,
 )
-from aqtrack.model import ActionQualityNet, ModelSpec, build_model, embed
-from aqtrack.resume import find_best
+from aqtrack.tracking import exports, store
+from aqtrack.tracking.resume import find_best
+from aqtrack.training.checkpoint import History, TrainState
+from aqtrack.training.model import ActionQualityNet, ModelSpec, build_model, embed
+from aqtrack.training.scores import confusion_counts, scores
 
 if TYPE_CHECKING:
-    from matplotlib.figure import Figure
-
-    from aqtrack.plots import Curves
-    from aqtrack.svm import SvmResult
+    from aqtrack.outputs.svm import SvmResult
 
 log = logging.getLogger(__name__)
 
-TAG_SVM = "aqtrack.svm"  # run tag: the settings of the SVM the run's svm_* metrics come from
-CURVES_REFRESH_S = 60.0  # the least time between two redraws of the curves during training
 EXAMPLE_ROWS = 2  # > 1, or torch.export fixes the batch size of the exported network at 1
 
 
@@ -101,12 +83,12 @@ def finish_run(job: Finishing) -> dict[str, float]:
         best = find_best(job.client, job.run_id, job.local_dir, Path(tmp), label="finishing run")
     network = network_of(best.state)
     outputs = Outputs.of(network, job.data)
-    tags = {exports.TAG_BEST_EPOCH: str(best.state.epoch)}
+    tags = {names.TAG_BEST_EPOCH: str(best.state.epoch)}
     _log_network(job, network, tags)
     test = _log_test(job, outputs, best.state.epoch)
     _log_figures(job, job.state.history, outputs)
     if job.config.svm.svm:
-        stage = _SvmStage(job.client, job.run_id, job.state.epoch, job.data, outputs.features, tags)
+        stage = SvmStage(job.client, job.run_id, job.state.epoch, job.data, outputs.features, tags)
         stage.fit_and_log(job.config.svm, again=False)
     return test
 
@@ -122,7 +104,7 @@ def _example(x: np.ndarray) -> np.ndarray:
 
 
 def _log_network(job: Finishing, network: ActionQualityNet, tags: dict[str, str]) -> None:
-    done = [m for m in exports.ready_models(job.client, job.run_id, exports.NETWORK_MODEL) if _same(m, tags)]
+    done = [m for m in exports.ready_models(job.client, job.run_id, names.NETWORK_MODEL) if _same(m, tags)]
     model_id = done[0].model_id if done else None
     if model_id is None:
         d = job.data
@@ -148,13 +130,13 @@ def _log_test(job: Finishing, outputs: Outputs, best_epoch: int) -> dict[str, fl
     s = scores(counts)
     values = {TEST_ACC: s["acc"], TEST_BALANCED_ACC: s["balanced_acc"], TEST_F1_MACRO: s["f1_macro"]}
     step = job.state.epoch
-    have = {k for k in TEST_KEYS if step in tracking.metric_steps(job.client, job.run_id, k)}
-    tracking.log_points(job.client, job.run_id, {k: v for k, v in values.items() if k not in have}, step, {})
-    logged = tracking.artifact_names(job.client, job.run_id, exports.TEST_DIR)
-    if exports.PER_CLASS_ARTIFACT.rpartition("/")[2] not in logged:
+    have = {k for k in TEST_KEYS if step in store.metric_steps(job.client, job.run_id, k)}
+    store.log_points(job.client, job.run_id, {k: v for k, v in values.items() if k not in have}, step, {})
+    logged = store.artifact_names(job.client, job.run_id, names.TEST_DIR)
+    if names.PER_CLASS_ARTIFACT.rpartition("/")[2] not in logged:
         table = per_class_table(test.y, predicted, job.data.class_names)
-        exports.log_table(job.client, job.run_id, table, exports.PER_CLASS_ARTIFACT)
-    if job.config.data.folds and exports.TEST_PREDICTIONS_ARTIFACT.rpartition("/")[2] not in logged:
+        exports.log_table(job.client, job.run_id, table, names.PER_CLASS_ARTIFACT)
+    if job.config.data.folds and names.TEST_PREDICTIONS_ARTIFACT.rpartition("/")[2] not in logged:
         _log_test_predictions(job, outputs.logits["test"])
     log.info(
         "run %s: test split (%d sequences, best checkpoint of epoch %d, evaluated once): test_acc %.4f, "
@@ -169,24 +151,24 @@ def _log_test_predictions(job: Finishing, logits: np.ndarray) -> None:
     label, predicted and p_<class> per class, one row per sample in the split's order."""
     import pandas as pd
 
-    from aqtrack.predictions import PROBABILITY_PREFIX, softmax
+    from aqtrack.jobs.predictions import PROBABILITY_PREFIX, softmax
 
-    test, names = job.data.test, np.asarray(job.data.class_names)
+    test, class_names = job.data.test, np.asarray(job.data.class_names)
     probabilities = softmax(logits)
     table = pd.DataFrame(
         {
             "sample_id": test.sample_ids,
             "subject": test.subjects if test.subjects is not None else "",
-            "label": names[test.y],
-            "predicted": names[logits.argmax(axis=1)],
+            "label": class_names[test.y],
+            "predicted": class_names[logits.argmax(axis=1)],
         }
     )
-    for k, name in enumerate(names):
+    for k, name in enumerate(class_names):
         table[PROBABILITY_PREFIX + name] = probabilities[:, k]
     with tempfile.TemporaryDirectory(prefix="aqtrack-finish-") as tmp:
-        path = Path(tmp) / exports.TEST_PREDICTIONS_ARTIFACT.rpartition("/")[2]
+        path = Path(tmp) / names.TEST_PREDICTIONS_ARTIFACT.rpartition("/")[2]
         table.to_csv(path, index=False)
-        job.client.log_artifact(job.run_id, str(path), exports.TEST_DIR)
+        job.client.log_artifact(job.run_id, str(path), names.TEST_DIR)
 
 
 def per_class_table(y_true: np.ndarray, y_pred: np.ndarray, class_names: tuple[str, ...]) -> dict:
@@ -207,10 +189,11 @@ def per_class_table(y_true: np.ndarray, y_pred: np.ndarray, class_names: tuple[s
 
 def _log_figures(job: Finishing, history: History, outputs: Outputs) -> None:
     """The curves and confusion matrices, logged to the run and kept in its local folder."""
-    from aqtrack.plots import confusion_matrix_figure, save_png, training_curves
+    from aqtrack.jobs.curves import history_curves
+    from aqtrack.outputs.plots import confusion_matrix_figure, save_png, training_curves
 
-    figures = [(training_curves(history_curves(history), title=f"run {job.run_id}"), exports.CURVES_ARTIFACT)]
-    for split, artifact in (("val", exports.CONFUSION_ARTIFACT), ("test", exports.TEST_CONFUSION_ARTIFACT)):
+    figures = [(training_curves(history_curves(history), title=f"run {job.run_id}"), names.CURVES_ARTIFACT)]
+    for split, artifact in (("val", names.CONFUSION_ARTIFACT), ("test", names.TEST_CONFUSION_ARTIFACT)):
         if split not in outputs.logits:
             continue
         y = job.data.splits[split].y
@@ -225,14 +208,8 @@ def _log_figures(job: Finishing, history: History, outputs: Outputs) -> None:
 _SPLIT_NAMES = {"val": "validation", "test": "test"}
 
 
-def history_curves(history: History) -> Curves:
-    from aqtrack.plots import Curves
-
-    return Curves.from_lists(history.metrics, range(1, history.epochs + 1))
-
-
 @dataclass
-class _SvmStage:
+class SvmStage:
     """The SVM stage of one run: the best network's features of each split, and where results go."""
 
     client: Any
@@ -245,7 +222,7 @@ class _SvmStage:
     def fit_and_log(self, svm: SvmConfig, again: bool) -> SvmResult:
         """Fit on train, score on validation (and test); log the metrics and the fitted pipeline, each
         unless the run has it already (`again`: an explicit refit, which always logs)."""
-        from aqtrack.svm import fit_svm
+        from aqtrack.outputs.svm import fit_svm
 
         f, d = self.features, self.data
         test = (f["test"], d.test.y) if d.test is not None else None
@@ -255,16 +232,16 @@ class _SvmStage:
         result.run_id = run_id = self.run_id
         settings = f"kernel={svm.svm_kernel} C={svm.svm_c:g}"
         tags = {**self.tags, TAG_SVM: settings}
-        models = [] if again else exports.ready_models(self.client, run_id, exports.SVM_MODEL)
+        models = [] if again else exports.ready_models(self.client, run_id, names.SVM_MODEL)
         if not any(_same(m, tags) for m in models):
             exports.log_svm(self.client, run_id, result.pipeline, _example(f["val"]), tags)
         metrics = {SVM_VAL_ACC: result.val_acc, SVM_VAL_F1: result.val_f1}
         if result.test_acc is not None:
             metrics |= {SVM_TEST_ACC: result.test_acc, SVM_TEST_F1: result.test_f1}
         if not again:  # a resumed finish: the points it logged before it was killed stay the only ones
-            have = {k: tracking.metric_steps(self.client, run_id, k) for k in metrics}
+            have = {k: store.metric_steps(self.client, run_id, k) for k in metrics}
             metrics = {k: v for k, v in metrics.items() if self.step not in have[k]}
-        tracking.log_points(self.client, run_id, metrics, self.step, tags={TAG_SVM: settings})
+        store.log_points(self.client, run_id, metrics, self.step, tags={TAG_SVM: settings})
         log.log(
             logging.DEBUG if again else logging.INFO,  # a refit's caller reports it
             "run %s: SVM (%s) on the best network's features: svm_val_acc %.4f, svm_val_f1 %.4f%s",
@@ -272,107 +249,3 @@ class _SvmStage:
             "" if result.test_acc is None else f", svm_test_acc {result.test_acc:.4f}",
         )  # fmt: skip
         return result
-
-
-def fit_svm(run_id: str, *, c: float | None = None, kernel: str | None = None) -> SvmResult:
-    """Refit the SVM stage of a finished run, from its verified best checkpoint's features of the run's
-    data, as a run of its own nested under it (`mlflow.parentRunId`, tag `aqtrack.refit_of`): the
-    refit's params (svm_c, svm_kernel), its `svm_val_acc` / `svm_val_f1` (at step = the training run's
-    final epoch) and its `svm` model. The training run itself is left as it is, so each of its metrics
-    keeps one point per step and every refit's score says which C and kernel made it.
-    `c` and `kernel` default to the run's own settings. Returns the refit's result (`run_id`: the refit).
-    """
-    client = tracking.connect()
-    run = tracking.get_run(client, run_id, label="svm")
-    if run.info.status == "RUNNING":
-        raise ResumeError(
-            f"svm {run_id}: the run is RUNNING; its own SVM stage runs when it finishes "
-            f"(if its process is gone, `aqtrack train --resume {run_id}` finishes it)"
-        )
-    with tempfile.TemporaryDirectory(prefix="aqtrack-svm-") as tmp:
-        best = find_best(client, run_id, None, Path(tmp), label="svm")
-    config = Config.from_dict(best.state.config)
-    svm = SvmConfig(
-        svm=True,
-        svm_c=config.svm.svm_c if c is None else c,
-        svm_kernel=config.svm.svm_kernel if kernel is None else kernel,
-    )
-    data = load_configured(config.data)
-    features = Outputs.of(network_of(best.state), data).features
-    step = int(run.data.tags.get(CHECKPOINT_EPOCH_TAG, best.state.epoch))
-    tags = {exports.TAG_BEST_EPOCH: str(best.state.epoch)}
-    refit = tracking.create_child_run(
-        client,
-        run,
-        name=f"svm-{svm.svm_kernel}-C{svm.svm_c:g}",
-        tags={tracking.TAG_REFIT_OF: run_id, **tags},
-    )
-    with tracking.terminating(client, refit):
-        params = {"svm_c": svm.svm_c, "svm_kernel": svm.svm_kernel, "best_epoch": best.state.epoch}
-        client.log_batch(refit, params=_params(params))
-        result = _SvmStage(client, refit, step, data, features, tags).fit_and_log(svm, again=True)
-    result.refit_of = run_id
-    return result
-
-
-def _params(values: dict[str, Any]) -> list:
-    from mlflow.entities import Param
-
-    return [Param(k, str(v)) for k, v in values.items()]
-
-
-def plot_curves(source: str | Path) -> Figure:
-    """The training-curves figure of a run id, or of an `experiment_report.json` file."""
-    from aqtrack.plots import Curves, training_curves
-
-    text = str(source)
-    if tracking.RUN_ID_RE.match(text) and not Path(text).exists():
-        client = tracking.connect()
-        tracking.get_run(client, text, label="plot")
-        points = tracking.fetch_history(client, text, METRIC_KEYS)
-        return training_curves(Curves.from_points(points), title=f"run {text}")
-    return training_curves(report_curves(Path(text)), title=str(text))
-
-
-# The legacy report's names of the per-epoch metrics (the extras use the metric names themselves).
-REPORT_SERIES = {
-    "control_losses": TRAIN_LOSS,
-    "grad_norms": GRAD_NORM,
-    "grad_norms_max": GRAD_NORM_MAX,
-    "learning_rates": LR,
-    **{k: k for k in (TRAIN_ACC, VAL_LOSS, VAL_ACC, VAL_BALANCED_ACC, VAL_F1_MACRO)},
-}
-
-
-def report_curves(path: Path) -> Curves:
-    from aqtrack.plots import Curves
-
-    try:
-        report = json.loads(path.read_text())
-    except FileNotFoundError as e:
-        raise DataError(f"{path}: no such file; pass a run id or an experiment_report.json") from e
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: not a readable JSON report ({type(e).__name__}: {e})") from e
-    if not isinstance(report, dict) or "control_losses" not in report:
-        raise DataError(f"{path}: not an experiment_report.json (no 'control_losses'); pass a run's report")
-    series = {key: report[name] for name, key in REPORT_SERIES.items() if isinstance(report.get(name), list)}
-    epochs = report.get("epochs") or list(range(1, len(report["control_losses"]) + 1))
-    return Curves.from_lists(series, epochs)
-
-
-def curves_refresher(tracker, output_dir: Path, interval: int):
-    """An epoch-end hook: at periodic-checkpoint epochs, redraw the training curves into
-    `<output_dir>/plots/` and queue them for the run (sent in the epoch's one flush). Drawing takes
-    ~0.2 s, so it happens at most once every CURVES_REFRESH_S seconds."""
-    drawn = [-math.inf]
-
-    def refresh(state: TrainState) -> None:
-        if state.epoch % interval or time.monotonic() - drawn[0] < CURVES_REFRESH_S:
-            return
-        drawn[0] = time.monotonic()
-        from aqtrack.plots import save_png, training_curves
-
-        figure = training_curves(history_curves(state.history), title=f"run {state.run_id}")
-        tracker.log_artifact(save_png(figure, output_dir / exports.CURVES_ARTIFACT), exports.PLOTS_DIR)
-
-    return refresh

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -19,12 +20,23 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-from aqtrack.checkpoint import CHECKPOINT_EPOCH_TAG, History
-from aqtrack.errors import ConfigError, ResumeError, TrackingError, TrackingLost
-from aqtrack.lock import held_here, store_lock
-from aqtrack.metrics import METRIC_KEYS
+from aqtrack.errors import ConfigError, ResumeError, TrackingError, TrackingLost, described, first_line
+from aqtrack.names import (
+    CHECKPOINT_EPOCH_TAG,
+    METRIC_KEYS,
+    MLFLOW_RUN_ENV,
+    PARENT_RUN_TAG,
+    TAG_CV,
+    TAG_CV_FOLD,
+    TAG_CV_PARENT,
+    TAG_ERROR,
+    TAG_HEARTBEAT,
+    TAG_OWNER,
+)
+from aqtrack.tracking.lock import held_here, store_lock
+from aqtrack.training.checkpoint import History
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -41,82 +53,43 @@ MLFLOW_ENV_DEFAULTS = {
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
 }
 
-# Run tags.
-TAG_RESUMED_FROM = "aqtrack.resumed_from"
-TAG_CONTINUED_IN = "aqtrack.continued_in"
-TAG_RESUME_COUNT = "aqtrack.resume_count"
-TAG_ERROR = "aqtrack.error"
-TAG_DATA_SOURCE = "aqtrack.data_source"
-TAG_FILLED_VALUES = "aqtrack.data_filled_values"  # missing values the missing-frame policy filled
-TAG_HEARTBEAT = "aqtrack.heartbeat"  # unix time of the run's last epoch-end tag update
-TAG_OWNER = "aqtrack.owner"  # host:pid of the process training the run
-TAG_ROUNDS = "aqtrack.rounds"  # params are immutable; the current target when resumed with more rounds
-TAG_FORKED_FROM = "aqtrack.forked_from"  # on a fork: "<source run id>@<epoch>"
-TAG_FORKS = "aqtrack.forks"  # on a fork's source: "<fork run id>@<epoch>,..." (newest last)
-TAG_REFIT_OF = "aqtrack.refit_of"  # on an `aqtrack svm` refit run: the training run it refits
-PARENT_RUN_TAG = "mlflow.parentRunId"  # what the MLflow UI nests runs by
-# Cross-validation: the parent run holds the plan and the aggregate, one nested run per fold.
-TAG_CV = "aqtrack.cv"  # on a CV parent: its --folds ("5", "loso")
-TAG_CV_PLANNED = "aqtrack.cv_folds_planned"  # on a CV parent: K
-TAG_CV_FINISHED = "aqtrack.cv_folds_finished"  # on a CV parent: how many fold runs are FINISHED
-TAG_CV_PARENT = "aqtrack.cv_parent"  # on a fold run: its CV parent's run id (resume finds folds by it)
-TAG_CV_FOLD = "aqtrack.cv_fold"  # on a fold run: its fold, 1..K
-MLFLOW_RUN_ENV = "MLFLOW_RUN_ID"  # set by `mlflow run` for the run it created; users set it to re-attach
 # A RUNNING run whose owner published nothing for this long is taken to be dead.
 STALE_AFTER_S = 900
-DATASET_STATS_ARTIFACT = "dataset_stats.json"
 # While the server is unreachable: how often to look whether it is back, and how long one look waits.
 PROBE_INTERVAL_S = 10.0
 PROBE_TIMEOUT_S = 3.0
 
 
-class Tracker(Protocol):
-    """What the training loop reports to. Every metric carries its step. Calls may be queued until
-    `flush()`, which the loop calls once at the end of each epoch."""
-
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None: ...
-
-    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
-
-    def set_tags(self, tags: Mapping[str, str]) -> None: ...
-
-    def flush(self) -> None: ...
-
-
-class NullTracker:
-    """Tracking switched off: the loop stays the same, nothing is recorded."""
-
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        pass
-
-    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
-        pass
-
-    def set_tags(self, tags: Mapping[str, str]) -> None:
-        pass
-
-    def flush(self) -> None:
-        pass
-
-
 class MlflowTracker:
-    """Logs to one MLflow run in one round per epoch, riding out a tracking server that stops answering.
+    """Logs to one MLflow run within a publishing budget, riding out a tracking server that stops
+    answering.
 
     Calls are queued and sent by `flush()`: first the files (each checkpoint, then its manifest), then
     the metrics and tags in one `log_batch`, so the checkpoint-epoch tag moves only once its files
-    are uploaded, and an epoch costs one metadata write instead of two. Metrics logged without their
-    checkpoint cannot happen; a checkpoint uploaded without its metrics is caught up on resume.
+    are uploaded. Metrics logged without their checkpoint cannot happen; a checkpoint uploaded without
+    its metrics is caught up on resume. The loop flushes every epoch, but a publish happens at most once
+    every `interval` seconds (`--publish-interval`): the epochs in between go out together with the next
+    one (each metric point at its own step; of a file rewritten every epoch, such as last.pt, only the
+    newest version), and `drain()` (the end of training, before the finishing stage) or
+    `flush(force=True)` (a stop) sends everything. MLflow's view of a run is so at most `interval`
+    seconds plus one epoch behind; a resume on this machine publishes the newer local checkpoints first,
+    one on another machine retrains the epochs since the last publish.
 
-    `skip` holds (key, step) pairs the run already has (see `sync_history`). When a call fails for a
-    reason that can pass (connection refused or timed out, a 5xx answer), training goes on: everything
+    `skip_logged` takes the (key, step) pairs the run already has (see `sync_history`). When a call fails
+    for a reason that can pass (connection refused or timed out, a 5xx answer), training goes on: everything
     waits here (files stay on local disk, newest version of each name) and is sent once the server
     answers again, without the metric points it already took. After `patience` seconds without the
     server, `flush()` raises `TrackingLost`.
     """
 
-    def __init__(self, client: MlflowClient, run_id: str, patience: float = 600) -> None:
+    def __init__(
+        self, client: MlflowClient, run_id: str, patience: float = 600, interval: float = 0.0
+    ) -> None:
         self.client, self.run_id, self.patience = client, run_id, patience
-        self.skip: set[tuple[str, int]] = set()
+        self.interval = interval  # the least seconds between two publishes (`flush` keeps the rest queued)
+        self._published = -math.inf  # time.monotonic() of the last publish of metrics (an epoch's)
+        self._held = False  # the budget kept queued epochs back since that publish
+        self._skip: set[tuple[str, int]] = set()
         self._metrics: dict[tuple[str, int], float] = {}
         self._files: dict[tuple[str | None, str], Path] = {}  # (artifact dir, name) -> local file
         self._tags: dict[str, str] = {}
@@ -124,8 +97,12 @@ class MlflowTracker:
         self._last_try = 0.0
         self._staging: Path | None = None
 
+    def skip_logged(self, points: set[tuple[str, int]]) -> None:
+        """Never send these (key, step) points: the run has them already (a resumed history)."""
+        self._skip |= points
+
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        self._metrics.update({(k, step): float(v) for k, v in metrics.items() if (k, step) not in self.skip})
+        self._metrics.update({(k, step): float(v) for k, v in metrics.items() if (k, step) not in self._skip})
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self._files.pop((artifact_path, path.name), None)  # re-queue at the end: the order is the point
@@ -135,12 +112,17 @@ class MlflowTracker:
         self._tags.update({k: str(v) for k, v in tags.items()})
         self._tags[TAG_HEARTBEAT] = str(int(time.time()))
 
-    def flush(self) -> None:
-        """Send what is queued, or keep it for later if the server is away (within the patience)."""
+    def flush(self, force: bool = False) -> None:
+        """Send what is queued, unless the last publish was under `interval` seconds ago (`force`: send
+        anyway); keep it for later if the server is away (within the patience)."""
         now = time.monotonic()
+        if not force and not self.offline and now - self._published < self.interval:
+            self._held = True
+            return  # the publishing budget: this epoch goes out with a later one
         if self.offline and (now - self._last_try < PROBE_INTERVAL_S or not self._server_answers()):
             self._check_patience(now)
             return
+        epochs = bool(self._metrics)  # the budget counts publishes of epochs, not the run's set-up
         try:
             self._send()
         except Exception as e:
@@ -152,21 +134,30 @@ class MlflowTracker:
                 log.warning(
                     "tracking server unreachable (%s); training goes on, metrics and checkpoints are kept "
                     "locally and sent when it answers again (for up to %.0f s)",
-                    _first_line(e),
+                    first_line(e),
                     self.patience,
                 )
             self._check_patience(self._last_try)
         else:
+            if epochs:
+                self._published, self._held = now, False
             if self.offline:
                 log.warning("tracking server back after %.0f s: caught up", now - self._offline_since)
                 self._offline_since = None
 
+    def publish_held(self) -> None:
+        """On a stop: send at once the epochs the budget held back (with whatever the stopped epoch had
+        queued, its checkpoint written); one try, no waiting for an absent server. Without the budget
+        holding anything back, a stop publishes nothing the loop had not flushed."""
+        if self._held:
+            self.flush(force=True)
+
     def drain(self) -> None:
         """Before the run is closed: wait, within the patience, until everything queued is sent."""
-        self.flush()
+        self.flush(force=True)
         while self.offline:
             time.sleep(PROBE_INTERVAL_S)
-            self.flush()
+            self.flush(force=True)
         if self._staging is not None:
             shutil.rmtree(self._staging, ignore_errors=True)
             self._staging = None
@@ -210,13 +201,7 @@ class MlflowTracker:
             )
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        """Log params the run does not have yet (`mlflow run` logs its own, as the user typed them)."""
-        from mlflow.entities import Param
-
-        existing = self.client.get_run(self.run_id).data.params
-        new = [Param(k, str(v)) for k, v in params.items() if k not in existing]
-        for i in range(0, len(new), 100):
-            self.client.log_batch(self.run_id, params=new[i : i + 100])
+        log_params(self.client, self.run_id, params)
 
     def log_json(self, obj: Any, artifact_file: str) -> None:
         """Queue `obj` as a JSON artifact; the file lives in the tracker's own directory until sent."""
@@ -285,7 +270,7 @@ def connect() -> MlflowClient:
             client.search_experiments(max_results=1)
         except Exception as e:  # any failure here means the store is unusable; say which and why
             raise TrackingError(
-                f"cannot use tracking store {uri}: {_first_line(e)}; check MLFLOW_TRACKING_URI and the server"
+                f"cannot use tracking store {uri}: {first_line(e)}; check MLFLOW_TRACKING_URI and the server"
             ) from e
     return client
 
@@ -295,7 +280,7 @@ def find_experiment_id(client: MlflowClient, name: str) -> str | None:
     return experiment.experiment_id if experiment is not None else None
 
 
-def experiment_id(client: MlflowClient, name: str) -> str:
+def get_or_create_experiment(client: MlflowClient, name: str) -> str:
     """The id of experiment `name`, created if it does not exist yet."""
     found = find_experiment_id(client, name)
     if found is not None:
@@ -319,7 +304,7 @@ def get_run(client: MlflowClient, run_id: str, label: str = "--resume"):
         run = client.get_run(run_id)
     except MlflowException as e:
         raise ResumeError(
-            f"{label} {run_id}: no such run in {client.tracking_uri}: {_first_line(e)}; "
+            f"{label} {run_id}: no such run in {client.tracking_uri}: {first_line(e)}; "
             "check the run id (`aqtrack runs --all`) and MLFLOW_TRACKING_URI"
         ) from e
     if run.info.lifecycle_stage == "deleted":
@@ -360,7 +345,7 @@ def env_run(client: MlflowClient):
         run = client.get_run(run_id)
     except MlflowException as e:
         raise ConfigError(
-            f"{MLFLOW_RUN_ENV}={run_id}: no such run in {client.tracking_uri} ({_first_line(e)}); unset it"
+            f"{MLFLOW_RUN_ENV}={run_id}: no such run in {client.tracking_uri} ({first_line(e)}); unset it"
         ) from e
     if run.info.lifecycle_stage == "deleted":
         raise ConfigError(f"{MLFLOW_RUN_ENV}={run_id}: the run is deleted; unset {MLFLOW_RUN_ENV}")
@@ -449,7 +434,7 @@ def delete_run(client: MlflowClient, run_id: str) -> None:
     client.delete_run(run_id)
 
 
-def search_runs(client: MlflowClient, experiment_ids: list[str], max_results: int = 1000) -> list:
+def newest_runs(client: MlflowClient, experiment_ids: list[str], max_results: int = 1000) -> list:
     """The experiments' runs (not deleted), newest first."""
     return list(
         client.search_runs(experiment_ids, order_by=["attributes.start_time DESC"], max_results=max_results)
@@ -471,22 +456,23 @@ def artifact_names(client: MlflowClient, run_id: str, directory: str) -> set[str
     return {f.path.rpartition("/")[2] for f in client.list_artifacts(run_id, directory) if not f.is_dir}
 
 
-def download(client: MlflowClient, run_id: str, artifact: str, dst: Path) -> Path:
-    """Download one artifact of the run into `dst` (a directory of ours, never a shared one)."""
+def download_or_refuse(client: MlflowClient, run_id: str, artifact: str, dst: Path) -> Path:
+    """Download one artifact of the run into `dst` (a directory of ours, never a shared one); ResumeError
+    when it cannot (missing, unreadable, the server gone)."""
     from mlflow.exceptions import MlflowException
 
     try:
         return Path(client.download_artifacts(run_id, artifact, str(dst)))
     except (MlflowException, OSError) as e:
-        raise ResumeError(f"run {run_id}: could not download {artifact}: {_first_line(e)}") from e
+        raise ResumeError(f"run {run_id}: could not download {artifact}: {first_line(e)}") from e
 
 
-def download_artifact(client: MlflowClient, run_id: str, artifact: str, dst: Path) -> Path | None:
+def download_if_present(client: MlflowClient, run_id: str, artifact: str, dst: Path) -> Path | None:
     """Download one artifact of the run into `dst`; None if the run does not have it."""
     parent, _, name = artifact.rpartition("/")
     if name not in artifact_names(client, run_id, parent or None):
         return None
-    return download(client, run_id, artifact, dst)
+    return download_or_refuse(client, run_id, artifact, dst)
 
 
 def sync_history(client: MlflowClient, run_id: str, history: History) -> set[tuple[str, int]]:
@@ -532,6 +518,16 @@ def metric_steps(client: MlflowClient, run_id: str, key: str) -> set[int]:
     return {m.step for m in client.get_metric_history(run_id, key)}
 
 
+def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
+    """Log the params the run does not have yet (`mlflow run` logs its own, as the user typed them)."""
+    from mlflow.entities import Param
+
+    existing = client.get_run(run_id).data.params
+    new = [Param(k, str(v)) for k, v in params.items() if k not in existing]
+    for i in range(0, len(new), 100):  # MLflow's log_batch takes at most 100 params
+        client.log_batch(run_id, params=new[i : i + 100])
+
+
 def log_points(
     client: MlflowClient, run_id: str, metrics: Mapping[str, float], step: int, tags: Mapping[str, str]
 ) -> None:
@@ -561,7 +557,7 @@ def terminating(client: MlflowClient, run_id: str, resume: str = "aqtrack train 
         log.warning("run %s stopped; continue it with `%s %s`", run_id, resume, run_id)
         raise
     except BaseException as e:
-        _mark(client, run_id, "FAILED", {TAG_ERROR: f"{type(e).__name__}: {_first_line(e)}"[:5000]})
+        _mark(client, run_id, "FAILED", {TAG_ERROR: described(e)[:5000]})
         raise
     else:
         client.set_terminated(run_id, "FINISHED")
@@ -593,9 +589,4 @@ def _mark(client: MlflowClient, run_id: str, status: str, tags: Mapping[str, str
             client.set_tag(run_id, key, value)
         client.set_terminated(run_id, status)
     except Exception as e:
-        log.warning("run %s: could not mark it %s: %s", run_id, status, _first_line(e))
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+        log.warning("run %s: could not mark it %s: %s", run_id, status, first_line(e))

@@ -10,38 +10,72 @@ import logging
 import math
 import random
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
 
-from aqtrack.checkpoint import (
+from aqtrack.config import Config
+from aqtrack.data.dataset import ActionQualityData
+from aqtrack.errors import DataError, ResumeError, TrainingDiverged, first_line
+from aqtrack.names import (
     ARTIFACT_DIR,
     CHECKPOINT_EPOCH_TAG,
+    GRAD_NORM,
+    GRAD_NORM_MAX,
+    LR,
+    TRAIN_ACC,
+    TRAIN_LOSS,
+    VAL_LOSS,
+)
+from aqtrack.training.checkpoint import (
     CheckpointPolicy,
     TrainState,
     capture_rng,
     restore_rng,
     write_checkpoints,
 )
-from aqtrack.config import Config
-from aqtrack.data import ActionQualityData
-from aqtrack.distributed import SINGLE, Shards, World
-from aqtrack.errors import DataError, ResumeError, TrainingDiverged
-from aqtrack.interrupts import deferred
-from aqtrack.metrics import GRAD_NORM, GRAD_NORM_MAX, LR, TRAIN_ACC, TRAIN_LOSS, VAL_LOSS, scores
-from aqtrack.model import ActionQualityNet, ModelSpec, build_model, crop_batch
-from aqtrack.precision import Precision, precision_for
-
-if TYPE_CHECKING:
-    from aqtrack.tracking import Tracker
+from aqtrack.training.distributed import SINGLE, Shards, World
+from aqtrack.training.interrupts import deferred
+from aqtrack.training.model import ActionQualityNet, ModelSpec, build_model, crop_batch
+from aqtrack.training.precision import Precision, precision_for
+from aqtrack.training.scores import scores
 
 log = logging.getLogger(__name__)
+
+
+class Tracker(Protocol):
+    """What the training loop reports to. Every metric carries its step. Calls may be queued until
+    `flush()`, which the loop calls once at the end of each epoch."""
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None: ...
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
+
+    def set_tags(self, tags: Mapping[str, str]) -> None: ...
+
+    def flush(self) -> None: ...
+
+
+class NullTracker:
+    """Tracking switched off: the loop stays the same, nothing is recorded."""
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        pass
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        pass
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
 
 
 def seed_everything(seed: int) -> None:
@@ -261,8 +295,7 @@ def _mismatch_is_resume_error() -> Iterator[None]:
     try:
         yield
     except (RuntimeError, ValueError, KeyError) as e:
-        first = str(e).strip().splitlines()[0]
-        raise ResumeError(f"checkpoint does not match the model this aqtrack builds: {first}") from e
+        raise ResumeError(f"checkpoint does not match the model this aqtrack builds: {first_line(e)}") from e
 
 
 def train_one_epoch(trainer: Trainer) -> tuple[dict[str, float], list[float]]:

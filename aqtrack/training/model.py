@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from aqtrack.data import lengths_of
+from aqtrack.data.dataset import lengths_of
 
 
 @dataclass(frozen=True)

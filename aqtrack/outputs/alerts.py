@@ -23,13 +23,12 @@ import math
 import statistics
 from collections.abc import Callable, Sequence
 
-from aqtrack.checkpoint import TrainState
-from aqtrack.metrics import GRAD_NORM, TRAIN_LOSS
+from aqtrack.training.checkpoint import TrainState
+from aqtrack.names import GRAD_NORM, TRAIN_LOSS
+from aqtrack.names import TAG_GRAD_EXPLOSION_EPOCHS, TAG_GRAD_VANISHING_EPOCHS
 
 log = logging.getLogger(__name__)
 
-TAG_GRAD_EXPLOSION_EPOCHS = "aqtrack.grad_explosion_epochs"
-TAG_GRAD_VANISHING_EPOCHS = "aqtrack.grad_vanishing_epochs"
 EXPLOSION_FACTOR = 10.0
 VANISHING_FACTOR = 100.0
 BASELINE_EPOCHS = 10

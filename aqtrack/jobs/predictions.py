@@ -53,12 +53,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from aqtrack import exports, tracking
+from aqtrack import names
+from aqtrack.atomic import write_atomically
 from aqtrack.config import Config
 from aqtrack.data.files import Recordings, check_file, read_recordings
 from aqtrack.errors import ConfigError, DataError, ModelError, ResumeError
-from aqtrack.model import ActionQualityNet, ModelSpec, build_model, embed
-from aqtrack.resume import find_best
+from aqtrack.tracking import exports, store
+from aqtrack.tracking.resume import find_best
+from aqtrack.training.model import ActionQualityNet, ModelSpec, build_model, embed
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -158,7 +160,7 @@ def score(source: str, path: str | Path, output: Path | None = None) -> Predicti
     path = check_file(path)
     if output is not None:
         check_output(output)
-    client = tracking.connect()
+    client = store.connect()
     with tempfile.TemporaryDirectory(prefix="aqtrack-predict-") as tmp:
         if kind == "run":
             scorer = run_scorer(client, source, Path(tmp))
@@ -179,7 +181,7 @@ def score(source: str, path: str | Path, output: Path | None = None) -> Predicti
 
 
 def _source_kind(source: str) -> str:
-    if tracking.RUN_ID_RE.match(source):
+    if store.RUN_ID_RE.match(source):
         return "run"
     if MODEL_URI.match(source):
         return "model"
@@ -190,7 +192,7 @@ def _source_kind(source: str) -> str:
 def run_scorer(client, run_id: str, tmp: Path) -> Scorer:
     """The network of the run's verified best checkpoint (weights_only), its classes, channels and
     missing-value policy. Read only: downloads into `tmp`."""
-    tracking.get_run(client, run_id, label="predict")
+    store.get_run(client, run_id, label="predict")
     try:
         best = find_best(client, run_id, None, tmp, label="predict")
     except ResumeError as e:
@@ -205,7 +207,7 @@ def run_scorer(client, run_id: str, tmp: Path) -> Scorer:
     if (len(class_names), len(channel_names)) != (spec.num_classes, spec.in_channels):
         raise ModelError(
             f"predict {run_id}: the run does not record the names of its {spec.num_classes} classes and "
-            f"{spec.in_channels} channels (checkpoint, {tracking.DATASET_STATS_ARTIFACT}); score its "
+            f"{spec.in_channels} channels (checkpoint, {names.DATASET_STATS_ARTIFACT}); score its "
             "registered model (models:/NAME/VERSION) instead"
         )
     missing = Config.from_dict(best.state.config).data.missing
@@ -219,7 +221,7 @@ def model_scorer(client, uri: str, tmp: Path) -> Scorer:
     then they are unknown, and nothing is said about them)."""
     logged = exports.load_logged_network(client, uri, tmp)
     try:
-        tracking.get_run(client, logged.run_id, label="predict")
+        store.get_run(client, logged.run_id, label="predict")
     except ResumeError:
         stats = {}
     else:
@@ -230,7 +232,7 @@ def model_scorer(client, uri: str, tmp: Path) -> Scorer:
 
 def _dataset_stats(client, run_id: str, tmp: Path) -> dict:
     """The run's dataset_stats.json, or {} when it has none."""
-    path = tracking.download_artifact(client, run_id, tracking.DATASET_STATS_ARTIFACT, tmp)
+    path = store.download_if_present(client, run_id, names.DATASET_STATS_ARTIFACT, tmp)
     return json.loads(path.read_text()) if path is not None else {}
 
 
@@ -356,11 +358,7 @@ def check_output(output: Path) -> None:
 def write_csv(table: pd.DataFrame, output: Path) -> None:
     """Write the table as CSV to a temporary file next to `output`, then rename it: a reader (or a crash)
     sees the old file or the whole new one, never half of it."""
-    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
     try:
-        table.to_csv(tmp, index=False)
-        os.replace(tmp, output)
+        write_atomically(output, lambda f: table.to_csv(f, index=False))
     except OSError as e:
         raise ConfigError(f"-o {output}: not writable ({e.strerror or e}); choose another file") from e
-    finally:
-        tmp.unlink(missing_ok=True)
