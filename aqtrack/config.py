@@ -257,11 +257,24 @@ class RunConfig:
         "sent together; local checkpoints are still written every epoch; 0 = publish every epoch",
         check=(lambda v: 0 <= v <= 300, "between 0 and 300 seconds (a run silent for 900 s counts as dead)"),
     )
-    register: str = option("", "register the best network in the MLflow model registry under this name")
+    log_model: bool = option(
+        True,
+        "log the best network as an MLflow model (torch.export, for serving and `mlflow.pyfunc`); "
+        "--no-log-model skips it and saves seconds a run (`aqtrack predict RUN` works from the checkpoint)",
+    )
+    register: str = option(
+        "", "register the best network in the MLflow model registry under this name (needs --log-model)"
+    )
     system_metrics: bool = option(False, "log CPU, memory (and GPU) usage as MLflow system metrics")
 
     def __post_init__(self) -> None:
         _check_fields(self)
+        _check(
+            self.log_model or not self.register,
+            "register",
+            "empty with --no-log-model (only a logged network can be registered)",
+            self.register,
+        )
 
 
 SECTIONS: dict[str, type] = {
@@ -276,7 +289,7 @@ SECTIONS: dict[str, type] = {
 RESUMABLE = frozenset(
     {"rounds", "checkpoint_interval", "num_workers", "output_dir", "experiment", "run_name"}
     | {"tracking_patience", "publish_interval", "device", "svm", "svm_c", "svm_kernel", "register"}
-    | {"system_metrics"}
+    | {"system_metrics", "log_model"}
 )
 
 

@@ -12,7 +12,7 @@ through to stderr as it runs; its last line, `RESULT name=value ...`, becomes on
 stdout, so `python benchmarks/run_all.py > figures.md` keeps only the table. A script that fails shows
 `failed (exit N)` in its row, and run_all exits 1 after printing the whole table.
 
-The full set takes ~35 min on 2 cores and wants a machine otherwise idle. `--quick` passes `--quick` to
+The full set takes ~40 min on 2 cores and wants a machine otherwise idle. `--quick` passes `--quick` to
 every script (a few minutes in all): a smoke run whose numbers mean nothing, and the table says so.
 
     python benchmarks/run_all.py [--quick] [--only name[,name]]

@@ -48,6 +48,17 @@ def main() -> None:
         measure(settings, args.pairs, tmp)
 
 
+def batched(x, y, batch_size: int, generator: torch.Generator | None, num_workers: int):
+    """A plain torch loader of whole batches (x [B, T, C], y [B]) indexed at once, as aqtrack's own
+    loader reads them; shuffled by `generator` when one is given."""
+    from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
+
+    data = TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
+    order = RandomSampler(data, generator=generator) if generator is not None else SequentialSampler(data)
+    sampler = BatchSampler(order, batch_size, drop_last=False)
+    return DataLoader(data, sampler=sampler, batch_size=None, num_workers=num_workers, generator=generator)
+
+
 def lightning_fit(settings: dict, uri: str, out: Path) -> str:
     """Train like `aqtrack.train(**settings)` does, the Lightning way; returns the MLflow run id."""
     import lightning as L
@@ -57,7 +68,7 @@ def lightning_fit(settings: dict, uri: str, out: Path) -> str:
 
     from aqtrack.config import Config
     from aqtrack.data.dataset import load_configured
-    from aqtrack.training.loop import make_loader, seed_everything
+    from aqtrack.training.loop import seed_everything
     from aqtrack.training.model import ModelSpec, build_model
 
     cfg = Config.from_dict(settings)
@@ -72,8 +83,8 @@ def lightning_fit(settings: dict, uri: str, out: Path) -> str:
             self.model.set_normalization(torch.from_numpy(data.x_train))
 
         def _step(self, batch, split: str) -> torch.Tensor:
-            x, y, lengths = batch  # lengths None: no padding in the batch (fixed-length data)
-            logits = self.model(x, lengths)
+            x, y = batch  # fixed-length data: no lengths
+            logits = self.model(x)
             loss = F.cross_entropy(logits, y)
             acc = (logits.argmax(dim=1) == y).float().mean()
             self.log(f"{split}_loss", loss, on_step=False, on_epoch=True, batch_size=len(y))
@@ -102,8 +113,8 @@ def lightning_fit(settings: dict, uri: str, out: Path) -> str:
     seed_everything(t.seed)
     module = LitActionQuality()
     generator = torch.Generator().manual_seed(t.seed)
-    train_loader = make_loader(data.x_train, data.y_train, t.batch_size, generator, t.num_workers)
-    val_loader = make_loader(data.x_val, data.y_val, max(t.batch_size, 256), None, t.num_workers)
+    train_loader = batched(data.x_train, data.y_train, t.batch_size, generator, t.num_workers)
+    val_loader = batched(data.x_val, data.y_val, max(t.batch_size, 256), None, t.num_workers)
     logger = MLFlowLogger(experiment_name="lightning", tracking_uri=uri, log_model="all")
     checkpoints = out / "checkpoints"
     callbacks = [

@@ -33,7 +33,7 @@ def run_all(monkeypatch: pytest.MonkeyPatch):
 def test_every_benchmark_is_found():
     names = {p.name for p in BENCHMARKS}
     assert {"tracking_overhead.py", "loop_efficiency.py", "vs_lightning.py", "resume_latency.py"} <= names
-    assert {"startup.py", "growth.py", "epoch_cost.py"} <= names
+    assert {"startup.py", "growth.py", "epoch_cost.py", "cv_cost.py", "small_run.py"} <= names
 
 
 @pytest.mark.parametrize("script", BENCHMARKS, ids=lambda p: p.name)

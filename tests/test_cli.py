@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import re
 import subprocess
 import sys
@@ -88,6 +89,18 @@ def test_python_m_aqtrack_help_exits_zero() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "train" in result.stdout and "report" in result.stdout
+
+
+def test_the_program_leaves_its_objects_to_the_exit_and_a_call_does_not(monkeypatch, capsys) -> None:
+    """`aqtrack` itself (no argv: its process ends next) freezes the collector's objects, so the
+    interpreter's final collections skip them; `main([...])` called in a live process (a test, a
+    notebook) leaves the collector alone."""
+    frozen = []
+    monkeypatch.setattr(gc, "freeze", lambda: frozen.append(True))
+    assert main(["train", "--rounds", "abc"]) == 2 and frozen == []
+    monkeypatch.setattr(sys, "argv", ["aqtrack", "train", "--rounds", "abc"])
+    assert main() == 2 and frozen == [True]
+    assert "--rounds: expected a whole number" in capsys.readouterr().err
 
 
 def test_bad_flag_value_is_one_error_line_naming_the_flag(capsys: pytest.CaptureFixture) -> None:

@@ -42,6 +42,7 @@ INVALID = [
     ({"svm_kernel": "cubic"}, "svm_kernel", "cubic"),
     ({"svm": 1}, "svm", 1),  # a bool setting takes a bool, not a truthy number
     ({"rounds": True}, "rounds", True),  # and a number setting no bool
+    ({"log_model": False, "register": "net"}, "register", "net"),  # only a logged network registers
 ]
 
 

@@ -84,6 +84,20 @@ def test_pyfunc_model_predicts_like_the_best_checkpoint_and_is_registered(tiny, 
     np.testing.assert_allclose(registered.predict(x), expected, rtol=1e-5, atol=1e-6)
 
 
+def test_without_log_model_a_run_has_no_network_model_and_predicts_from_its_checkpoint(tiny, tmp_path):
+    result = aqtrack.train(**tiny, log_model=False)
+
+    assert logged_models(result.run_id, NETWORK_MODEL) == []
+    assert "test_acc" in MlflowClient().get_run(result.run_id).data.metrics  # the rest of the stage ran
+    x = validation_batch(tiny)
+    np.savez(tmp_path / "new.npz", X=x)
+    table = aqtrack.predict(result.run_id, tmp_path / "new.npz")
+    network, _ = best_network(result.run_id, tmp_path)
+    with torch.no_grad():
+        expected = torch.softmax(network(torch.from_numpy(x)), dim=1).numpy()
+    np.testing.assert_allclose(table.filter(like="p_").to_numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_the_logged_network_takes_any_batch_and_length_with_trailing_nan_frames():
     network = trained_like_network()
     example = load_data("synthetic", n_train=4, n_val=4, val_fraction=0.2, seed=0).x_val[:2]

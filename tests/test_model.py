@@ -13,7 +13,8 @@ from padding import pad_with_nan, variable_length
 from aqtrack.config import Config
 from aqtrack.data.dataset import lengths_of, load_data
 from aqtrack.errors import DataError
-from aqtrack.training.loop import build_trainer, evaluate, make_loader, train_one_epoch
+from aqtrack.training.distributed import Shards
+from aqtrack.training.loop import build_trainer, evaluate, sharded_loader, train_one_epoch
 from aqtrack.training.model import (
     MaskedBatchNorm1d,
     ModelSpec,
@@ -151,17 +152,17 @@ def test_loader_cuts_each_batch_to_its_longest_sequence_and_passes_lengths_only_
     x = pad_with_nan(np.random.default_rng(0).normal(size=(6, 20, 2)).astype(np.float32), lengths)
     y = np.arange(6)
 
-    batches = list(make_loader(x, y, 2, None, 0, lengths))
+    batches = list(sharded_loader(x, y, Shards(6, 2), None, 0, lengths))
 
     assert [tuple(b[0].shape) for b in batches] == [(2, 9, 2), (2, 12, 2), (2, 12, 2)]
     assert batches[0][2].tolist() == [5, 9] and batches[1][2].tolist() == [12, 3]
     assert batches[2][2] is None  # both 12 frames long: no padding, the plain path
-    for xb, _, _ in make_loader(x[:, :12], y, 2, None, 0):  # no lengths: everything fills T
+    for xb, _, _ in sharded_loader(x[:, :12], y, Shards(6, 2), None, 0):  # no lengths: everything fills T
         assert xb.shape[1] == 12
     x[3] = np.nan  # a sequence with no real frame is refused, naming it
     no_frame = r"^1 sequence\(s\) have no real frame .* \(first: sequence 3, length 0\)"
     with pytest.raises(DataError, match=no_frame):
-        make_loader(x, y, 2, None, 0, lengths_of(x))
+        sharded_loader(x, y, Shards(6, 2), None, 0, lengths_of(x))
 
 
 def test_embed_of_nan_padded_sequences_equals_each_sequence_alone():

@@ -3,12 +3,13 @@
 Once the last epoch is published, the run gets what is made from its best checkpoint (the verified
 file, loaded with weights_only; never a model unpickled from the tracking server; the best epoch was
 chosen on the validation split): the network as an MLflow model (`model`, registered with `--register
-NAME`), the held-out test split evaluated once (`test_acc`, `test_balanced_acc`, `test_f1_macro` at
-step = the final epoch, a per-class table), confusion matrices on the validation and test splits, the
-training curves, then the SVM stage (`svm_val_acc`, `svm_val_f1`, `svm_test_acc`, `svm_test_f1`, and
-the fitted pipeline as the `svm` model). Each step first looks at what the run already has, so a run
-killed while finishing and resumed ends with one of each. A fold of a cross-validation also keeps its
-test split's predictions (`test/predictions.csv`), which its parent pools.
+NAME`; skipped with `--no-log-model`), the held-out test split evaluated once (`test_acc`,
+`test_balanced_acc`, `test_f1_macro` at step = the final epoch, a per-class table), confusion matrices
+on the validation and test splits, the training curves, then the SVM stage (`svm_val_acc`,
+`svm_val_f1`, `svm_test_acc`, `svm_test_f1`, and the fitted pipeline as the `svm` model). Each step
+first looks at what the run already has, so a run killed while finishing and resumed ends with one of
+each. A fold of a cross-validation also keeps its test split's predictions (`test/predictions.csv`),
+which its parent pools.
 """
 
 from __future__ import annotations
@@ -84,7 +85,8 @@ def finish_run(job: Finishing) -> dict[str, float]:
     network = network_of(best.state)
     outputs = Outputs.of(network, job.data)
     tags = {names.TAG_BEST_EPOCH: str(best.state.epoch)}
-    _log_network(job, network, tags)
+    if job.config.run.log_model:
+        _log_network(job, network, tags)
     test = _log_test(job, outputs, best.state.epoch)
     _log_figures(job, job.state.history, outputs)
     if job.config.svm.svm:

@@ -47,6 +47,7 @@ from aqtrack.config import (
 )
 from aqtrack.data.dataset import SYNTHETIC, ActionQualityData, load_configured
 from aqtrack.errors import ConfigError, DistributedError, ResumeError, TrackingLost, first_line
+from aqtrack.jobs import collector
 from aqtrack.jobs.curves import curves_refresher
 from aqtrack.jobs.finish import Finishing, finish_run
 from aqtrack.names import (
@@ -165,7 +166,8 @@ def _train(request: Request, callbacks: Iterable[EpochHook]) -> TrainResult:
         if not world.is_main:
             return _follow(world)
         try:
-            return _lead(world, request, callbacks)
+            with collector.paused():  # for the set-up and the finishing stage; on for the epochs
+                return _lead(world, request, callbacks)
         except BaseException as e:
             world.refuse(e)  # the other ranks, still waiting for a plan, stop too
             raise
@@ -666,7 +668,11 @@ def _train_in_run(
     ]
     trained_before = state.epoch
     try:
-        with Progress(cfg.train, trained_before) as progress, _published_when_stopping(tracker):
+        with (
+            Progress(cfg.train, trained_before) as progress,
+            _published_when_stopping(tracker),
+            collector.collecting(),
+        ):
             fit(start.trainer, state, tracker, local, on_epoch_end=[*hooks, progress])
         if state.epoch == trained_before:  # killed after its last epoch: only the wrapping-up is left
             log.info("run %s: all %d epochs were already trained; finishing it", run_id, state.epoch)

@@ -18,7 +18,7 @@ from typing import Protocol
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader
 
 from aqtrack.config import Config
 from aqtrack.data.dataset import ActionQualityData
@@ -121,27 +121,6 @@ def _batches(x: np.ndarray, y: np.ndarray, lengths: np.ndarray | None) -> _Batch
     return _Batches(torch.from_numpy(x), torch.from_numpy(y), lengths)
 
 
-def make_loader(
-    x: np.ndarray,
-    y: np.ndarray,
-    batch_size: int,
-    generator: torch.Generator | None,
-    num_workers: int,
-    lengths: np.ndarray | None = None,
-) -> DataLoader:
-    """Batches of (x [B, T_b, C], y [B], lengths [B] or None), see `_Batches`; shuffled by `generator`
-    when one is given. `lengths` [N]: real frames per sequence (None: all fill x's T)."""
-    data = _batches(x, y, lengths)
-    order = RandomSampler(data, generator=generator) if generator is not None else SequentialSampler(data)
-    return DataLoader(
-        data,
-        sampler=BatchSampler(order, batch_size, drop_last=False),
-        batch_size=None,
-        num_workers=num_workers,
-        generator=generator,
-    )
-
-
 def sharded_loader(
     x: np.ndarray,
     y: np.ndarray,
@@ -150,8 +129,9 @@ def sharded_loader(
     num_workers: int,
     lengths: np.ndarray | None = None,
 ) -> DataLoader:
-    """This process's share of each batch, in the order `batches` gives, as `make_loader`'s batches:
-    each process cuts its share to the longest real length in it."""
+    """This process's share of each batch, in the order `batches` gives: (x [B, T_b, C], y [B], lengths
+    [B] or None), see `_Batches`; each process cuts its share to the longest real length in it.
+    `lengths` [N]: real frames per sequence (None: all fill x's T)."""
     data = _batches(x, y, lengths)
     return DataLoader(data, sampler=batches, batch_size=None, num_workers=num_workers, generator=generator)
 
