@@ -97,10 +97,11 @@ def restore_aqtrack_logger() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def tiny_settings() -> dict:
     """Settings for a run of a few seconds: 2 rounds x 2 epochs on 64 + 32 (+ 32 test) synthetic
-    sequences. The SVM stage is off: most tests check epochs, metrics and checkpoints, and fitting and
-    exporting an SVM at the end of each run was a large part of the suite's time. A test of the SVM
-    stage (svm_* metrics, the `svm` model, what a refit or the run's description says about it) takes
-    `tiny_svm`. A module-scoped fixture takes these and an output dir of its own; a test takes `tiny`."""
+    sequences. The finishing stage's slow parts are off: most tests check epochs, metrics and
+    checkpoints, and exporting the network (torch.export) and fitting and exporting an SVM at the end of
+    each run were a large part of the suite's time. A test of those (the `model` and `svm` models, svm_*
+    metrics, what a refit or the run's description says of them) takes `tiny_full`, or turns the one it
+    tests back on. A module-scoped fixture takes these and an output dir of its own; a test takes `tiny`."""
     return {
         "n_train": 64,
         "n_val": 32,
@@ -111,6 +112,7 @@ def tiny_settings() -> dict:
         "batch_size": 16,
         "checkpoint_interval": 2,
         "svm": False,
+        "log_model": False,
         # Every epoch published: tests count points, uploads and crash points epoch by epoch
         # (tests/test_tracking.py tests the budget itself).
         "publish_interval": 0,
@@ -124,6 +126,7 @@ def tiny(tiny_settings: dict, tmp_path: Path) -> dict:
 
 
 @pytest.fixture
-def tiny_svm(tiny: dict) -> dict:
-    """`tiny` with the SVM stage on, as a run is by default: for tests of what it logs."""
-    return {**tiny, "svm": True}
+def tiny_full(tiny: dict) -> dict:
+    """`tiny` with the whole finishing stage, as a run is by default: the network logged as the `model`
+    model and the SVM fitted and logged as `svm`."""
+    return {**tiny, "svm": True, "log_model": True}

@@ -26,7 +26,9 @@ class Boom(Exception):
 
 def three_runs(tiny: dict) -> dict[str, str]:
     """A finished run (4 epochs), a killed one and a failed one (2 of 4 published), newest last."""
-    finished = aqtrack.train(**{**tiny, "svm": True}, run_name="done").run_id  # `show` lists its svm model
+    finished = aqtrack.train(
+        **{**tiny, "svm": True, "log_model": True}, run_name="done"
+    ).run_id  # `show` lists both models
     with pytest.raises(KeyboardInterrupt):
         aqtrack.train(**tiny, run_name="stopped", callbacks=[stop_at(3, KeyboardInterrupt())])
     with pytest.raises(Boom):

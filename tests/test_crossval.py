@@ -51,6 +51,7 @@ SETTINGS = {
     "batch_size": 16,
     "checkpoint_interval": 2,
     "svm": False,
+    "log_model": False,  # the folds' models are a fold run's own (tests/test_exports.py)
 }
 K = 3
 

@@ -55,6 +55,7 @@ SETTINGS = {
     "dropout": 0.0,
     "checkpoint_interval": 2,
     "svm": False,
+    "log_model": False,
 }
 EPOCHS = SETTINGS["rounds"] * SETTINGS["epochs_per_round"]
 

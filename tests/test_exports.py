@@ -62,7 +62,7 @@ def validation_batch(tiny: dict) -> np.ndarray:
 
 
 def test_pyfunc_model_predicts_like_the_best_checkpoint_and_is_registered(tiny, tmp_path):
-    result = aqtrack.train(**tiny, register="action-quality-net")
+    result = aqtrack.train(**{**tiny, "log_model": True}, register="action-quality-net")
 
     x = validation_batch(tiny)
     model = mlflow.pyfunc.load_model(f"runs:/{result.run_id}/{NETWORK_MODEL}")
@@ -85,7 +85,7 @@ def test_pyfunc_model_predicts_like_the_best_checkpoint_and_is_registered(tiny, 
 
 
 def test_without_log_model_a_run_has_no_network_model_and_predicts_from_its_checkpoint(tiny, tmp_path):
-    result = aqtrack.train(**tiny, log_model=False)
+    result = aqtrack.train(**{**tiny, "log_model": False})
 
     assert logged_models(result.run_id, NETWORK_MODEL) == []
     assert "test_acc" in MlflowClient().get_run(result.run_id).data.metrics  # the rest of the stage ran
@@ -234,7 +234,7 @@ def test_reading_the_weights_never_runs_the_archives_graph_nor_unpickles(tmp_pat
 
 
 def test_train_validation_and_test_sets_are_the_runs_dataset_inputs_logged_once(tiny):
-    first = aqtrack.train(**{**tiny, "rounds": 1})
+    first = aqtrack.train(**{**tiny, "rounds": 1, "log_model": True})
     aqtrack.train(resume=first.run_id, rounds=2)
 
     inputs = MlflowClient().get_run(first.run_id).inputs.dataset_inputs
@@ -290,9 +290,9 @@ def test_figures_are_logged_and_the_curves_drawn_at_the_first_periodic_checkpoin
         assert kept.read_bytes() == path.read_bytes(), artifact
 
 
-def test_killed_twice_while_finishing_then_resumed_has_one_of_each_model_and_svm_point(tiny_svm, tmp_path):
+def test_killed_twice_while_finishing_then_resumed_has_one_of_each_model_and_svm_point(tiny_full, tmp_path):
     # The network model is READY, the SVM's files are uploaded but it is still PENDING.
-    killed = run_aqtrack(tmp_path, "train", *flags(tiny_svm), kill_at="model-uploaded:2")
+    killed = run_aqtrack(tmp_path, "train", *flags(tiny_full), kill_at="model-uploaded:2")
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     client = MlflowClient()
     (run,) = client.search_runs([client.get_experiment_by_name("action-quality").experiment_id])
@@ -312,5 +312,5 @@ def test_killed_twice_while_finishing_then_resumed_has_one_of_each_model_and_svm
         assert str(model.status).endswith("READY"), name
     for key in (SVM_VAL_ACC, SVM_VAL_F1):
         assert [m.step for m in client.get_metric_history(run_id, key)] == [4], key
-    logits = mlflow.pyfunc.load_model(f"runs:/{run_id}/{NETWORK_MODEL}").predict(validation_batch(tiny_svm))
+    logits = mlflow.pyfunc.load_model(f"runs:/{run_id}/{NETWORK_MODEL}").predict(validation_batch(tiny_full))
     assert logits.shape == (5, 4)

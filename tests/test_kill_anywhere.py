@@ -33,6 +33,7 @@ SETTINGS = {
     "batch_size": 16,
     "checkpoint_interval": 2,
     "svm": False,  # the kills are in the epochs; tests/test_exports.py kills the finishing stage
+    "log_model": False,
     "publish_interval": 0,  # every epoch published: the kill points count uploads epoch by epoch
 }
 EPOCHS = SETTINGS["rounds"] * SETTINGS["epochs_per_round"]

@@ -55,8 +55,8 @@ def network_of(run_id: str, name: str, tmp: Path):
     return network.eval(), state
 
 
-def test_the_default_data_is_split_by_subject_and_the_test_split_is_evaluated_once(tiny_svm, tmp_path):
-    result = aqtrack.train(**tiny_svm)  # the SVM stage on: it scores the test split once too
+def test_the_default_data_is_split_by_subject_and_the_test_split_is_evaluated_once(tiny_full, tmp_path):
+    result = aqtrack.train(**tiny_full)  # the SVM stage on: it scores the test split once too
     run_id, client = result.run_id, MlflowClient()
 
     stats = artifact_json(run_id, names.DATASET_STATS_ARTIFACT, tmp_path)
@@ -73,7 +73,7 @@ def test_the_default_data_is_split_by_subject_and_the_test_split_is_evaluated_on
     for key in TEST_KEYS:
         assert list(history(run_id, key)) == [4], key
     network, best = network_of(run_id, BEST, tmp_path)
-    data = load_configured(Config.from_dict(tiny_svm).data)
+    data = load_configured(Config.from_dict(tiny_full).data)
     predicted = embed(network, data.test.x, data.test.lengths)[1].argmax(axis=1)
     assert history(run_id, "test_acc")[4] == pytest.approx(float((predicted == data.test.y).mean()))
     assert history(run_id, "test_balanced_acc")[4] == pytest.approx(
@@ -117,7 +117,9 @@ def test_balanced_accuracy_and_macro_f1_are_logged_every_epoch_as_sklearn_comput
 
 
 def test_select_by_chooses_the_best_epoch_by_that_validation_metric(tiny, tmp_path):
-    result = aqtrack.train(**{**tiny, "rounds": 1, "epochs_per_round": 6, "select_by": "val_f1_macro"})
+    result = aqtrack.train(
+        **{**tiny, "rounds": 1, "epochs_per_round": 6, "select_by": "val_f1_macro", "log_model": True}
+    )
     f1 = history(result.run_id, VAL_F1_MACRO)
     expected = min(e for e, v in f1.items() if v == max(f1.values()))
     assert result.best_epoch == expected and result.best_score == f1[expected]
@@ -188,7 +190,7 @@ def recordings_file(tmp_path: Path) -> Path:
 
 def test_a_file_of_real_looking_recordings_trains_end_to_end(tiny, tmp_path):
     path = recordings_file(tmp_path)
-    result = aqtrack.train(**{**tiny, "data": str(path), "svm": False, "batch_size": 4})
+    result = aqtrack.train(**{**tiny, "data": str(path), "log_model": True, "batch_size": 4})
     run = MlflowClient().get_run(result.run_id)
 
     stats = artifact_json(result.run_id, names.DATASET_STATS_ARTIFACT, tmp_path)

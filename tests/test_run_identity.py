@@ -132,7 +132,8 @@ def only_run_id() -> str:
 
 
 def assert_finished_with_its_newest_checkpoints(run_id: str, epochs: int, tmp: Path) -> None:
-    """FINISHED, last.pt of the last epoch, and model, best checkpoint and `aqtrack svm` agreeing."""
+    """FINISHED, last.pt of the last epoch, and model, best checkpoint and `aqtrack svm` agreeing (a run
+    with log_model on)."""
     client = MlflowClient()
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
@@ -157,7 +158,12 @@ def test_killed_in_the_last_epoch_after_writing_its_checkpoints_a_resume_publish
     tiny, tmp_path
 ):
     out = tmp_path / "out"
-    killed = run_aqtrack(tmp_path, "train", *flags({**tiny, "output_dir": out}), kill_at="checkpoint-local:4")
+    killed = run_aqtrack(
+        tmp_path,
+        "train",
+        *flags({**tiny, "log_model": True, "output_dir": out}),
+        kill_at="checkpoint-local:4",
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     run_id = only_run_id()
     assert MlflowClient().get_run(run_id).data.tags[CHECKPOINT_EPOCH_TAG] == "3"
@@ -172,7 +178,12 @@ def test_killed_in_the_last_epoch_after_writing_its_checkpoints_a_resume_publish
 
 def test_a_periodic_checkpoint_written_but_never_uploaded_is_published_by_the_resume(tiny, tmp_path):
     out = tmp_path / "out"
-    killed = run_aqtrack(tmp_path, "train", *flags({**tiny, "output_dir": out}), kill_at="checkpoint-local:2")
+    killed = run_aqtrack(
+        tmp_path,
+        "train",
+        *flags({**tiny, "log_model": True, "output_dir": out}),
+        kill_at="checkpoint-local:2",
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     run_id = only_run_id()
 
@@ -200,7 +211,7 @@ def test_stopped_for_lost_tracking_in_the_last_epoch_a_resume_publishes_the_loca
         monkeypatch.setattr(MlflowClient, name, unreachable(getattr(MlflowClient, name)))
     lose_server_in_epoch_4 = lambda state: down.append(1) if state.epoch == 4 else None  # noqa: E731
     with pytest.raises(TrackingLost, match="training stopped; the checkpoint of epoch 4 is in"):
-        aqtrack.train(**tiny, tracking_patience=0, callbacks=[lose_server_in_epoch_4])
+        aqtrack.train(**{**tiny, "log_model": True}, tracking_patience=0, callbacks=[lose_server_in_epoch_4])
     run_id = only_run_id()
     assert MlflowClient().get_run(run_id).info.status == "RUNNING"  # no one to tell; resume accepts it
     assert MlflowClient().get_run(run_id).data.tags[CHECKPOINT_EPOCH_TAG] == "3"

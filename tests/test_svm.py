@@ -43,14 +43,14 @@ def test_fit_svm_scales_and_scores_on_the_validation_split() -> None:
     assert result.pipeline.named_steps["svc"].C == 1.0
 
 
-def test_training_fits_the_svm_on_the_best_features_and_logs_it_once(tiny_svm, tmp_path):
-    result = aqtrack.train(**tiny_svm)
+def test_training_fits_the_svm_on_the_best_features_and_logs_it_once(tiny_full, tmp_path):
+    result = aqtrack.train(**tiny_full)
 
     client = MlflowClient()
     assert client.get_run(result.run_id).data.params["svm"] == "true"  # a bool param as typed
     acc, f1 = (client.get_metric_history(result.run_id, k) for k in (SVM_VAL_ACC, SVM_VAL_F1))
     assert [m.step for m in acc] == [4] and [m.step for m in f1] == [4]
-    f = best_features(result.run_id, tiny_svm, tmp_path)
+    f = best_features(result.run_id, tiny_full, tmp_path)
     pipeline = mlflow.sklearn.load_model(f"runs:/{result.run_id}/{SVM_MODEL}")
     predicted = pipeline.predict(f["x_val"])
     assert acc[0].value == pytest.approx(float((predicted == f["y_val"]).mean()))
@@ -94,8 +94,8 @@ def test_no_svm_leaves_the_svm_out_and_aqtrack_svm_fits_it_later_as_a_nested_run
     assert (after.metrics, after.params) == (before.metrics, before.params)
 
 
-def test_refits_never_stack_points_at_one_step_and_each_says_what_made_it(tiny_svm):
-    result = aqtrack.train(**tiny_svm)  # its own SVM stage: rbf, C=1
+def test_refits_never_stack_points_at_one_step_and_each_says_what_made_it(tiny_full):
+    result = aqtrack.train(**tiny_full)  # its own SVM stage: rbf, C=1
     client = MlflowClient()
     for c in (0.5, 2.0, 0.5):
         aqtrack.fit_svm(result.run_id, c=c, kernel="linear")
