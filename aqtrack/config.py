@@ -351,6 +351,18 @@ def parse_param(name: str, text: str) -> Any:
         return None
 
 
+def _changes(saved: Config, given: dict[str, Any], may_change: frozenset[str]) -> tuple[dict, list[str]]:
+    """The given settings that differ from the run's, and each one outside `may_change` described as
+    `--flag=value (the run has value)`."""
+    check_known(given)
+    current = saved.to_dict()
+    changed = {k: v for k, v in given.items() if v != current[k]}
+    conflicts = [
+        f"{flag(k)}={v!r} (the run has {current[k]!r})" for k, v in changed.items() if k not in may_change
+    ]
+    return changed, conflicts
+
+
 def resumed(saved: Config, given: dict[str, Any]) -> Config:
     """The config of a resumed run: the checkpoint's, plus the `RESUMABLE` settings the user gave.
 
@@ -358,12 +370,7 @@ def resumed(saved: Config, given: dict[str, Any]) -> Config:
     value. Giving a setting outside `RESUMABLE` is fine when it repeats the run's value; changing it is
     refused, because the checkpoint's optimizer, schedule and data would no longer describe the run.
     """
-    check_known(given)
-    current = saved.to_dict()
-    changed = {k: v for k, v in given.items() if v != current[k]}
-    conflicts = [
-        f"{flag(k)}={v!r} (the run has {current[k]!r})" for k, v in changed.items() if k not in RESUMABLE
-    ]
+    changed, conflicts = _changes(saved, given, RESUMABLE)
     if conflicts:
         raise ConfigError(
             f"cannot change {', '.join(conflicts)} when resuming; only "
@@ -385,12 +392,7 @@ CV_RESUMABLE = frozenset(
 def cv_resumed(saved: Config, given: dict[str, Any]) -> Config:
     """The config of a resumed cross-validation: its own, plus the `CV_RESUMABLE` settings given. A
     given setting that repeats the run's value is fine; changing another one is refused."""
-    check_known(given)
-    current = saved.to_dict()
-    changed = {k: v for k, v in given.items() if v != current[k]}
-    conflicts = [
-        f"{flag(k)}={v!r} (the run has {current[k]!r})" for k, v in changed.items() if k not in CV_RESUMABLE
-    ]
+    changed, conflicts = _changes(saved, given, CV_RESUMABLE)
     if conflicts:
         may = ", ".join(flag(k) for k in sorted(CV_RESUMABLE - {"experiment"}))
         raise ConfigError(

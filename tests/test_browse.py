@@ -4,13 +4,13 @@ failed runs."""
 from __future__ import annotations
 
 import re
-import shutil
 import time
 from pathlib import Path
 
 import pytest
 from crashes import stop_at
 from mlflow import MlflowClient
+from stores import own_store
 
 import aqtrack
 from aqtrack import names
@@ -43,13 +43,7 @@ def shared_runs(
 ) -> tuple[str, dict[str, str]]:
     """The three runs, trained once for the module in a store of its own: (store, run ids)."""
     root = tmp_path_factory.mktemp("runs")
-    shutil.copyfile(empty_store, root / "mlflow.db")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
-            mp.delenv(name, raising=False)
-        mp.chdir(root)
+    with own_store(root, empty_store) as uri:
         return uri, three_runs({**tiny_settings, "output_dir": str(root / "outputs")})
 
 

@@ -18,6 +18,7 @@ import psutil
 import pytest
 import torch
 from mlflow import MlflowClient
+from stores import own_store
 
 import aqtrack
 from aqtrack import names
@@ -105,12 +106,8 @@ def cv(tmp_path_factory: pytest.TempPathFactory, empty_store: Path):
     """A cross-validation as `mlflow run -e cv` makes one: MLFLOW_RUN_ID names an empty run, which
     becomes the parent. In its own store; torch at 1 thread (see test_workers_...)."""
     root = tmp_path_factory.mktemp("cv")
-    (root / "mlflow.db").write_bytes(empty_store.read_bytes())
-    uri = f"sqlite:///{root / 'mlflow.db'}"
     threads = torch.get_num_threads()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
+    with own_store(root, empty_store) as uri, pytest.MonkeyPatch.context() as mp:
         client = MlflowClient()
         empty = client.create_run(store.get_or_create_experiment(client, "action-quality")).info.run_id
         mp.setenv("MLFLOW_RUN_ID", empty)

@@ -12,6 +12,7 @@ import pytest
 from crashes import run_aqtrack
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
+from stores import own_store
 from test_crossval import SETTINGS, assert_same, outcome
 
 from aqtrack import names
@@ -30,9 +31,7 @@ def parent_id() -> str:
 def reference(tmp_path_factory: pytest.TempPathFactory, empty_store: Path) -> dict:
     """An uninterrupted cross-validation, in a process of its own like the killed ones."""
     root = tmp_path_factory.mktemp("reference")
-    (root / "mlflow.db").write_bytes(empty_store.read_bytes())
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    with own_store(root, empty_store):
         done = run_aqtrack(root, "cv", *FLAGS, "--output-dir", str(root / "out"), timeout=600)
         assert done.returncode == 0, done.stderr[-3000:]
         return outcome(parent_id(), root / "read")

@@ -19,6 +19,7 @@ import pytest
 import torch
 from crashes import flags, run_aqtrack
 from mlflow import MlflowClient
+from stores import own_store
 
 from aqtrack.crash_points import POINTS
 from aqtrack.names import LAST, METRIC_KEYS, REPORT_FILE
@@ -55,9 +56,7 @@ def outcome(run_id: str, output_dir: Path, tmp: Path) -> tuple[dict, dict, dict]
 def reference(tmp_path_factory: pytest.TempPathFactory, empty_store: Path) -> tuple[dict, dict, dict]:
     """An uninterrupted run, in a process of its own like the killed ones."""
     root = tmp_path_factory.mktemp("reference")
-    (root / "mlflow.db").write_bytes(empty_store.read_bytes())
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    with own_store(root, empty_store):
         done = run_aqtrack(root, "train", *flags({**SETTINGS, "output_dir": root / "out"}))
         assert done.returncode == 0, done.stderr[-3000:]
         (run,) = MlflowClient().search_runs(

@@ -7,7 +7,6 @@ import dataclasses
 import hashlib
 import io
 import json
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -20,6 +19,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
+from stores import own_store
 
 import aqtrack
 from aqtrack import names
@@ -59,13 +59,7 @@ class Trained:
 def trained(empty_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Trained:
     """Two tiny runs, trained once for the module: predict only reads the store (a test checks that)."""
     root = tmp_path_factory.mktemp("trained")
-    shutil.copyfile(empty_store, root / "mlflow.db")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
-            mp.delenv(name, raising=False)
-        mp.chdir(root)
+    with own_store(root, empty_store) as uri:
         result = aqtrack.train(**TINY, output_dir=str(root / "outputs"), register=MODEL)
         refusing = aqtrack.train(**TINY, missing="refuse", seed=1, output_dir=str(root / "outputs"))
         MlflowClient().set_registered_model_alias(MODEL, "champion", "1")

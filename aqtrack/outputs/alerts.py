@@ -100,6 +100,11 @@ def alert_tags(
     return tags
 
 
+_WARNING = "epoch %d: grad_norm %.3g %s: %s"
+_EXPLODING = "exploding gradients (lower --lr or --max-grad-norm, or check the data)"
+_VANISHING = "vanishing gradients (the network barely learns)"
+
+
 def gradient_alerts(tracker) -> Callable[[TrainState], None]:
     """An epoch-end hook: warn about this epoch, and queue the tags (sent in the epoch's one flush)."""
     sent: dict[str, str] = {}
@@ -112,17 +117,12 @@ def gradient_alerts(tracker) -> Callable[[TrainState], None]:
         exploding, vanishing = alert_epochs(norms, losses)
         high, low = thresholds(norms)[-1]
         if state.epoch in exploding:
-            log.warning(
-                "epoch %d: grad_norm %.3g is over %gx the median of the epochs before (above %.3g): "
-                "exploding gradients (lower --lr or --max-grad-norm, or check the data)",
-                state.epoch, norms[-1], EXPLOSION_FACTOR, high,
-            )  # fmt: skip
+            what = f"is over {EXPLOSION_FACTOR:g}x the median of the epochs before (above {high:.3g})"
+            log.warning(_WARNING, state.epoch, norms[-1], what, _EXPLODING)
         elif state.epoch in vanishing:
-            log.warning(
-                "epoch %d: grad_norm %.3g fell below 1/%g of its early median (below %.3g) while the "
-                "training loss is still high: vanishing gradients (the network barely learns)",
-                state.epoch, norms[-1], VANISHING_FACTOR, low,
-            )  # fmt: skip
+            what = f"fell below 1/{VANISHING_FACTOR:g} of its early median (below {low:.3g})"
+            what += " while the training loss is still high"
+            log.warning(_WARNING, state.epoch, norms[-1], what, _VANISHING)
         tags = alert_tags(norms, losses)
         if tags != sent:
             tracker.set_tags(tags)
