@@ -23,9 +23,8 @@ import math
 import statistics
 from collections.abc import Callable, Sequence
 
+from aqtrack.names import GRAD_NORM, TAG_GRAD_EXPLOSION_EPOCHS, TAG_GRAD_VANISHING_EPOCHS, TRAIN_LOSS
 from aqtrack.training.checkpoint import TrainState
-from aqtrack.names import GRAD_NORM, TRAIN_LOSS
-from aqtrack.names import TAG_GRAD_EXPLOSION_EPOCHS, TAG_GRAD_VANISHING_EPOCHS
 
 log = logging.getLogger(__name__)
 

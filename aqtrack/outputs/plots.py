@@ -17,8 +17,18 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 
+from aqtrack.names import (
+    GRAD_NORM,
+    GRAD_NORM_MAX,
+    LR,
+    TRAIN_ACC,
+    TRAIN_LOSS,
+    VAL_ACC,
+    VAL_BALANCED_ACC,
+    VAL_F1_MACRO,
+    VAL_LOSS,
+)
 from aqtrack.outputs.alerts import EXPLOSION_FACTOR, VANISHING_FACTOR, thresholds
-from aqtrack.names import GRAD_NORM, GRAD_NORM_MAX, LR, TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_BALANCED_ACC, VAL_F1_MACRO, VAL_LOSS
 from aqtrack.training.scores import scores
 
 DPI = 80
@@ -97,7 +107,8 @@ def training_curves(curves: Curves, title: str = "") -> Figure:
 
 def _threshold_bands(ax, x: np.ndarray, grad_norms: list[float]) -> None:
     """Shade what the gradient alerts call exploding and vanishing: above and below the run's own
-    thresholds, epoch by epoch (see aqtrack.outputs.alerts), with every measured value and threshold in view."""
+    thresholds, epoch by epoch (see aqtrack.outputs.alerts), with every measured value and threshold in
+    view."""
     limits = thresholds([None if math.isnan(v) else v for v in grad_norms])
     high = np.array([np.nan if h is None else h for h, _ in limits])
     low = np.array([np.nan if v is None else v for _, v in limits])

@@ -12,9 +12,18 @@ import shutil
 import sys
 from typing import Any
 
-from aqtrack.training.checkpoint import TrainState
 from aqtrack.config import TrainConfig
-from aqtrack.names import GRAD_NORM, LR, TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_BALANCED_ACC, VAL_F1_MACRO, VAL_LOSS
+from aqtrack.names import (
+    GRAD_NORM,
+    LR,
+    TRAIN_ACC,
+    TRAIN_LOSS,
+    VAL_ACC,
+    VAL_BALANCED_ACC,
+    VAL_F1_MACRO,
+    VAL_LOSS,
+)
+from aqtrack.training.checkpoint import TrainState
 
 log = logging.getLogger(__name__)
 

@@ -8,17 +8,26 @@ extras. Values that were never measured are null, never filled in.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from aqtrack.atomic import write_text_atomically
+from aqtrack.names import (
+    GRAD_NORM,
+    GRAD_NORM_MAX,
+    LR,
+    METRIC_KEYS,
+    REPORT_FILE,
+    TRAIN_ACC,
+    TRAIN_LOSS,
+    VAL_ACC,
+    VAL_BALANCED_ACC,
+    VAL_F1_MACRO,
+    VAL_LOSS,
+)
 from aqtrack.training.checkpoint import History, TrainState
-from aqtrack.names import GRAD_NORM, GRAD_NORM_MAX, LR, METRIC_KEYS, TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_BALANCED_ACC, VAL_F1_MACRO, VAL_LOSS
-from aqtrack.names import REPORT_FILE
-
 
 
 def build_report(
