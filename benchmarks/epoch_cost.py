@@ -80,7 +80,7 @@ def measure(settings: dict, pairs: int, tmp: Path) -> None:
         hooks, tracker = [], loop.NullTracker()
         if tracked:
             run_id = client.create_run(experiment).info.run_id
-            tracker = store.MlflowTracker(client, run_id)
+            tracker = store.MlflowTracker(client, run_id, interval=cfg.run.publish_interval)
             for method in ("log_metrics", "log_artifact", "set_tags", "flush"):
                 setattr(tracker, method, timed("mlflow", getattr(tracker, method)))
             hooks = [report_writer(tracker, out, data.stats(), run_id)]

@@ -380,3 +380,56 @@ def test_checkpoint_with_a_malformed_history_is_refused_in_one_line(tmp_path: Pa
     torch.save(payload, tmp_path / LAST)
     with pytest.raises(ResumeError, match=r"last.pt: malformed training history \(AttributeError"):
         load_checkpoint(tmp_path / LAST)
+
+
+def converted_afresh(history: History) -> dict:
+    """History.to_dict as it was before it converted incrementally: every list, every time."""
+    return {
+        "metrics": {k: torch.tensor(v, dtype=torch.float64) for k, v in history.metrics.items()},
+        "batch_losses": torch.tensor([x for e in history.batch_losses for x in e], dtype=torch.float64),
+        "batch_losses_per_epoch": torch.tensor([len(e) for e in history.batch_losses], dtype=torch.int64),
+        "total_batches": history.total_batches,
+    }
+
+
+def assert_same_history_dict(got: dict, want: dict) -> None:
+    assert got.keys() == want.keys() and got["metrics"].keys() == want["metrics"].keys()
+    for key in want["metrics"]:
+        assert torch.equal(got["metrics"][key].nan_to_num(-1), want["metrics"][key].nan_to_num(-1)), key
+        assert got["metrics"][key].dtype == torch.float64
+    for key in ("batch_losses", "batch_losses_per_epoch"):
+        assert torch.equal(got[key], want[key]) and got[key].dtype == want[key].dtype, key
+    assert got["total_batches"] == want["total_batches"]
+
+
+def test_history_to_dict_converts_only_new_epochs_and_equals_a_fresh_conversion_every_time() -> None:
+    rng = random.Random(0)
+    history, handed_out = History(), []
+    for epoch in range(1, 300):
+        metrics = {"train_loss": rng.random(), "val_acc": rng.random()}
+        if epoch >= 150:
+            metrics["val_f1_macro"] = rng.random()  # a key that appears late: NaN before it
+        history.append(metrics, [rng.random() for _ in range(rng.randint(1, 130))])  # <= 100 kept
+        got, want = history.to_dict(), converted_afresh(history)
+        assert_same_history_dict(got, want)
+        handed_out.append((got, want))
+    # What was handed out is the caller's: later epochs never change it, and it holds no spare storage
+    # (torch.save writes a tensor's whole storage).
+    for got, want in handed_out:
+        assert_same_history_dict(got, want)
+    assert all(t.untyped_storage().nbytes() == 8 * len(t) for t in got["metrics"].values())
+    assert got["batch_losses"].untyped_storage().nbytes() == 8 * len(got["batch_losses"])
+
+
+def test_history_to_dict_starts_over_when_its_lists_are_replaced_not_appended_to() -> None:
+    history = History()
+    for epoch in range(10):
+        history.append({"val_acc": epoch / 10}, [float(epoch)] * 3)
+    before, want = history.to_dict(), converted_afresh(history)
+    history.metrics["val_acc"] = history.metrics["val_acc"][:4]  # another list (a fork keeps epochs 1-4)
+    history.batch_losses = history.batch_losses[:4]
+    assert_same_history_dict(history.to_dict(), converted_afresh(history))
+    history.batch_losses.append([9.0])  # and it grows from there
+    history.metrics["val_acc"].append(0.9)
+    assert_same_history_dict(history.to_dict(), converted_afresh(history))
+    assert_same_history_dict(before, want)  # what was handed out before is untouched

@@ -4,6 +4,7 @@ the same against a real `mlflow server`."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -160,3 +161,45 @@ def test_within_the_publishing_budget_epochs_wait_and_go_out_together_each_point
     tracker.flush(force=True)  # ... unless forced (a stop, the end of training)
     assert client.sent[-1][:2] == ("batch", [("val_acc", 6), ("lr", 6)])
     assert client.sent[-1][2]["aqtrack.checkpoint_epoch"] == "6"
+
+
+def test_the_legacy_report_is_written_when_the_run_is_published_and_holds_every_epoch_then(
+    monkeypatch, tmp_path
+):
+    from aqtrack.names import REPORT_FILE
+    from aqtrack.outputs.report import report_writer
+    from aqtrack.training.checkpoint import TrainState
+
+    clock = [1000.0]
+    monkeypatch.setattr(store.time, "monotonic", lambda: clock[0])
+    client = FakeClient()
+    tracker = store.MlflowTracker(client, "r" * 32, patience=60, interval=10.0)
+    hook = report_writer(tracker, tmp_path, {"samples": 3}, "r" * 32)
+    state = TrainState(config={"rounds": 1, "epochs_per_round": 6}, model_spec={})
+    path = tmp_path / REPORT_FILE
+
+    def epoch(n: int) -> None:  # what loop.fit does at the end of an epoch
+        clock[0] += 3.0
+        state.epoch = n
+        state.history.append({"train_loss": 1.0 / n}, [0.5])
+        tracker.log_metrics({"train_loss": 1.0 / n}, step=n)
+        hook(state)
+        tracker.flush()
+
+    def written() -> int:
+        return json.loads(path.read_text())["current_epoch"]
+
+    epoch(1)  # the first publish: the report of epoch 1 goes with it
+    assert written() == 1 and [w[1] for w in client.sent if w[0] == "file"] == [REPORT_FILE]
+    for n in (2, 3, 4):
+        epoch(n)  # held back by the budget: neither written nor sent
+        assert written() == 1
+    epoch(5)  # 12 s after the first publish: epochs 2-5, with the report of epoch 5
+    assert written() == 5 and json.loads(path.read_text())["control_losses"] == [1.0, 0.5, 1 / 3, 0.25, 0.2]
+    assert [w[1] for w in client.sent if w[0] == "file"] == [REPORT_FILE, REPORT_FILE]
+    epoch(6)
+    assert written() == 5
+    tracker.drain()  # the end of training (or a stop: publish_held) sends it current
+    assert written() == 6 and [w[1] for w in client.sent if w[0] == "file"].count(REPORT_FILE) == 3
+    tracker.drain()  # nothing new: not written again
+    assert [w[1] for w in client.sent if w[0] == "file"].count(REPORT_FILE) == 3

@@ -659,9 +659,9 @@ def _train_in_run(
     exports.log_datasets(client, run_id, start.data, cfg.data.data_seed)
     tracker.skip_logged(store.sync_history(client, run_id, state.history))
 
-    write_report = report_writer(tracker, folder, start.data.stats(), run_id)
+    report = report_writer(tracker, folder, start.data.stats(), run_id)  # written as the run is published
     hooks = [
-        write_report,
+        report,
         gradient_alerts(tracker),
         curves_refresher(tracker, folder, cfg.train.checkpoint_interval),
         *callbacks,
@@ -676,7 +676,7 @@ def _train_in_run(
             fit(start.trainer, state, tracker, local, on_epoch_end=[*hooks, progress])
         if state.epoch == trained_before:  # killed after its last epoch: only the wrapping-up is left
             log.info("run %s: all %d epochs were already trained; finishing it", run_id, state.epoch)
-            write_report(state)
+            report.write(state)
         tracker.drain()  # the run is closed only once everything it should hold is sent
         test = _finish(Finishing(client, run_id, cfg, start.data, state, local))  # with the server answering
         _describe_results(client, tracker, note, state)

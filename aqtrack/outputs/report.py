@@ -8,7 +8,6 @@ extras. Values that were never measured are null, never filled in.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -82,18 +81,48 @@ def history_from_points(
     return history, epochs
 
 
-def report_writer(tracker, directory: Path, dataset_stats: dict, run_id: str) -> Callable[[TrainState], None]:
-    """An epoch-end hook that rewrites the report in `directory` and logs it to the run."""
-    encoder = AppendOnlyEncoder()
+def report_writer(tracker, directory: Path, dataset_stats: dict, run_id: str) -> ReportWriter:
+    """The epoch-end hook that keeps a training's report (see `ReportWriter`)."""
+    return ReportWriter(tracker, directory, dataset_stats, run_id)
 
-    def write(state: TrainState) -> None:
+
+class ReportWriter:
+    """Keeps a training's legacy report in `directory` and in the run, at the pace the run is published.
+
+    As an epoch-end hook it only notes the training's state. The report is built from it, written and
+    queued for the run whenever the tracker is about to publish (`MlflowTracker.before_publish`): at
+    most once per `--publish-interval`, and always at the end of training and on a stop. So the file,
+    like MLflow's view of the run, is at most the interval plus one epoch behind, and at epoch 3000
+    (1.9 MB of JSON, written and fsynced) it costs what it costs once per publish, not every epoch.
+    `write(state)` writes it at once.
+    """
+
+    def __init__(self, tracker, directory: Path, dataset_stats: dict, run_id: str) -> None:
+        self.tracker, self.directory = tracker, directory
+        self.dataset_stats, self.run_id = dataset_stats, run_id
+        self.encoder = AppendOnlyEncoder()
+        self.state: TrainState | None = None
+        self.written = -1  # the epoch of the report last written
+        tracker.before_publish(self._publishing)
+
+    def __call__(self, state: TrainState) -> None:
+        self.state = state
+
+    def write(self, state: TrainState) -> None:
         epochs = list(range(1, state.history.epochs + 1))
         report = build_report(
-            state.history, epochs=epochs, dataset_stats=dataset_stats, run_id=run_id, config=state.config
+            state.history,
+            epochs=epochs,
+            dataset_stats=self.dataset_stats,
+            run_id=self.run_id,
+            config=state.config,
         )
-        tracker.log_artifact(write_report(report, directory, encoder))
+        self.tracker.log_artifact(write_report(report, self.directory, self.encoder))
+        self.state, self.written = state, state.epoch
 
-    return write
+    def _publishing(self) -> None:
+        if self.state is not None and self.state.epoch != self.written:
+            self.write(self.state)
 
 
 class AppendOnlyEncoder:

@@ -18,7 +18,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -96,6 +96,13 @@ class MlflowTracker:
         self._offline_since: float | None = None
         self._last_try = 0.0
         self._staging: Path | None = None
+        self._before_publish: list[Callable[[], None]] = []
+
+    def before_publish(self, prepare: Callable[[], None]) -> None:
+        """Call `prepare` whenever a flush is about to send (not when the budget holds it back, nor while
+        the server is away): what is costly to make and only needed once published (the legacy report)
+        is made then, and may queue files and metrics that go out with it."""
+        self._before_publish.append(prepare)
 
     def skip_logged(self, points: set[tuple[str, int]]) -> None:
         """Never send these (key, step) points: the run has them already (a resumed history)."""
@@ -122,6 +129,8 @@ class MlflowTracker:
         if self.offline and (now - self._last_try < PROBE_INTERVAL_S or not self._server_answers()):
             self._check_patience(now)
             return
+        for prepare in self._before_publish:
+            prepare()
         epochs = bool(self._metrics)  # the budget counts publishes of epochs, not the run's set-up
         try:
             self._send()

@@ -21,6 +21,7 @@ import math
 import pickle
 import random
 import zipfile
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,8 @@ FORMAT = "aqtrack.checkpoint"
 FORMAT_VERSION = 2  # 2: history as tensors
 MAX_BATCH_LOSSES_PER_EPOCH = 100
 MANIFEST_FORMAT = "aqtrack.checkpoint.manifest"
+# History._columns' keys besides the metric keys (which never hold a space).
+BATCH_LOSSES, PER_EPOCH = "batch losses", "batch losses per epoch"
 
 
 def periodic_name(round_: int, epoch_in_round: int) -> str:
@@ -51,6 +54,8 @@ class History:
     metrics: dict[str, list[float]] = field(default_factory=dict)
     batch_losses: list[list[float]] = field(default_factory=list)  # <= 100 per epoch, evenly spaced
     total_batches: int = 0
+    # The lists above as tensors, converted as they grow (see `to_dict`): not part of the history.
+    _columns: dict[str, _Column] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def epochs(self) -> int:
@@ -66,11 +71,19 @@ class History:
 
     def to_dict(self) -> dict[str, Any]:
         """As float64 tensors (batch losses flat, with a count per epoch): a history of thousands of
-        epochs pickled as Python floats would make every checkpoint write slower than the last."""
+        epochs pickled as Python floats would make every checkpoint write slower than the last. The
+        lists only grow during training, so each call converts only the epochs added since the last
+        one (`_Column`): what a checkpoint write costs grows with the bytes saved, not with the
+        Python objects converted again every epoch."""
+        columns = self._columns
+        for key in self.metrics.keys() - columns.keys():
+            columns[key] = _Column(np.float64)
+        columns.setdefault(BATCH_LOSSES, _Column(np.float64, itertools.chain.from_iterable))
+        columns.setdefault(PER_EPOCH, _Column(np.int64, lambda epochs: map(len, epochs)))
         return {
-            "metrics": {k: torch.tensor(v, dtype=torch.float64) for k, v in self.metrics.items()},
-            "batch_losses": torch.tensor([x for e in self.batch_losses for x in e], dtype=torch.float64),
-            "batch_losses_per_epoch": torch.tensor([len(e) for e in self.batch_losses], dtype=torch.int64),
+            "metrics": {key: columns[key].of(values) for key, values in self.metrics.items()},
+            "batch_losses": columns[BATCH_LOSSES].of(self.batch_losses),
+            "batch_losses_per_epoch": columns[PER_EPOCH].of(self.batch_losses),
             "total_batches": self.total_batches,
         }
 
@@ -83,6 +96,34 @@ class History:
             [flat[a:b] for a, b in itertools.pairwise(starts)],
             int(d["total_batches"]),
         )
+
+
+class _Column:
+    """A list that is only appended to, as a tensor, converting only the items appended since the last
+    call. The values live in numpy storage that doubles when full; each call returns a view of its
+    filled part (a tensor from a numpy slice owns just that slice's bytes, which is what torch.save
+    writes). A view handed out is never written to again: appends go past its end, a grown buffer is a
+    new one. Anything but an append (another list object, a shorter one) starts over in a new buffer."""
+
+    def __init__(self, dtype: type, expand: Callable[[list], Iterable] = iter) -> None:
+        self.dtype, self.expand = dtype, expand  # expand: items -> their values, in order
+        self.source: list | None = None
+        self.items = self.filled = 0
+        self.buffer = np.empty(0, dtype)
+
+    def of(self, source: list) -> torch.Tensor:
+        if source is not self.source or len(source) < self.items:
+            self.source, self.items, self.filled = source, 0, 0
+            self.buffer = np.empty(0, self.dtype)
+        values = np.fromiter(self.expand(source[self.items :]), dtype=self.dtype)
+        end = self.filled + len(values)
+        if end > len(self.buffer):
+            grown = np.empty(max(end, 2 * len(self.buffer), 64), self.dtype)
+            grown[: self.filled] = self.buffer[: self.filled]
+            self.buffer = grown
+        self.buffer[self.filled : end] = values
+        self.items, self.filled = len(source), end
+        return torch.from_numpy(self.buffer[:end])
 
 
 @dataclass
