@@ -235,13 +235,13 @@ class TimedClient:
     """
 
     def __init__(self, client: Any, spent: Spent) -> None:
-        self._client, self._spent = client, spent
+        self._client, self.spent = client, spent  # `spent` may be switched between calls
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._client, name)
         if not callable(attr):
             return attr
-        return self._spent.wrap(lambda *a, **kw: f"mlflow.{name}({_what(name, a, kw)})", attr)
+        return self.spent.wrap(lambda *a, **kw: f"mlflow.{name}({_what(name, a, kw)})", attr)
 
 
 def _what(method: str, args: tuple, kwargs: dict) -> str:
