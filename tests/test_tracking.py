@@ -203,3 +203,8 @@ def test_the_legacy_report_is_written_when_the_run_is_published_and_holds_every_
     assert written() == 6 and [w[1] for w in client.sent if w[0] == "file"].count(REPORT_FILE) == 3
     tracker.drain()  # nothing new: not written again
     assert [w[1] for w in client.sent if w[0] == "file"].count(REPORT_FILE) == 3
+    client.down, clock[0] = True, clock[0] + 10.0  # the next publish finds the server away ...
+    epoch(7)
+    assert tracker.offline and written() == 7
+    epoch(8)  # ... and while it is away, the report is still kept current here, waiting with the rest
+    assert tracker.offline and written() == 8

@@ -99,9 +99,9 @@ class MlflowTracker:
         self._before_publish: list[Callable[[], None]] = []
 
     def before_publish(self, prepare: Callable[[], None]) -> None:
-        """Call `prepare` whenever a flush is about to send (not when the budget holds it back, nor while
-        the server is away): what is costly to make and only needed once published (the legacy report)
-        is made then, and may queue files and metrics that go out with it."""
+        """Call `prepare` whenever a flush is not held back by the budget (it sends, or, while the server
+        is away, keeps everything for later): what is costly to make and only needed once published (the
+        legacy report) is made then, and may queue files and metrics that go out with it."""
         self._before_publish.append(prepare)
 
     def skip_logged(self, points: set[tuple[str, int]]) -> None:
@@ -126,11 +126,11 @@ class MlflowTracker:
         if not force and not self.offline and now - self._published < self.interval:
             self._held = True
             return  # the publishing budget: this epoch goes out with a later one
+        for prepare in self._before_publish:
+            prepare()  # also while the server is away: what it makes waits here with the rest
         if self.offline and (now - self._last_try < PROBE_INTERVAL_S or not self._server_answers()):
             self._check_patience(now)
             return
-        for prepare in self._before_publish:
-            prepare()
         epochs = bool(self._metrics)  # the budget counts publishes of epochs, not the run's set-up
         try:
             self._send()
