@@ -51,6 +51,7 @@ TAG_CONTINUED_IN = "aqtrack.continued_in"
 TAG_RESUME_COUNT = "aqtrack.resume_count"
 TAG_ERROR = "aqtrack.error"
 TAG_DATA_SOURCE = "aqtrack.data_source"
+TAG_VERSION = "aqtrack.version"  # the aqtrack version that started the run
 TAG_FILLED_VALUES = "aqtrack.data_filled_values"  # missing values the missing-frame policy filled
 TAG_HEARTBEAT = "aqtrack.heartbeat"  # unix time of the run's last epoch-end tag update
 TAG_OWNER = "aqtrack.owner"  # host:pid of the process training the run

@@ -208,7 +208,7 @@ def _open(client, cfg: Config, plan: FoldPlan, env, held: contextlib.ExitStack, 
         names.TAG_CV_PLANNED: str(plan.k),
         names.TAG_CV_FINISHED: "0",
         names.TAG_DATA_SOURCE: plan.pool.source,
-        "aqtrack.version": aqtrack_version(),
+        names.TAG_VERSION: aqtrack_version(),
         NOTE_TAG: cv_start_note(cfg, plan, run_id),
         **_owner(),
     }

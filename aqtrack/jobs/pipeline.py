@@ -765,7 +765,7 @@ def _tags(client, run_id: str, start: _Start, epoch_tag: int) -> dict[str, str]:
         names.TAG_DATA_SOURCE: start.data.source,
         names.TAG_FILLED_VALUES: str(start.data.filled_values),
         names.TAG_ROUNDS: str(cfg.train.rounds),
-        "aqtrack.version": aqtrack_version(),
+        names.TAG_VERSION: aqtrack_version(),
         names.TAG_OWNER: f"{socket.gethostname()}:{os.getpid()}",
     }
     if epoch_tag:
