@@ -19,7 +19,10 @@ run_all.py), the medians of the three, and the medians of the parts: what the fi
 A part's time includes the imports it is the first to need (torch.export in the model, matplotlib in
 the figures, skops in the SVM).
 
-    python benchmarks/small_run.py [--pairs 5] [--threads 1] [--quick]
+`--lean` runs it with `--no-svm --no-log-model`: the finishing stage without the SVM and the model
+export (the test split and figures stay), `lean=1` in the RESULT line.
+
+    python benchmarks/small_run.py [--pairs 5] [--lean] [--threads 1] [--quick]
 """
 
 from __future__ import annotations
@@ -76,11 +79,16 @@ KEPT = {
 def main() -> None:
     p = h.parser(__doc__)
     p.add_argument("--pairs", type=int, default=5)
+    p.add_argument(
+        "--lean",
+        action="store_true",
+        help="the run with --no-svm --no-log-model (the rest of the stage stays)",
+    )
     p.add_argument("--child", help=argparse.SUPPRESS)  # the `parts` process: the file its times go to
     args, rest = p.parse_known_args()
     if args.child:
         child(Path(args.child), rest)
-    settings = dict(SETTINGS)
+    settings = dict(SETTINGS) | ({"svm": False, "log_model": False} if args.lean else {})
     if args.quick:
         args.pairs, settings["epochs_per_round"] = 1, 2
     h.set_threads(args.threads)
@@ -183,6 +191,7 @@ def report(settings: dict, rows: list[dict[str, float]], parts: list[dict[str, f
         print(f"{indent}{label:<{46 - len(indent)}} {h.median(parts, label):7.2f} s")
     h.result(
         run_over_imports_plus_loop=ratio,
+        lean=int(not settings.get("svm", True)),
         run_s=h.median(rows, "run"),
         imports_s=h.median(rows, "imports"),
         loop_s=h.median(rows, "loop"),

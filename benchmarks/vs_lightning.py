@@ -3,10 +3,13 @@
 Both train aqtrack's `ActionQualityNet` (built by `aqtrack.training.model.build_model`, normalised from the
 training split) on the default synthetic data, seeded alike, for 3 rounds x 10 epochs: AdamW, a cosine
 schedule restarting every 10 epochs (CosineAnnealingWarmRestarts, stepped per epoch), gradient clipping
-at norm 1.0, batches of 32 from aqtrack's own loaders. Both track into a sqlite store in a temp dir and
+at norm 1.0, batches of 32 (aqtrack's own loader; for Lightning a plain torch DataLoader of whole
+batches, indexed the same way). Both track into a sqlite store in a temp dir and
 keep the same checkpoints: last every epoch, periodic every 10 epochs, best on val_acc.
   aqtrack    `aqtrack.train(...)`: everything it does by default (params, tags, metrics per epoch,
-             checkpoint uploads, legacy report)
+             checkpoint uploads, legacy report, and the finishing stage: the model export, the test
+             split, figures, the SVM); with `--lean`, without the SVM and the model export
+             (`--no-svm --no-log-model`), which Lightning has no counterpart of
   lightning  `Trainer.fit` with `MLFlowLogger(log_model="all")` (checkpoints uploaded as they are
              written), two `ModelCheckpoint`s (best on val_acc + last, and every 10 epochs),
              `LearningRateMonitor`, and train/val loss and accuracy plus the pre-clip total grad norm
@@ -18,7 +21,7 @@ and, per framework, the metric keys x points and the artifacts (files, MB) in it
 
 Needs the `bench` extra: pip install -e '.[bench]' (lightning; it does not change torch).
 
-    python benchmarks/vs_lightning.py [--rounds 3] [--epochs-per-round 10] [--pairs 9] [--quick]
+    python benchmarks/vs_lightning.py [--rounds 3] [--epochs-per-round 10] [--pairs 9] [--lean] [--quick]
 """
 
 from __future__ import annotations
@@ -38,12 +41,15 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--epochs-per-round", type=int, default=10)
     p.add_argument("--pairs", type=int, default=9)
+    p.add_argument("--lean", action="store_true", help="aqtrack with --no-svm --no-log-model")
     args = p.parse_args()
     h.set_threads(args.threads)
     settings = {"rounds": args.rounds, "epochs_per_round": args.epochs_per_round}
     if args.quick:
         args.pairs = 1
         settings = {"rounds": 2, "epochs_per_round": 1, "checkpoint_interval": 1, "n_train": 64, "n_val": 32}
+    if args.lean:
+        settings |= {"svm": False, "log_model": False}
     with h.scratch("lightning") as tmp:
         measure(settings, args.pairs, tmp)
 
@@ -206,6 +212,7 @@ def measure(settings: dict, pairs: int, tmp: Path) -> None:
     print(f"lightning logged: {logged(client, runs['lightning'])}")
     h.result(
         aqtrack_over_lightning=r,
+        lean=int(settings.get("svm") is False),
         run_s_aqtrack=h.median(rows, "aqtrack"),
         run_s_lightning=h.median(rows, "lightning"),
     )
