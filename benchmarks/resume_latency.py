@@ -79,7 +79,7 @@ class Probe:
         from aqtrack.tracking import store
 
         connect = store.connect
-        store.connect = lambda: h.TimedClient(self.wrap("mlflow.connect()", connect)(), self)
+        store.connect = lambda **kw: h.TimedClient(self.wrap("mlflow.connect()", connect)(**kw), self)
         for name in ("find_checkpoint", "load_configured", "build_trainer", "restore"):
             setattr(pipeline, name, self.wrap(f"local: {name}", getattr(pipeline, name)))
 

@@ -215,12 +215,50 @@ def test_bad_browse_input_is_one_error_line_after_at_most_one_lookup(
     calls: list[str] = []
     connect = store.connect
 
-    def counting_connect():
+    def counting_connect(**kwargs):
         calls.append("connect")
-        return CountingClient(connect(), calls)
+        return CountingClient(connect(**kwargs), calls)
 
     monkeypatch.setattr(store, "connect", counting_connect)
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"aqtrack: error: {message}"), err
     assert calls == store_calls
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["runs"],
+        ["show", "0" * 32],
+        ["plot", "0" * 32, "-o", "curves.png"],
+        ["svm", "0" * 32],
+        ["report", "0" * 32, "-o", "out"],
+        ["predict", "0" * 32, "new.csv"],
+    ],
+    ids=lambda argv: argv[0],
+)
+def test_reading_commands_where_no_store_is_say_so_and_create_none(argv, tmp_path, monkeypatch, capsys):
+    """A command that only reads runs, run where nothing was tracked: one error line naming the store
+    file and what to do, exit 2, and no empty mlflow.db left behind (MLflow would create one)."""
+    empty = tmp_path / "elsewhere"
+    empty.mkdir()
+    monkeypatch.chdir(empty)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")  # the embedded default, here
+    (empty / "new.csv").write_text("sample_id,frame,angle\n0,1,0.5\n")
+
+    assert main(argv) == 2
+
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(
+        f"aqtrack: error: no tracking store at {empty / 'mlflow.db'} (sqlite:///mlflow.db)"
+    )
+    assert "train a run first" in line and len(line) < 300
+    assert sorted(p.name for p in empty.iterdir()) == ["new.csv"]
+
+
+def test_runs_without_experiment_names_the_default_it_looked_for(capsys):
+    assert main(["runs"]) == 2  # the test's store holds only MLflow's Default experiment
+    line = capsys.readouterr().err.strip()
+    assert line.startswith("aqtrack: error: experiment 'action-quality' (the default): no such experiment in")
+    assert "(experiments: Default); check the name, or pass --all" in line

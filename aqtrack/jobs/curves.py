@@ -29,7 +29,7 @@ def plot_curves(source: str | Path) -> Figure:
 
     text = str(source)
     if store.RUN_ID_RE.match(text) and not Path(text).exists():
-        client = store.connect()
+        client = store.connect(existing=True)
         store.get_run(client, text, label="plot")
         points = store.fetch_history(client, text, METRIC_KEYS)
         return training_curves(Curves.from_points(points), title=f"run {text}")

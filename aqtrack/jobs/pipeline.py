@@ -831,7 +831,7 @@ def _finish(job: Finishing) -> dict[str, float]:
 def rebuild_report(run_id: str, output_dir: Path) -> Path:
     """Rebuild `experiment_report.json` for any run from its MLflow metrics (plus its checkpoint's
     batch losses and dataset stats, where the run has them)."""
-    client = store.connect()
+    client = store.connect(existing=True)
     run = store.get_run(client, run_id, label="report")
     points = store.fetch_history(client, run_id, METRIC_KEYS)
     with tempfile.TemporaryDirectory(prefix="aqtrack-report-") as tmp:

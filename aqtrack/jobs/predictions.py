@@ -160,7 +160,7 @@ def score(source: str, path: str | Path, output: Path | None = None) -> Predicti
     path = check_file(path)
     if output is not None:
         check_output(output)
-    client = store.connect()
+    client = store.connect(existing=True)
     with tempfile.TemporaryDirectory(prefix="aqtrack-predict-") as tmp:
         if kind == "run":
             scorer = run_scorer(client, source, Path(tmp))

@@ -28,7 +28,7 @@ def fit_svm(run_id: str, *, c: float | None = None, kernel: str | None = None) -
     keeps one point per step and every refit's score says which C and kernel made it.
     `c` and `kernel` default to the run's own settings. Returns the refit's result (`run_id`: the refit).
     """
-    client = store.connect()
+    client = store.connect(existing=True)
     run = store.get_run(client, run_id, label="svm")
     if run.info.status == "RUNNING":
         raise ResumeError(

@@ -53,7 +53,7 @@ def runs_table(experiment: str | None = None, *, all_experiments: bool = False) 
     grad_norm and lr, whether (and how) it can be resumed, where it came from and when it started."""
     import pandas as pd
 
-    client = store.connect()
+    client = store.connect(existing=True)
     ids = _experiment_ids(client, experiment, all_experiments)
     # `aqtrack svm` refits and a cross-validation's folds are listed with their run by `aqtrack show`.
     nested = (names.TAG_REFIT_OF, names.TAG_CV_PARENT)
@@ -98,12 +98,13 @@ def format_runs(table: pd.DataFrame) -> str:
 def _experiment_ids(client, name: str | None, all_experiments: bool) -> list[str]:
     if all_experiments:
         return [e.experiment_id for e in client.search_experiments()]
+    what = f"--experiment {name!r}" if name else f"experiment {Config().run.experiment!r} (the default)"
     name = name or Config().run.experiment
     found = store.find_experiment_id(client, name)
     if found is None:
         known = ", ".join(sorted(e.name for e in client.search_experiments())) or "none"
         raise ConfigError(
-            f"--experiment {name!r}: no such experiment in {client.tracking_uri} (experiments: {known}); "
+            f"{what}: no such experiment in {client.tracking_uri} (experiments: {known}); "
             "check the name, or pass --all"
         )
     return [found]
@@ -246,7 +247,7 @@ def origin(run) -> str:
 def show_run(run_id: str, tail: int = 10) -> str:
     """What `aqtrack show` prints: the run's summary, params, the last `tail` epochs of its metrics,
     its other metrics and its artifacts (with sizes)."""
-    client = store.connect()
+    client = store.connect(existing=True)
     run = store.get_run(client, run_id, label="show")
     done, best = _progress(client, run)
     info, data = run.info, run.data

@@ -257,14 +257,25 @@ def is_transient(e: BaseException) -> bool:
     return isinstance(e, (requests.RequestException, ConnectionError, TimeoutError))
 
 
-def connect() -> MlflowClient:
-    """A client for MLFLOW_TRACKING_URI (or MLflow's embedded default), checked to answer now."""
+def connect(existing: bool = False) -> MlflowClient:
+    """A client for MLFLOW_TRACKING_URI (or MLflow's embedded default), checked to answer now.
+
+    `existing`: for a command that only reads runs (`runs`, `show`, `plot`, `predict`, `svm`, `report`),
+    an embedded sqlite store must already be there; MLflow would otherwise create an empty one where
+    the user happened to be. Raises ConfigError naming the file and what to do.
+    """
     for key, value in MLFLOW_ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
     import mlflow
     from mlflow import MlflowClient
 
     uri = mlflow.get_tracking_uri()
+    path = sqlite_path(uri)
+    if existing and path is not None and not path.exists():
+        raise ConfigError(
+            f"no tracking store at {path.resolve()} ({uri}): nothing was tracked here yet; train a run "
+            "first (aqtrack train), or run this where your mlflow.db is, or set MLFLOW_TRACKING_URI"
+        )
     down = _unreachable(uri)  # one short look first: MLflow's own calls retry for much longer
     if down:
         raise TrackingError(
@@ -282,6 +293,15 @@ def connect() -> MlflowClient:
                 f"cannot use tracking store {uri}: {first_line(e)}; check MLFLOW_TRACKING_URI and the server"
             ) from e
     return client
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of an embedded sqlite tracking URI (`sqlite:///mlflow.db`: relative to the
+    cwd; `sqlite:////abs/path.db`), None for any other store or an in-memory one."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    file = uri.removeprefix("sqlite:///").split("?", 1)[0]
+    return Path(file) if file and file != ":memory:" else None
 
 
 def find_experiment_id(client: MlflowClient, name: str) -> str | None:
