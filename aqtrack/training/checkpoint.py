@@ -39,8 +39,6 @@ FORMAT = "aqtrack.checkpoint"
 FORMAT_VERSION = 2  # 2: history as tensors
 MAX_BATCH_LOSSES_PER_EPOCH = 100
 MANIFEST_FORMAT = "aqtrack.checkpoint.manifest"
-# History._columns' keys besides the metric keys (which never hold a space).
-BATCH_LOSSES, PER_EPOCH = "batch losses", "batch losses per epoch"
 
 
 def periodic_name(round_: int, epoch_in_round: int) -> str:
@@ -55,7 +53,19 @@ class History:
     batch_losses: list[list[float]] = field(default_factory=list)  # <= 100 per epoch, evenly spaced
     total_batches: int = 0
     # The lists above as tensors, converted as they grow (see `to_dict`): not part of the history.
-    _columns: dict[str, _Column] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _metric_columns: dict[str, _Column] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _flat_losses: _Column = field(
+        default_factory=lambda: _Column(np.float64, itertools.chain.from_iterable),
+        init=False,
+        repr=False,
+        compare=False,
+    )
+    _losses_per_epoch: _Column = field(
+        default_factory=lambda: _Column(np.int64, _lengths),
+        init=False,
+        repr=False,
+        compare=False,
+    )
 
     @property
     def epochs(self) -> int:
@@ -75,15 +85,13 @@ class History:
         lists only grow during training, so each call converts only the epochs added since the last
         one (`_Column`): what a checkpoint write costs grows with the bytes saved, not with the
         Python objects converted again every epoch."""
-        columns = self._columns
+        columns = self._metric_columns
         for key in self.metrics.keys() - columns.keys():
             columns[key] = _Column(np.float64)
-        columns.setdefault(BATCH_LOSSES, _Column(np.float64, itertools.chain.from_iterable))
-        columns.setdefault(PER_EPOCH, _Column(np.int64, lambda epochs: map(len, epochs)))
         return {
             "metrics": {key: columns[key].of(values) for key, values in self.metrics.items()},
-            "batch_losses": columns[BATCH_LOSSES].of(self.batch_losses),
-            "batch_losses_per_epoch": columns[PER_EPOCH].of(self.batch_losses),
+            "batch_losses": self._flat_losses.of(self.batch_losses),
+            "batch_losses_per_epoch": self._losses_per_epoch.of(self.batch_losses),
             "total_batches": self.total_batches,
         }
 
@@ -96,6 +104,10 @@ class History:
             [flat[a:b] for a, b in itertools.pairwise(starts)],
             int(d["total_batches"]),
         )
+
+
+def _lengths(epochs: list[list[float]]) -> Iterable[int]:
+    return map(len, epochs)
 
 
 class _Column:
