@@ -270,7 +270,7 @@ def connect(existing: bool = False) -> MlflowClient:
     from mlflow import MlflowClient
 
     uri = mlflow.get_tracking_uri()
-    path = sqlite_path(uri)
+    path = _sqlite_path(uri)
     if existing and path is not None and not path.exists():
         raise ConfigError(
             f"no tracking store at {path.resolve()} ({uri}): nothing was tracked here yet; train a run "
@@ -295,7 +295,7 @@ def connect(existing: bool = False) -> MlflowClient:
     return client
 
 
-def sqlite_path(uri: str) -> Path | None:
+def _sqlite_path(uri: str) -> Path | None:
     """The database file of an embedded sqlite tracking URI (`sqlite:///mlflow.db`: relative to the
     cwd; `sqlite:////abs/path.db`), None for any other store or an in-memory one."""
     if not uri.startswith("sqlite:///"):
