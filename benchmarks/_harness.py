@@ -30,6 +30,10 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+# `--lean`: a run without the SVM and the model export (`--no-svm --no-log-model`); the rest of the
+# finishing stage (test split, figures) stays.
+LEAN = {"svm": False, "log_model": False}
+
 
 def parser(doc: str | None, threads: bool = True) -> argparse.ArgumentParser:
     """An argument parser whose help is the script's docstring, with the common flags."""

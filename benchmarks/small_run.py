@@ -88,7 +88,7 @@ def main() -> None:
     args, rest = p.parse_known_args()
     if args.child:
         child(Path(args.child), rest)
-    settings = dict(SETTINGS) | ({"svm": False, "log_model": False} if args.lean else {})
+    settings = dict(SETTINGS) | (h.LEAN if args.lean else {})
     if args.quick:
         args.pairs, settings["epochs_per_round"] = 1, 2
     h.set_threads(args.threads)
@@ -191,7 +191,7 @@ def report(settings: dict, rows: list[dict[str, float]], parts: list[dict[str, f
         print(f"{indent}{label:<{46 - len(indent)}} {h.median(parts, label):7.2f} s")
     h.result(
         run_over_imports_plus_loop=ratio,
-        lean=int(not settings.get("svm", True)),
+        lean=int(h.LEAN.items() <= settings.items()),
         run_s=h.median(rows, "run"),
         imports_s=h.median(rows, "imports"),
         loop_s=h.median(rows, "loop"),

@@ -49,7 +49,7 @@ def main() -> None:
         args.pairs = 1
         settings = {"rounds": 2, "epochs_per_round": 1, "checkpoint_interval": 1, "n_train": 64, "n_val": 32}
     if args.lean:
-        settings |= {"svm": False, "log_model": False}
+        settings |= h.LEAN
     with h.scratch("lightning") as tmp:
         measure(settings, args.pairs, tmp)
 
@@ -212,7 +212,7 @@ def measure(settings: dict, pairs: int, tmp: Path) -> None:
     print(f"lightning logged: {logged(client, runs['lightning'])}")
     h.result(
         aqtrack_over_lightning=r,
-        lean=int(settings.get("svm") is False),
+        lean=int(h.LEAN.items() <= settings.items()),
         run_s_aqtrack=h.median(rows, "aqtrack"),
         run_s_lightning=h.median(rows, "lightning"),
     )
