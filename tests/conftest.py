@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from stores import INHERITED
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -78,9 +79,8 @@ def mlflow_store(empty_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPa
     shutil.copyfile(empty_store, tmp_path / "mlflow.db")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    for name in INHERITED:  # no run or experiment inherited from the environment
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
     return uri
 
